@@ -103,3 +103,17 @@ TEST_CASE("capability sets compare case-insensitively and list SASL mechanisms")
   CHECK(c.atoms().size() == 5);
   CHECK(c.to_string() == "IMAP4rev1 LITERAL+ auth=plain AUTH=CRAM-MD5 SASL-IR");
 }
+
+#include "imap/base64.hpp"
+
+TEST_CASE("base64 as SASL PLAIN uses it") {
+  CHECK(base64_encode(std::string("\0alice\0pass", 11)) == "AGFsaWNlAHBhc3M=");
+  CHECK(base64_decode("AGFsaWNlAHBhc3M=") == std::string("\0alice\0pass", 11));
+  CHECK(base64_encode("") == "");
+  CHECK(base64_encode("f") == "Zg==");
+  CHECK(base64_encode("fo") == "Zm8=");
+  CHECK(base64_encode("foo") == "Zm9v");
+  CHECK(base64_decode("Zg==") == std::string("f"));
+  for (const char* bad : {"Zg=", "Z===", "Zg=a", "Zm9v!A==", "=Zm9", "Zg==Zg=="})
+    CHECK_FALSE(base64_decode(bad));
+}
