@@ -227,20 +227,28 @@ std::optional<capability_set> decode_capability(const response& r) {
   return std::nullopt;
 }
 
+std::optional<appenduid_data> decode_appenduid(const response_code& c) {
+  if (c.name != "APPENDUID" || c.args.size() != 2) return std::nullopt;
+  auto v = as_u32(c.args[0]);
+  if (!v || !c.args[1].is_atom()) return std::nullopt;
+  return appenduid_data{*v, c.args[1].text};
+}
+
+std::optional<copyuid_data> decode_copyuid(const response_code& c) {
+  if (c.name != "COPYUID" || c.args.size() != 3) return std::nullopt;
+  auto v = as_u32(c.args[0]);
+  if (!v) return std::nullopt;
+  return copyuid_data{*v, c.args[1].text, c.args[2].text};
+}
+
 std::optional<appenduid_data> decode_appenduid(const response& r) {
-  auto c = code_named(r, "APPENDUID");
-  if (!c || c->args.size() != 2) return std::nullopt;
-  auto v = as_u32(c->args[0]);
-  if (!v || !c->args[1].is_atom()) return std::nullopt;
-  return appenduid_data{*v, c->args[1].text};
+  if (!r.code) return std::nullopt;
+  return decode_appenduid(*r.code);
 }
 
 std::optional<copyuid_data> decode_copyuid(const response& r) {
-  auto c = code_named(r, "COPYUID");
-  if (!c || c->args.size() != 3) return std::nullopt;
-  auto v = as_u32(c->args[0]);
-  if (!v) return std::nullopt;
-  return copyuid_data{*v, c->args[1].text, c->args[2].text};
+  if (!r.code) return std::nullopt;
+  return decode_copyuid(*r.code);
 }
 
 std::optional<std::uint32_t> decode_uidvalidity(const response& r) {

@@ -90,6 +90,9 @@ std::optional<std::vector<std::string>> decode_flags(const response& r);    // *
 std::optional<std::vector<std::string>> decode_enabled(const response& r);  // * ENABLED ...
 std::optional<capability_set> decode_capability(const response& r);  // * CAPABILITY or [CAPABILITY]
 
+// Response codes, from a whole response or from a tagged result's code.
+std::optional<appenduid_data> decode_appenduid(const response_code& c);
+std::optional<copyuid_data> decode_copyuid(const response_code& c);
 std::optional<appenduid_data> decode_appenduid(const response& r);
 std::optional<copyuid_data> decode_copyuid(const response& r);
 std::optional<std::uint32_t> decode_uidvalidity(const response& r);

@@ -365,6 +365,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
   }
 
   std::string next_tag() { return "s" + std::to_string(++tag_counter); }
+  bool non_sync_literals() const { return opts.use_literal_plus && caps.has("LITERAL+"); }
 
   awaitable<std::error_code> refresh_capabilities() {
     std::string tag = next_tag();
@@ -408,7 +409,7 @@ const response& client::greeting() const { return impl_->greeting; }
 bool client::tls_active() const { return impl_->tls.has_value(); }
 std::string client::next_tag() { return impl_->next_tag(); }
 
-awaitable<std::error_code> client::connect(const endpoint& ep,
+awaitable<std::error_code> client::connect(endpoint ep,
                                            std::shared_ptr<asio::ssl::context> tls) {
   impl& s = *impl_;
   s.tls_ctx = std::move(tls);
@@ -456,7 +457,7 @@ awaitable<std::error_code> client::login(std::string_view user, std::string_view
   if (s.caps.has("LOGINDISABLED")) co_return errc::not_supported;
   deadline_scope deadline(s, s.opts.command_timeout);
   std::string tag = s.next_tag();
-  command_builder b(tag, "LOGIN", s.caps.has("LITERAL+"));
+  command_builder b(tag, "LOGIN", s.non_sync_literals());
   b.astring(user).astring(password);
   command_result r;
   if (auto ec = co_await s.run(tag, std::move(b).finish(), r, nullptr)) co_return ec;
@@ -518,7 +519,7 @@ awaitable<std::error_code> client::append(std::string_view mailbox_utf8,
   if (items.empty()) co_return std::make_error_code(std::errc::invalid_argument);
   if (items.size() > 1 && !s.caps.has("MULTIAPPEND")) co_return errc::not_supported;
   deadline_scope deadline(s, s.opts.command_timeout);
-  const bool non_sync = s.caps.has("LITERAL+");
+  const bool non_sync = s.non_sync_literals();
   std::string tag = s.next_tag();
   command_builder b(tag, "APPEND", non_sync);
   if (!b.mailbox(mailbox_utf8)) co_return errc::bad_mailbox_name;

@@ -58,6 +58,7 @@ struct client_options {
   std::chrono::milliseconds command_timeout{std::chrono::seconds(120)};
   parser_limits limits{};
   std::size_t read_buffer_size = 64 * 1024;
+  bool use_literal_plus = true;  // false: synchronizing literals even where LITERAL+ is offered
 };
 
 // The outcome of one command: its tagged status and, unless a handler took
@@ -114,7 +115,7 @@ class client {
 
   // Connects, does TLS as the endpoint says, reads the greeting and the
   // capabilities (asked again after STARTTLS). tls may be null for tls_mode::none.
-  awaitable<std::error_code> connect(const endpoint& ep,
+  awaitable<std::error_code> connect(endpoint ep,
                                      std::shared_ptr<boost::asio::ssl::context> tls);
 
   const capability_set& capabilities() const;
