@@ -117,3 +117,31 @@ TEST_CASE("base64 as SASL PLAIN uses it") {
   for (const char* bad : {"Zg=", "Z===", "Zg=a", "Zm9v!A==", "=Zm9", "Zg==Zg=="})
     CHECK_FALSE(base64_decode(bad));
 }
+
+#include "imap/date.hpp"
+
+TEST_CASE("INTERNALDATE: parse, compare as instants, format") {
+  auto a = parse_date_time("01-Jan-1998 10:00:00 +0100");
+  auto b = parse_date_time("01-Jan-1998 09:00:00 +0000");
+  auto c = parse_date_time(" 1-Jan-1998 04:00:00 -0500");
+  REQUIRE(a);
+  REQUIRE(b);
+  REQUIRE(c);
+  CHECK(a->epoch_seconds == 883612800 + 9 * 3600);  // 1998-01-01T09:00:00Z
+  CHECK(a->epoch_seconds == b->epoch_seconds);
+  CHECK(a->epoch_seconds == c->epoch_seconds);
+  CHECK(a->offset_minutes == 60);
+  CHECK(c->offset_minutes == -300);
+  CHECK(format_date_time(*a) == "01-Jan-1998 10:00:00 +0100");
+  CHECK(format_date_time(*c) == "01-Jan-1998 04:00:00 -0500");
+  auto leap = parse_date_time("29-Feb-2024 23:59:59 +0530");
+  REQUIRE(leap);
+  CHECK(format_date_time(*leap) == "29-Feb-2024 23:59:59 +0530");
+  auto old = parse_date_time("17-Jul-1969 02:44:25 -0700");  // before the epoch
+  REQUIRE(old);
+  CHECK(format_date_time(*old) == "17-Jul-1969 02:44:25 -0700");
+  for (const char* bad : {"", "17-Jul-1996", "32-Jan-2000 00:00:00 +0000", "17-Foo-1996 02:44:25 -0700",
+                          "17-Jul-1996 24:00:00 +0000", "17-Jul-1996 02:44:25 0700",
+                          "117-Jul-1996 02:44:25 -0700", "17-Jul-96 02:44:25 -0700"})
+    CHECK_FALSE(parse_date_time(bad));
+}
