@@ -29,49 +29,43 @@ if [ -f "$state/testbed.json" ]; then
 else
   echo "== starting legacy and new Dovecot servers in $state"
   mkdir -p "$state"
-  python3 tests/testbed/testbed.py up --dir "$state"
+  python3 tests/testbed/testbed.py up --dir "$state" >/dev/null
 fi
 
-python3 - "$state/testbed.json" <<'PY'
-import imaplib, json, ssl, sys
+python3 - "$state/testbed.json" "$root/tests/testbed" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[2])
+from testbed import Testbed
 
-bed = json.load(open(sys.argv[1]))
-user, password = "alice", bed["users"]["alice"]
-
-def show(role):
-    s = bed[role]
-    print(f"\n{role} server: imap://{s['host']}:{s['imap_port']} (STARTTLS)   "
-          f"imaps://{s['host']}:{s['imaps_port']}   log {s['log_path']}")
-    ctx = ssl.create_default_context(cafile=bed["ca_file"])
-    c = imaplib.IMAP4(s["host"], s["imap_port"])
-    c.starttls(ssl_context=ctx)
-    c.login(user, password)
-    typ, lines = c.list()
+bed = Testbed.attach(sys.argv[1].rsplit("/", 1)[0])
+for role, server in (("legacy", bed.legacy), ("new", bed.new)):
+    print(f"\n{role} server: imap://{server.host}:{server.imap_port} (STARTTLS)   "
+          f"imaps://{server.host}:{server.imaps_port}   log {server.log_path}")
+    c = server.connect("alice", tls="starttls")
     total = 0
-    for raw in lines:
-        line = raw.decode("utf-8", "replace")
-        name = line.rsplit(" ", 1)[1] if not line.endswith('"') else '"' + line.rsplit(' "', 1)[1]
-        if "\\Noselect" in line:
-            print(f"  {name:40s}  (no messages: a parent folder)")
+    for box in server.list("alice"):
+        name, shown = box["raw"], box["name"]
+        if any(a.lower() == "\\noselect" for a in box["attrs"]):
+            print(f"  {shown:32s}        (a parent folder, holds no messages)")
             continue
-        typ, st = c.status(name, "(MESSAGES)")
-        n = int(st[0].decode().rsplit("MESSAGES ", 1)[1].rstrip(")"))
+        typ, st = c.status('"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"', "(MESSAGES)")
+        n = int(st[0].decode().rsplit("MESSAGES ", 1)[1].split(")")[0])
         total += n
-        print(f"  {name:40s} {n:5d} messages")
-    print(f"  {'total':40s} {total:5d} messages")
+        special = " ".join(a for a in box["attrs"] if a.lower() in
+                           ("\\sent", "\\trash", "\\drafts", "\\junk", "\\archive"))
+        print(f"  {shown:32s} {n:5d} messages  {special}")
+    print(f"  {'total':32s} {total:5d} messages")
     c.logout()
-
-show("legacy")
-show("new")
 PY
 
 legacy_port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["legacy"]["imap_port"])' "$state/testbed.json")
+ca_file=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ca_file"])' "$state/testbed.json")
 cat <<EOT
 
 The servers run until you stop them. Users: alice / wonderland (and bob, carol: see
 $state/testbed.json). Try:
   curl --user alice:wonderland 'imap://127.0.0.1:$legacy_port/'
-  openssl s_client -quiet -starttls imap -connect 127.0.0.1:$legacy_port -CAfile $state/cert.pem
+  openssl s_client -quiet -starttls imap -connect 127.0.0.1:$legacy_port -CAfile $ca_file
 
 Stop everything with:  $0 stop
 EOT
