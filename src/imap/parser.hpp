@@ -143,31 +143,32 @@ class engine {
 
 }  // namespace detail
 
-// Parses what an IMAP server sends.
-class response_parser : private detail::engine {
+// What both parsers offer: feed, reset, limits, and the current literal/chunk/error.
+template <detail::engine::mode M>
+class basic_parser : protected detail::engine {
  public:
-  explicit response_parser(parser_limits limits = {}) : engine(mode::response, limits) {}
+  explicit basic_parser(parser_limits limits) : engine(M, limits) {}
   using engine::chunk;
   using engine::error;
   using engine::feed;
   using engine::limits;
   using engine::literal;
   using engine::reset;
+};
+
+// Parses what an IMAP server sends.
+class response_parser : public basic_parser<detail::engine::mode::response> {
+ public:
+  explicit response_parser(parser_limits limits = {}) : basic_parser(limits) {}
   // Valid after a message event, until the next feed().
   const imap::response& response() const { return response_; }
   imap::response& response() { return response_; }
 };
 
 // Parses what an IMAP client sends.
-class command_parser : private detail::engine {
+class command_parser : public basic_parser<detail::engine::mode::command> {
  public:
-  explicit command_parser(parser_limits limits = {}) : engine(mode::command, limits) {}
-  using engine::chunk;
-  using engine::error;
-  using engine::feed;
-  using engine::limits;
-  using engine::literal;
-  using engine::reset;
+  explicit command_parser(parser_limits limits = {}) : basic_parser(limits) {}
   const imap::command& command() const { return command_; }
   imap::command& command() { return command_; }
   // The next line is read raw (an AUTHENTICATE continuation), reported as a line event.
