@@ -1,0 +1,113 @@
+// suction's configuration: TOML -> these plain structs, validated at load.
+// Key names and meanings follow the config contract (README, "Configuration").
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace suction::config {
+
+enum class tls_mode : std::uint8_t { none, starttls, implicit };
+enum class log_level : std::uint8_t { trace, debug, info, warn, error };
+
+struct listen_section {
+  std::string imap = "127.0.0.1:1143";   // plaintext + STARTTLS; "" disables
+  std::string imaps = "127.0.0.1:1993";  // implicit TLS; "" disables
+  std::string tls_cert;                  // PEM; required when imaps is set or STARTTLS offered
+  std::string tls_key;
+  bool login_requires_tls = false;       // LOGINDISABLED until STARTTLS
+  std::string proxy_protocol_from;       // reserved (PROXY protocol from a load balancer)
+};
+
+struct server_section {
+  std::string host;
+  std::uint16_t port = 143;
+  tls_mode tls = tls_mode::none;
+  std::string ca_file;                   // "" = system store
+  bool verify_certificate = true;
+  std::chrono::seconds connect_timeout{10};
+  std::chrono::seconds command_timeout{120};
+};
+
+struct new_section : server_section {
+  bool forward_client_info = true;       // ID x-originating-ip / -port / x-session-id
+};
+
+struct legacy_section : server_section {
+  std::uint32_t max_connections = 16;    // across all users, to this host
+};
+
+struct limits_section {
+  std::uint32_t max_line = 8192;                        // pre-auth command line, bytes
+  std::uint32_t max_literal = 8192;                     // pre-auth literal, bytes
+  std::uint32_t max_bad_commands = 10;                  // then BYE
+  std::uint32_t login_attempts = 3;                     // failed logins per connection, then BYE
+  std::chrono::seconds preauth_idle{60};                // pre-auth idle deadline
+  std::chrono::seconds relay_idle{30 * 60};             // after login, no bytes either way
+  std::uint32_t max_connections = 10000;                // all clients
+  std::uint32_t max_connections_per_ip = 50;            // per client address
+  std::chrono::seconds shutdown_grace{30};              // SIGTERM: relays may drain this long
+};
+
+struct folder_rename {
+  std::string from;  // ECMAScript regex on the legacy name (UTF-8, legacy separator)
+  std::string to;    // replacement ($1 ...)
+};
+
+struct sync_section {
+  std::string state_db = "/var/lib/suction/state.db";
+  std::uint32_t connections_per_user = 2;
+  std::uint32_t recent_first_days = 14;
+  std::uint32_t max_concurrent_users = 4;
+  std::chrono::seconds resync_interval{600};
+  std::chrono::seconds credential_ttl{3600};
+};
+
+struct folders_section {
+  std::vector<folder_rename> rename;
+  std::vector<std::string> exclude;  // regexes
+};
+
+struct status_section {
+  std::string socket = "/run/suction/status.sock";
+  std::uint32_t mode = 0600;
+  std::string group;
+};
+
+struct log_section {
+  log_level level = log_level::info;
+};
+
+struct config {
+  std::filesystem::path source;  // the file it was read from
+  listen_section listen;
+  new_section fresh;             // [new]
+  legacy_section legacy;         // [legacy]
+  limits_section limits;
+  sync_section sync;
+  folders_section folders;
+  status_section status;
+  log_section log;
+};
+
+// A configuration error: what() is one line "FILE:LINE: [section] key: reason".
+class config_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Reads and validates. Throws config_error for a missing file, a TOML syntax
+// error, an unknown section or key, a value of the wrong type or out of range,
+// or an inconsistent combination (e.g. imaps without tls_cert).
+config load(const std::filesystem::path& path);
+config parse(std::string_view toml_text, const std::filesystem::path& source_name);
+
+std::string_view to_string(tls_mode m);
+std::string_view to_string(log_level l);
+
+}  // namespace suction::config
