@@ -1,5 +1,7 @@
 #include "imap/client/client.hpp"
 
+#include "imap/client/stream.hpp"
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -82,12 +84,6 @@ void fill_streamed(std::vector<value>& values, std::vector<std::string>& streame
   }
 }
 
-bool is_ip_address(const std::string& host) {
-  bsys_error ec;
-  asio::ip::make_address(host, ec);
-  return !ec;
-}
-
 // GCC 12 miscompiles braced initializer lists as coroutine arguments.
 std::vector<std::string> one_part(std::string s) {
   std::vector<std::string> v;
@@ -104,10 +100,13 @@ void wipe(std::string& s) {
 
 struct client::impl : std::enable_shared_from_this<impl> {
   impl(asio::any_io_executor ex, client_options o)
-      : socket(ex), timer(ex), opts(o), parser(o.limits), buf(o.read_buffer_size) {}
+      : stream(std::make_unique<tls_stream>(tcp::socket(ex))),
+        timer(ex),
+        opts(o),
+        parser(o.limits),
+        buf(o.read_buffer_size) {}
 
-  tcp::socket socket;
-  std::optional<asio::ssl::stream<tcp::socket&>> tls;
+  std::unique_ptr<tls_stream> stream;  // null once detached
   std::shared_ptr<asio::ssl::context> tls_ctx;
   asio::steady_timer timer;
   client_options opts;
@@ -150,8 +149,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
     auto due = progress + timeout;
     if (clock::now() < due) return schedule(due);
     timed_out = true;
-    bsys_error ignored;
-    socket.close(ignored);
+    if (stream) stream->close();
   }
   void disarm() {
     armed = false;
@@ -161,8 +159,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
 
   std::error_code fail(std::error_code ec) {
     if (!fatal) fatal = ec;
-    bsys_error ignored;
-    socket.close(ignored);
+    if (stream) stream->close();
     return fatal;
   }
 
@@ -175,18 +172,10 @@ struct client::impl : std::enable_shared_from_this<impl> {
     return ec;
   }
 
-  awaitable<std::size_t> read_some(bsys_error& ec) {
-    auto b = asio::buffer(buf);
-    if (tls) co_return co_await tls->async_read_some(b, asio::redirect_error(asio::use_awaitable, ec));
-    co_return co_await socket.async_read_some(b, asio::redirect_error(asio::use_awaitable, ec));
-  }
-
   awaitable<std::error_code> write_all(std::string_view data) {
     if (fatal) co_return fatal;
     bsys_error ec;
-    auto b = asio::buffer(data);
-    if (tls) co_await asio::async_write(*tls, b, asio::redirect_error(asio::use_awaitable, ec));
-    else co_await asio::async_write(socket, b, asio::redirect_error(asio::use_awaitable, ec));
+    co_await stream->write_all(asio::buffer(data), ec);
     if (ec) co_return fail(io_error(ec));
     touch();
     co_return std::error_code{};
@@ -252,7 +241,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
         case parse_event::need_more: {
           begin = end = 0;
           bsys_error ec;
-          std::size_t n = co_await read_some(ec);
+          std::size_t n = co_await stream->read_some(asio::buffer(buf), ec);
           if (ec) co_return fail(io_error(ec));
           touch();
           end = n;
@@ -309,13 +298,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
 
   awaitable<std::error_code> handshake(const std::string& host) {
     if (!tls_ctx) co_return std::make_error_code(std::errc::invalid_argument);
-    tls.emplace(socket, *tls_ctx);
-    if (SSL_CTX_get_verify_mode(tls_ctx->native_handle()) & SSL_VERIFY_PEER)
-      tls->set_verify_callback(asio::ssl::host_name_verification(host));
-    if (!is_ip_address(host)) SSL_set_tlsext_host_name(tls->native_handle(), host.c_str());
-    bsys_error ec;
-    co_await tls->async_handshake(asio::ssl::stream_base::client,
-                                  asio::redirect_error(asio::use_awaitable, ec));
+    bsys_error ec = co_await stream->client_handshake(*tls_ctx, host);
     if (ec) co_return fail(timed_out ? std::error_code(errc::timeout) : std::error_code(ec));
     co_return std::error_code{};
   }
@@ -406,7 +389,7 @@ client::~client() { close(); }
 
 const capability_set& client::capabilities() const { return impl_->caps; }
 const response& client::greeting() const { return impl_->greeting; }
-bool client::tls_active() const { return impl_->tls.has_value(); }
+bool client::tls_active() const { return impl_->stream && impl_->stream->tls_active(); }
 std::string client::next_tag() { return impl_->next_tag(); }
 
 awaitable<std::error_code> client::connect(endpoint ep,
@@ -415,14 +398,15 @@ awaitable<std::error_code> client::connect(endpoint ep,
   s.tls_ctx = std::move(tls);
   deadline_scope deadline(s, s.opts.connect_timeout);
 
-  tcp::resolver resolver(s.socket.get_executor());
+  tcp::resolver resolver(s.stream->socket().get_executor());
   bsys_error bec;
   auto endpoints = co_await resolver.async_resolve(ep.host, std::to_string(ep.port),
                                                    asio::redirect_error(asio::use_awaitable, bec));
   if (bec) co_return s.fail(bec);
-  co_await asio::async_connect(s.socket, endpoints, asio::redirect_error(asio::use_awaitable, bec));
+  co_await asio::async_connect(s.stream->socket(), endpoints,
+                               asio::redirect_error(asio::use_awaitable, bec));
   if (bec) co_return s.fail(s.timed_out ? std::error_code(errc::timeout) : std::error_code(bec));
-  s.socket.set_option(tcp::no_delay(true), bec);
+  s.stream->socket().set_option(tcp::no_delay(true), bec);
 
   if (ep.tls == tls_mode::implicit) {
     if (auto ec = co_await s.handshake(ep.host)) co_return ec;
@@ -452,7 +436,8 @@ awaitable<std::error_code> client::refresh_capabilities() {
   co_return co_await impl_->refresh_capabilities();
 }
 
-awaitable<std::error_code> client::login(std::string_view user, std::string_view password) {
+awaitable<std::error_code> client::login(std::string_view user, std::string_view password,
+                                         command_result* result) {
   impl& s = *impl_;
   if (s.caps.has("LOGINDISABLED")) co_return errc::not_supported;
   deadline_scope deadline(s, s.opts.command_timeout);
@@ -461,12 +446,15 @@ awaitable<std::error_code> client::login(std::string_view user, std::string_view
   b.astring(user).astring(password);
   command_result r;
   if (auto ec = co_await s.run(tag, std::move(b).finish(), r, nullptr)) co_return ec;
-  co_return co_await s.after_login(r);
+  auto ec = co_await s.after_login(r);
+  if (result) *result = std::move(r);
+  co_return ec;
 }
 
 awaitable<std::error_code> client::authenticate_plain(std::string_view user,
                                                       std::string_view password,
-                                                      std::string_view authzid) {
+                                                      std::string_view authzid,
+                                                      command_result* result) {
   impl& s = *impl_;
   if (!s.caps.has_auth("PLAIN")) co_return errc::not_supported;
   deadline_scope deadline(s, s.opts.command_timeout);
@@ -486,7 +474,9 @@ awaitable<std::error_code> client::authenticate_plain(std::string_view user,
   wipe(encoded);
   command_result r;
   if (auto ec = co_await s.run(tag, std::move(parts), r, nullptr)) co_return ec;
-  co_return co_await s.after_login(r);
+  auto ec = co_await s.after_login(r);
+  if (result) *result = std::move(r);
+  co_return ec;
 }
 
 awaitable<std::error_code> client::send(std::string tag, std::vector<std::string> parts,
@@ -575,10 +565,9 @@ awaitable<std::error_code> client::logout() {
       co_return ec;
     }
   }
-  if (s.tls) {
+  if (s.stream && s.stream->tls_active()) {
     deadline_scope deadline(s, std::chrono::seconds(2));
-    bsys_error ignored;
-    co_await s.tls->async_shutdown(asio::redirect_error(asio::use_awaitable, ignored));
+    co_await s.stream->shutdown();
   }
   close();
   co_return std::error_code{};
@@ -587,8 +576,16 @@ awaitable<std::error_code> client::logout() {
 void client::close() {
   if (!impl_) return;
   impl_->disarm();
-  bsys_error ignored;
-  impl_->socket.close(ignored);
+  if (impl_->stream) impl_->stream->close();
+}
+
+std::unique_ptr<tls_stream> client::detach(std::string& unparsed) {
+  impl& s = *impl_;
+  s.disarm();
+  unparsed.assign(s.buf.data() + s.begin, s.end - s.begin);
+  s.begin = s.end = 0;
+  s.fatal = errc::connection_closed;  // this object is done; the stream lives on
+  return std::move(s.stream);
 }
 
 }  // namespace suction::imap

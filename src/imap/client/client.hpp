@@ -31,6 +31,8 @@ class context;
 
 namespace suction::imap {
 
+class tls_stream;  // imap/client/stream.hpp
+
 template <class T>
 using awaitable = boost::asio::awaitable<T>;
 
@@ -124,10 +126,13 @@ class client {
   awaitable<std::error_code> refresh_capabilities();
 
   // LOGIN (strings as atom, quoted or literal as needed). A NO is errc::auth_failed.
-  awaitable<std::error_code> login(std::string_view user, std::string_view password);
+  // `result`, if given, receives the server's tagged answer (code and text).
+  awaitable<std::error_code> login(std::string_view user, std::string_view password,
+                                   command_result* result = nullptr);
   // AUTHENTICATE PLAIN, with SASL-IR where the server offers it.
   awaitable<std::error_code> authenticate_plain(std::string_view user, std::string_view password,
-                                                std::string_view authzid = {});
+                                                std::string_view authzid = {},
+                                                command_result* result = nullptr);
 
   // A tag for the next command; build it with imap::command_builder.
   std::string next_tag();
@@ -151,6 +156,11 @@ class client {
 
   awaitable<std::error_code> logout();
   void close();
+
+  // Hands the connection over to a byte relay: returns the transport and puts
+  // into `unparsed` the bytes already received but not yet parsed. The client
+  // is unusable afterwards.
+  std::unique_ptr<tls_stream> detach(std::string& unparsed);
 
  private:
   struct impl;
