@@ -1,22 +1,82 @@
-// The `suction` command line. Subcommands (proxy, sync, status) arrive with
-// their issues; for now it answers --version and --help.
+// The `suction` command line.
 #include <CLI/CLI.hpp>
+#include <boost/asio/io_context.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include <cstdio>
+
+#include "config/config.hpp"
+#include "proxy/daemon.hpp"
+
+namespace {
+
+spdlog::level::level_enum to_spdlog(suction::config::log_level l) {
+  using suction::config::log_level;
+  switch (l) {
+    case log_level::trace: return spdlog::level::trace;
+    case log_level::debug: return spdlog::level::debug;
+    case log_level::info: return spdlog::level::info;
+    case log_level::warn: return spdlog::level::warn;
+    case log_level::error: return spdlog::level::err;
+  }
+  return spdlog::level::info;
+}
+
+// Loads the configuration or says in one line why not.
+std::optional<suction::config::config> load_config(const std::string& path) {
+  try {
+    auto cfg = suction::config::load(path);
+    auto missing = suction::config::check_files(cfg);
+    for (const auto& line : missing) std::fprintf(stderr, "suction: %s\n", line.c_str());
+    if (!missing.empty()) return std::nullopt;
+    return cfg;
+  } catch (const suction::config::config_error& e) {
+    std::fprintf(stderr, "suction: %s\n", e.what());
+    return std::nullopt;
+  }
+}
+
+int run_proxy(const std::string& config_path) {
+  auto cfg = load_config(config_path);
+  if (!cfg) return 2;
+  auto logger = spdlog::stderr_color_mt("suction");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  spdlog::set_level(to_spdlog(cfg->log.level));
+  spdlog::flush_on(spdlog::level::trace);
+
+  boost::asio::io_context io(1);
+  suction::proxy::daemon d(io, *cfg, std::make_unique<suction::proxy::log_only_trigger>());
+  try {
+    d.start();
+  } catch (const suction::proxy::startup_error& e) {
+    std::fprintf(stderr, "suction: %s\n", e.what());
+    return 1;
+  }
+  io.run();
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
       "suction: a transparent IMAP proxy that migrates each user's mail from the legacy "
       "server when they log in"};
   app.set_version_flag("--version", std::string("suction ") + SUCTION_VERSION);
-  app.footer("Documentation: README.md. Subcommands proxy, sync and status come with their issues.");
+  app.require_subcommand(0, 1);
+
+  std::string config_path;
+  auto* proxy = app.add_subcommand("proxy", "Run the IMAP proxy in the foreground (logs to stderr)");
+  proxy->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  if (argc == 1) {
-    std::fputs(app.help().c_str(), stdout);
-  }
+  if (*proxy) return run_proxy(config_path);
+  std::fputs(app.help().c_str(), stdout);
   return 0;
 }

@@ -1,0 +1,116 @@
+#include "proxy/backend_login.hpp"
+
+#include "imap/client/stream.hpp"
+#include "imap/serialize.hpp"
+
+namespace suction::proxy {
+
+namespace asio = boost::asio;
+
+std::string backend_settings::display() const {
+  return endpoint.host + ":" + std::to_string(endpoint.port);
+}
+
+namespace {
+
+imap::client_options options_for(const backend_settings& s) {
+  imap::client_options o;
+  o.connect_timeout = s.connect_timeout;
+  o.command_timeout = s.command_timeout;
+  o.read_buffer_size = 16 * 1024;
+  return o;
+}
+
+std::string id_command(const std::string& tag, const client_info& c) {
+  std::string cmd = tag + " ID (";
+  imap::append_quoted(cmd, "x-originating-ip");
+  cmd += ' ';
+  imap::append_quoted(cmd, c.address);
+  cmd += ' ';
+  imap::append_quoted(cmd, "x-originating-port");
+  cmd += ' ';
+  imap::append_quoted(cmd, std::to_string(c.port));
+  cmd += ' ';
+  imap::append_quoted(cmd, "x-session-id");
+  cmd += ' ';
+  imap::append_quoted(cmd, c.session_id);
+  cmd += ")\r\n";
+  return cmd;
+}
+
+}  // namespace
+
+asio::awaitable<std::pair<std::error_code, imap::capability_set>> probe_capabilities(
+    asio::any_io_executor ex, const backend_settings& settings) {
+  imap::client c(ex, options_for(settings));
+  auto ec = co_await c.connect(settings.endpoint, settings.tls);
+  imap::capability_set caps = c.capabilities();
+  if (!ec) co_await c.logout();
+  co_return std::pair{ec, caps};
+}
+
+asio::awaitable<backend_result> backend_login(asio::any_io_executor ex,
+                                              const backend_settings& settings,
+                                              const credentials& creds,
+                                              const client_info& client) {
+  backend_result r;
+  imap::client c(ex, options_for(settings));
+  if (auto ec = co_await c.connect(settings.endpoint, settings.tls)) {
+    r.reason = "connect: " + ec.message();
+    co_return r;
+  }
+  r.preauth_capabilities = c.capabilities();
+  if (settings.forward_client_info && c.capabilities().has("ID")) {
+    std::string tag = c.next_tag();
+    std::vector<std::string> parts;
+    parts.push_back(id_command(tag, client));
+    imap::command_result ignored;
+    if (auto ec = co_await c.execute(tag, std::move(parts), ignored)) {
+      r.reason = "ID: " + ec.message();
+      co_return r;
+    }
+  }
+  std::error_code ec;
+  // LOGIN carries any password; AUTHENTICATE PLAIN where the backend refuses LOGIN.
+  if (c.capabilities().has("LOGINDISABLED"))
+    ec = co_await c.authenticate_plain(creds.user, creds.password, {}, &r.answer);
+  else
+    ec = co_await c.login(creds.user, creds.password, &r.answer);
+  if (ec == imap::errc::auth_failed || ec == imap::errc::command_bad) {
+    r.outcome = backend_outcome::refused;
+    r.reason = r.answer.text;
+    co_return r;
+  }
+  if (ec) {
+    r.reason = "login: " + ec.message();
+    co_return r;
+  }
+  r.outcome = backend_outcome::ok;
+  r.capabilities = c.capabilities();
+  r.stream = c.detach(r.unparsed);
+  co_return r;
+}
+
+std::string client_answer(std::string_view client_tag, const backend_result& r) {
+  std::string out(client_tag);
+  switch (r.answer.status) {
+    case imap::status::ok: out += " OK"; break;
+    case imap::status::no: out += " NO"; break;
+    default: out += " BAD"; break;
+  }
+  if (r.outcome == backend_outcome::ok) {
+    // Clients may cache these: always the post-login list.
+    out += " [CAPABILITY " + r.capabilities.to_string() + "]";
+  } else if (r.answer.code) {
+    out += " [" + r.answer.code->name;
+    if (!r.answer.code->raw_args.empty()) out += " " + r.answer.code->raw_args;
+    out += "]";
+  }
+  out += " ";
+  out += r.answer.text.empty() ? std::string(r.outcome == backend_outcome::ok ? "Logged in" : "Authentication failed.")
+                               : r.answer.text;
+  out += "\r\n";
+  return out;
+}
+
+}  // namespace suction::proxy

@@ -1,0 +1,258 @@
+#include "proxy/daemon.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+
+#include "imap/client/stream.hpp"
+#include "proxy/daemon_state.hpp"
+
+namespace suction::proxy {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+void log_only_trigger::on_login(login_event event) {
+  spdlog::info("migration trigger user={} client={} session={} (no scheduler yet: nothing is migrated)",
+               printable(event.creds.user), event.client_address, event.session_id);
+}
+
+std::shared_ptr<asio::ssl::context> make_server_tls(const config::config& cfg) {
+  const auto& l = cfg.listen;
+  if (l.tls_cert.empty()) return nullptr;
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
+  ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_compression |
+                   asio::ssl::context::single_dh_use);
+  // Idle TLS sessions give their record buffers back (memory per session).
+  SSL_CTX_set_mode(ctx->native_handle(), SSL_MODE_RELEASE_BUFFERS);
+  boost::system::error_code ec;
+  ctx->use_certificate_chain_file(l.tls_cert, ec);
+  if (ec)
+    throw startup_error(cfg.source.string() + ": [listen] tls_cert: cannot use " + l.tls_cert + ": " +
+                        ec.message());
+  ctx->use_private_key_file(l.tls_key, asio::ssl::context::pem, ec);
+  if (ec)
+    throw startup_error(cfg.source.string() + ": [listen] tls_key: cannot use " + l.tls_key + ": " +
+                        ec.message());
+  if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
+    throw startup_error(cfg.source.string() + ": [listen] tls_key: " + l.tls_key +
+                        " does not match the certificate " + l.tls_cert);
+  return ctx;
+}
+
+void daemon::state::session_ended() {
+  if (stopping && sessions.empty()) {
+    grace_timer.cancel();
+    boost::system::error_code ignored;
+    signals.cancel(ignored);
+    spdlog::info("shutdown complete");
+  }
+}
+
+namespace {
+
+tcp::endpoint listen_endpoint(const config::config& cfg, const std::string& key,
+                              const std::string& value) {
+  auto hp = config::split_host_port(value);
+  if (!hp) throw startup_error(cfg.source.string() + ": [listen] " + key + ": not HOST:PORT: " + value);
+  std::string host = hp->host;
+  if (host == "*" || host.empty()) host = "::";
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(host, ec);
+  if (ec) {
+    asio::io_context io;
+    tcp::resolver r(io);
+    auto results = r.resolve(host, std::to_string(hp->port), ec);
+    if (ec || results.empty())
+      throw startup_error(cfg.source.string() + ": [listen] " + key + ": cannot resolve " + host + ": " +
+                          ec.message());
+    return *results.begin();
+  }
+  return {addr, hp->port};
+}
+
+std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const config::config& cfg,
+                                    const std::string& key, const std::string& value) {
+  auto ep = listen_endpoint(cfg, key, value);
+  auto acc = std::make_unique<tcp::acceptor>(io);
+  boost::system::error_code ec;
+  auto fail = [&](const char* what) {
+    throw startup_error(cfg.source.string() + ": [listen] " + key + ": cannot " + what + " " + value + ": " +
+                        ec.message());
+  };
+  acc->open(ep.protocol(), ec);
+  if (ec) fail("open a socket for");
+  acc->set_option(tcp::acceptor::reuse_address(true), ec);
+  if (ep.address().is_v6()) acc->set_option(asio::ip::v6_only(false), ec);  // "::" takes IPv4 too
+  acc->bind(ep, ec);
+  if (ec) fail("listen on");
+  acc->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) fail("listen on");
+  return acc;
+}
+
+asio::awaitable<void> accept_loop(std::shared_ptr<daemon::state> st, tcp::acceptor& acc, bool implicit_tls) {
+  for (;;) {
+    boost::system::error_code ec;
+    tcp::socket s = co_await acc.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (st->stopping || ec == asio::error::operation_aborted) co_return;
+      spdlog::warn("accept failed: {}", ec.message());
+      // Out of file descriptors and the like: pause rather than spin.
+      asio::steady_timer pause(acc.get_executor(), std::chrono::milliseconds(100));
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    asio::co_spawn(acc.get_executor(), run_session(st, std::move(s), implicit_tls),
+                   [](std::exception_ptr e) {
+                     if (!e) return;
+                     try {
+                       std::rethrow_exception(e);
+                     } catch (const std::exception& ex) {
+                       spdlog::error("session ended by an unexpected error: {}", ex.what());
+                     }
+                   });
+  }
+}
+
+imap::tls_mode to_imap(config::tls_mode m) {
+  switch (m) {
+    case config::tls_mode::starttls: return imap::tls_mode::starttls;
+    case config::tls_mode::implicit: return imap::tls_mode::implicit;
+    default: return imap::tls_mode::none;
+  }
+}
+
+}  // namespace
+
+daemon::daemon(asio::io_context& io, config::config cfg, std::unique_ptr<login_trigger> trigger)
+    : state_(std::make_shared<state>(io, std::move(cfg), std::move(trigger))) {}
+
+daemon::~daemon() = default;
+
+void daemon::start() {
+  state& st = *state_;
+  const auto& cfg = st.cfg;
+  st.server_tls = make_server_tls(cfg);
+  if (cfg.listen.login_requires_tls && !st.server_tls)
+    throw startup_error(cfg.source.string() + ": [listen] login_requires_tls: needs tls_cert and tls_key");
+
+  st.preauth_limits.max_line = cfg.limits.max_line;
+  st.preauth_limits.max_literal = cfg.limits.max_literal;
+  st.preauth_limits.inline_literal_max = cfg.limits.max_literal;
+  st.preauth_limits.max_message = cfg.limits.max_line + 2 * std::size_t(cfg.limits.max_literal);
+  st.preauth_limits.max_depth = 8;
+
+  auto& b = st.backend;
+  b.endpoint = {cfg.fresh.host, cfg.fresh.port, to_imap(cfg.fresh.tls)};
+  b.connect_timeout = cfg.fresh.connect_timeout;
+  b.command_timeout = cfg.fresh.command_timeout;
+  b.forward_client_info = cfg.fresh.forward_client_info;
+  if (cfg.fresh.tls != config::tls_mode::none) {
+    std::error_code ec;
+    b.tls = imap::make_client_tls_context({cfg.fresh.ca_file, cfg.fresh.verify_certificate}, ec);
+    if (!b.tls)
+      throw startup_error(cfg.source.string() + ": [new] ca_file: cannot load " +
+                          (cfg.fresh.ca_file.empty() ? std::string("the system CA store") : cfg.fresh.ca_file) +
+                          ": " + ec.message());
+  }
+
+  if (!cfg.listen.imap.empty()) st.acceptors.push_back(bind_listener(st.io, cfg, "imap", cfg.listen.imap));
+  if (!cfg.listen.imaps.empty()) {
+    if (!st.server_tls) throw startup_error(cfg.source.string() + ": [listen] imaps: needs tls_cert and tls_key");
+    st.acceptors.push_back(bind_listener(st.io, cfg, "imaps", cfg.listen.imaps));
+  }
+
+  // Until the probe answers, advertise what any IMAP4rev1 server offers.
+  st.backend_capabilities = imap::capability_set::parse("IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE");
+  asio::co_spawn(st.io, [self = state_]() -> asio::awaitable<void> {
+    auto [ec, caps] = co_await probe_capabilities(self->io.get_executor(), self->backend);
+    if (ec) {
+      spdlog::warn("backend probe failed backend={} reason=\"{}\" (logins will report UNAVAILABLE until it answers)",
+                   self->backend.display(), ec.message());
+      co_return;
+    }
+    self->backend_capabilities = caps;
+    spdlog::info("backend {} offers: {}", self->backend.display(), caps.to_string());
+  }, asio::detached);
+
+  std::size_t i = 0;
+  if (!cfg.listen.imap.empty()) {
+    asio::co_spawn(st.io, accept_loop(state_, *st.acceptors[i++], false), asio::detached);
+    spdlog::info("listening imap={} (plaintext{})", cfg.listen.imap, st.server_tls ? " + STARTTLS" : "");
+  }
+  if (!cfg.listen.imaps.empty()) {
+    asio::co_spawn(st.io, accept_loop(state_, *st.acceptors[i++], true), asio::detached);
+    spdlog::info("listening imaps={} (implicit TLS)", cfg.listen.imaps);
+  }
+
+  st.signals.add(SIGTERM);
+  st.signals.add(SIGINT);
+  st.signals.add(SIGHUP);
+  std::signal(SIGPIPE, SIG_IGN);
+  asio::co_spawn(st.io, [this, weak = std::weak_ptr<state>(state_)]() -> asio::awaitable<void> {
+    for (;;) {
+      auto s = weak.lock();
+      if (!s) co_return;
+      boost::system::error_code ec;
+      int sig = co_await s->signals.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return;  // cancelled: the daemon is done
+      if (sig != SIGHUP) {
+        spdlog::info("{}: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        stop();
+        continue;  // a second SIGTERM changes nothing; the grace period bounds the wait
+      }
+      try {
+        if (auto ctx = make_server_tls(s->cfg)) s->server_tls = ctx;
+        spdlog::info("SIGHUP: TLS certificate reloaded from {}", s->cfg.listen.tls_cert);
+      } catch (const std::exception& e) {
+        spdlog::error("SIGHUP: keeping the old certificate: {}", e.what());
+      }
+    }
+  }, asio::detached);
+}
+
+void daemon::stop() {
+  state& st = *state_;
+  if (st.stopping) return;
+  st.stopping = true;
+  for (auto& a : st.acceptors) {
+    boost::system::error_code ignored;
+    a->close(ignored);
+  }
+  std::size_t relays = 0;
+  for (auto& [id, h] : st.sessions) {
+    if (h->phase == session_phase::preauth) {
+      // The session's pending read ends; it says BYE itself.
+      h->shutting_down = true;
+      boost::system::error_code ignored;
+      h->client->socket().cancel(ignored);
+    } else {
+      ++relays;
+    }
+  }
+  spdlog::info("stop: no new connections; {} logged-in session(s) may drain for {}s", relays,
+               st.cfg.limits.shutdown_grace.count());
+  st.grace_timer.expires_after(st.cfg.limits.shutdown_grace);
+  st.grace_timer.async_wait([weak = std::weak_ptr<state>(state_)](boost::system::error_code ec) {
+    auto s = weak.lock();
+    if (ec || !s) return;
+    s->grace_over = true;
+    spdlog::info("stop: grace period over, closing {} session(s)", s->sessions.size());
+    for (auto& [id, h] : s->sessions) {
+      if (h->active_relay) h->active_relay->stop("shutdown");
+      else if (h->client) h->client->close();
+    }
+  });
+  if (st.sessions.empty()) st.session_ended();
+}
+
+}  // namespace suction::proxy

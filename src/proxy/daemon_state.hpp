@@ -1,0 +1,75 @@
+// The daemon's shared state, seen by the listeners and the sessions. Internal
+// to proxy/ (pulls in Asio): include only from proxy .cpp files.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "config/config.hpp"
+#include "imap/parser.hpp"
+#include "proxy/backend_login.hpp"
+#include "proxy/daemon.hpp"
+#include "proxy/relay.hpp"
+#include "proxy/trigger.hpp"
+
+namespace suction::proxy {
+
+enum class session_phase : std::uint8_t { preauth, login, relay };
+
+// What the daemon may do to a running session (SIGTERM).
+struct session_handle {
+  std::uint64_t id = 0;
+  session_phase phase = session_phase::preauth;
+  imap::tls_stream* client = nullptr;
+  relay* active_relay = nullptr;
+  bool shutting_down = false;
+};
+
+struct daemon::state : std::enable_shared_from_this<daemon::state> {
+  state(boost::asio::io_context& io, config::config c, std::unique_ptr<login_trigger> t)
+      : io(io), cfg(std::move(c)), trigger(std::move(t)), signals(io), grace_timer(io) {}
+
+  boost::asio::io_context& io;
+  config::config cfg;
+  std::unique_ptr<login_trigger> trigger;
+
+  std::shared_ptr<boost::asio::ssl::context> server_tls;  // null without a certificate
+  backend_settings backend;
+  imap::capability_set backend_capabilities;  // pre-login, refreshed on every backend connect
+  imap::parser_limits preauth_limits;
+
+  std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors;
+  boost::asio::signal_set signals;
+  boost::asio::steady_timer grace_timer;
+
+  std::unordered_map<std::uint64_t, session_handle*> sessions;
+  std::unordered_map<std::string, std::uint32_t> per_address;
+  std::uint64_t next_session = 0;
+  std::uint64_t session_id_salt = 0;
+  bool stopping = false;
+  bool grace_over = false;  // after SIGTERM, relays had their time
+
+  std::uint64_t logins_ok = 0, logins_failed = 0, backend_errors = 0;
+
+  void session_ended();  // the last one out after a stop ends the daemon
+};
+
+// The coroutine of one client connection, from accept to close.
+boost::asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st,
+                                         boost::asio::ip::tcp::socket socket, bool implicit_tls);
+
+// Log-safe text: control bytes escaped, so a user name cannot forge log lines.
+std::string printable(std::string_view s);
+
+std::shared_ptr<boost::asio::ssl::context> make_server_tls(const config::config& cfg);
+
+}  // namespace suction::proxy

@@ -1,0 +1,46 @@
+// The byte relay after login: both directions, no parsing, an idle deadline,
+// and a close on either side closes the other.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace suction::imap {
+class tls_stream;
+}
+
+namespace suction::proxy {
+
+struct relay_result {
+  std::uint64_t to_backend = 0, to_client = 0;
+  std::string end;  // "client closed", "backend closed", "idle", "shutdown", ...
+};
+
+class relay {
+ public:
+  relay(imap::tls_stream& client, imap::tls_stream& backend, std::chrono::milliseconds idle);
+  // `to_backend_first` / `to_client_first`: bytes already read on each side
+  // (commands the client pipelined after LOGIN, data the backend sent early).
+  boost::asio::awaitable<relay_result> run(std::string to_backend_first,
+                                           std::string to_client_first);
+  // Ends the relay from outside (shutdown after the grace period).
+  void stop(std::string reason);
+
+ private:
+  boost::asio::awaitable<void> pump(imap::tls_stream& from, imap::tls_stream& to,
+                                    std::string first, std::uint64_t& counter,
+                                    const char* from_name);
+  boost::asio::awaitable<void> watchdog();
+  void end(std::string reason);
+
+  imap::tls_stream& client_;
+  imap::tls_stream& backend_;
+  std::chrono::milliseconds idle_;
+  std::chrono::steady_clock::time_point last_activity_;
+  relay_result result_;
+};
+
+}  // namespace suction::proxy

@@ -1,0 +1,334 @@
+// One client connection: limits, TLS, the pre-auth conversation, the backend
+// login, then the relay. Every phase has a deadline.
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <functional>
+#include <random>
+
+#include "imap/client/stream.hpp"
+#include "proxy/daemon_state.hpp"
+#include "proxy/preauth.hpp"
+
+namespace suction::proxy {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using clock = std::chrono::steady_clock;
+
+std::string printable(std::string_view s) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// Calls on_expire when `limit` passes without touch() (pre-auth idle, and the
+// bound on TLS handshakes and backend logins).
+class idle_deadline {
+ public:
+  idle_deadline(asio::any_io_executor ex, std::function<void()> on_expire)
+      : impl_(std::make_shared<impl>(ex, std::move(on_expire))) {}
+  ~idle_deadline() { disarm(); }
+  idle_deadline(const idle_deadline&) = delete;
+  idle_deadline& operator=(const idle_deadline&) = delete;
+
+  void arm(std::chrono::milliseconds limit) {
+    impl_->limit = limit;
+    impl_->armed = true;
+    touch();
+    impl_->schedule(impl_->due);
+  }
+  void touch() { impl_->due = clock::now() + impl_->limit; }
+  void disarm() {
+    impl_->armed = false;
+    impl_->timer.cancel();
+  }
+
+ private:
+  struct impl : std::enable_shared_from_this<impl> {
+    impl(asio::any_io_executor ex, std::function<void()> f) : timer(ex), on_expire(std::move(f)) {}
+    asio::steady_timer timer;
+    std::function<void()> on_expire;
+    std::chrono::milliseconds limit{0};
+    clock::time_point due;
+    bool armed = false;
+    void schedule(clock::time_point when) {
+      timer.expires_at(when);
+      timer.async_wait([w = weak_from_this()](boost::system::error_code ec) {
+        if (ec) return;
+        if (auto self = w.lock()) self->fire();
+      });
+    }
+    void fire() {
+      if (!armed) return;
+      if (clock::now() < due) return schedule(due);
+      armed = false;
+      on_expire();
+    }
+  };
+  std::shared_ptr<impl> impl_;
+};
+
+// Registers the session with the daemon for its lifetime (shutdown, limits).
+class registration {
+ public:
+  registration(daemon::state& st, session_handle& h, std::string address)
+      : st_(st), h_(h), address_(std::move(address)) {
+    st_.sessions.emplace(h_.id, &h_);
+    ++st_.per_address[address_];
+  }
+  ~registration() {
+    st_.sessions.erase(h_.id);
+    auto it = st_.per_address.find(address_);
+    if (it != st_.per_address.end() && --it->second == 0) st_.per_address.erase(it);
+    st_.session_ended();
+  }
+  registration(const registration&) = delete;
+  registration& operator=(const registration&) = delete;
+  std::uint32_t from_this_address() const { return st_.per_address[address_]; }
+
+ private:
+  daemon::state& st_;
+  session_handle& h_;
+  std::string address_;
+};
+
+std::string make_session_id(daemon::state& st, std::uint64_t n) {
+  if (st.session_id_salt == 0) st.session_id_salt = std::random_device{}() | 1ull << 40;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%010llx%06llx", static_cast<unsigned long long>(st.session_id_salt),
+                static_cast<unsigned long long>(n & 0xffffff));
+  return buf;
+}
+
+long long ms_since(clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - t).count();
+}
+
+}  // namespace
+
+asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket socket,
+                                  bool implicit_tls) {
+  const auto started = clock::now();
+  auto ex = co_await asio::this_coro::executor;
+  session_handle h;
+  h.id = ++st->next_session;
+  boost::system::error_code ec;
+  auto remote = socket.remote_endpoint(ec);
+  client_info ci;
+  ci.address = ec ? std::string("unknown") : remote.address().to_string();
+  ci.port = ec ? 0 : remote.port();
+  ci.session_id = make_session_id(*st, h.id);
+  const std::string client = ci.address + ":" + std::to_string(ci.port);
+  socket.set_option(tcp::no_delay(true), ec);
+  registration reg(*st, h, ci.address);
+  imap::tls_stream stream(std::move(socket));
+  h.client = &stream;
+
+  auto say = [&](std::string_view text) -> asio::awaitable<bool> {
+    boost::system::error_code wec;
+    co_await stream.write_all(asio::buffer(text), wec);
+    co_return !wec;
+  };
+
+  // Connection limits, answered in plaintext before anything else.
+  const auto& limits = st->cfg.limits;
+  if (st->sessions.size() > limits.max_connections || reg.from_this_address() > limits.max_connections_per_ip) {
+    bool total = st->sessions.size() > limits.max_connections;
+    spdlog::warn("connection refused client={} reason=\"{}\" session={}", client,
+                 total ? "too many connections" : "too many connections from this address", ci.session_id);
+    if (!implicit_tls) co_await say("* BYE Too many connections.\r\n");
+    stream.close();
+    co_return;
+  }
+  if (st->stopping) {
+    stream.close();
+    co_return;
+  }
+
+  idle_deadline deadline(ex, [&stream] { stream.close(); });
+  deadline.arm(limits.preauth_idle);
+
+  if (implicit_tls) {
+    auto hec = co_await stream.server_handshake(*st->server_tls);
+    if (hec) {
+      spdlog::info("tls handshake failed client={} reason=\"{}\" session={}", client, hec.message(),
+                   ci.session_id);
+      stream.close();
+      co_return;
+    }
+  }
+
+  preauth_settings ps;
+  ps.backend_capabilities = st->backend_capabilities;
+  ps.starttls_available = !implicit_tls && st->server_tls != nullptr;
+  ps.login_requires_tls = st->cfg.listen.login_requires_tls;
+  ps.max_bad_commands = limits.max_bad_commands;
+  ps.max_login_attempts = limits.login_attempts;
+  preauth pa(std::move(ps), stream.tls_active());
+  imap::command_parser parser(st->preauth_limits);
+
+  if (!co_await say(pa.greeting())) co_return;
+
+  std::vector<char> buf(4096);
+  std::size_t begin = 0, end = 0;
+  std::string why_closed = "client closed";
+  for (;;) {
+    auto r = parser.feed(std::string_view(buf.data() + begin, end - begin));
+    begin += r.consumed;
+    preauth::action act;
+    switch (r.event) {
+      case imap::parse_event::need_more: {
+        begin = end = 0;
+        boost::system::error_code rec;
+        std::size_t n = co_await stream.read_some(asio::buffer(buf), rec);
+        if (rec) {
+          if (h.shutting_down) {
+            co_await say("* BYE Server shutting down.\r\n");
+            why_closed = "shutdown";
+          } else if (rec == asio::error::operation_aborted || rec == asio::error::bad_descriptor) {
+            why_closed = "idle timeout";
+          }
+          spdlog::info("session closed before login client={} reason=\"{}\" duration={}ms session={}",
+                       client, why_closed, ms_since(started), ci.session_id);
+          stream.close();
+          co_return;
+        }
+        deadline.touch();
+        end = n;
+        continue;
+      }
+      case imap::parse_event::need_continuation:
+        if (!co_await say("+ OK\r\n")) co_return;
+        continue;
+      case imap::parse_event::literal_begin:
+      case imap::parse_event::literal_data:
+      case imap::parse_event::literal_end:
+        continue;  // pre-auth literals are small and kept inline
+      case imap::parse_event::message:
+        spdlog::trace("preauth command client={} tag={} command={} session={}", client,
+                      printable(parser.command().tag), printable(parser.command().name), ci.session_id);
+        act = pa.on_command(parser.command());
+        break;
+      case imap::parse_event::line:
+        act = pa.on_auth_line(parser.line());
+        break;
+      case imap::parse_event::error:
+        act = pa.on_parse_error(parser.error(), parser.error_tag(), parser.recoverable());
+        if (act == preauth::action::send_and_close)
+          spdlog::warn("preauth limit client={} reason=\"{}\" session={}", client, parser.error().message(),
+                       ci.session_id);
+        break;
+    }
+
+    switch (act) {
+      case preauth::action::send:
+        if (!co_await say(pa.out())) co_return;
+        break;
+      case preauth::action::send_and_close:
+        co_await say(pa.out());
+        if (pa.out().find("Too many") != std::string::npos)
+          spdlog::warn("preauth limit client={} reason=\"{}\" session={}", client,
+                       printable(pa.out().substr(6, pa.out().find('\r') - 6)), ci.session_id);
+        else
+          spdlog::info("session closed before login client={} reason=\"logout\" duration={}ms session={}",
+                       client, ms_since(started), ci.session_id);
+        stream.close();
+        co_return;
+      case preauth::action::read_auth_line:
+        if (!co_await say(pa.out())) co_return;
+        parser.expect_line();
+        break;
+      case preauth::action::start_tls: {
+        if (!co_await say(pa.out())) co_return;
+        // Whatever the client sent after STARTTLS, before the handshake, is
+        // dropped: answering it inside TLS is the command-injection bug.
+        begin = end = 0;
+        parser.reset();
+        auto hec = co_await stream.server_handshake(*st->server_tls);
+        if (hec) {
+          spdlog::info("tls handshake failed client={} reason=\"{}\" session={}", client, hec.message(),
+                       ci.session_id);
+          stream.close();
+          co_return;
+        }
+        pa.on_tls_started();
+        break;
+      }
+      case preauth::action::login: {
+        h.phase = session_phase::login;
+        deadline.disarm();  // the backend login has its own deadlines
+        const auto login_started = clock::now();
+        credentials creds = pa.take_credentials();
+        const std::string user = printable(pa.login_user());
+        backend_result res = co_await backend_login(ex, st->backend, creds, ci);
+        if (!res.preauth_capabilities.empty()) st->backend_capabilities = res.preauth_capabilities;
+        const auto login_ms = ms_since(login_started);
+        if (res.outcome == backend_outcome::unavailable) {
+          ++st->backend_errors;
+          spdlog::error("login unavailable user={} client={} backend={} reason=\"{}\" duration={}ms session={}",
+                        user, client, st->backend.display(), printable(res.reason), login_ms, ci.session_id);
+          if (!co_await say(pa.login_tag() + " NO [UNAVAILABLE] Account is temporarily unavailable.\r\n"))
+            co_return;
+          h.phase = session_phase::preauth;
+          deadline.arm(limits.preauth_idle);
+          break;
+        }
+        if (res.outcome == backend_outcome::refused) {
+          ++st->logins_failed;
+          spdlog::info("login failed user={} client={} backend={} mech=\"{}\" reason=\"{}\" duration={}ms session={}",
+                       user, client, st->backend.display(), pa.mechanism(), printable(res.reason), login_ms,
+                       ci.session_id);
+          auto next = pa.on_login_refused(client_answer(pa.login_tag(), res));
+          co_await say(pa.out());
+          if (next == preauth::action::send_and_close) {
+            spdlog::warn("preauth limit client={} reason=\"too many failed logins\" session={}", client,
+                         ci.session_id);
+            stream.close();
+            co_return;
+          }
+          h.phase = session_phase::preauth;
+          deadline.arm(limits.preauth_idle);
+          break;
+        }
+        ++st->logins_ok;
+        spdlog::info("login ok user={} client={} backend={} mech=\"{}\" tls={} duration={}ms session={}", user,
+                     client, st->backend.display(), pa.mechanism(), stream.tls_active() ? "yes" : "no", login_ms,
+                     ci.session_id);
+        if (!co_await say(client_answer(pa.login_tag(), res))) co_return;
+        st->trigger->on_login(login_event{std::move(creds), ci.address, ci.session_id});
+
+        // Commands the client pipelined behind LOGIN go to the backend first.
+        std::string pending(buf.data() + begin, end - begin);
+        std::vector<char>().swap(buf);
+        h.phase = session_phase::relay;
+        relay rl(stream, *res.stream, limits.relay_idle);
+        h.active_relay = &rl;
+        if (st->grace_over) rl.stop("shutdown");
+        relay_result rr = co_await rl.run(std::move(pending), std::move(res.unparsed));
+        h.active_relay = nullptr;
+        spdlog::info("session closed user={} client={} backend={} reason=\"{}\" in={} out={} duration={}ms session={}",
+                     user, client, st->backend.display(), rr.end, rr.to_backend, rr.to_client, ms_since(started),
+                     ci.session_id);
+        co_return;
+      }
+    }
+  }
+}
+
+}  // namespace suction::proxy
