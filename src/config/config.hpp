@@ -1,5 +1,6 @@
 // suction's configuration: TOML -> these plain structs, validated at load.
 // Key names and meanings follow the config contract (README, "Configuration").
+// The structs compare with ==, so tests and a reload can compare whole sections.
 #pragma once
 
 #include <chrono>
@@ -8,6 +9,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace suction::config {
@@ -22,6 +24,8 @@ struct listen_section {
   std::string tls_key;
   bool login_requires_tls = false;       // LOGINDISABLED until STARTTLS
   std::string proxy_protocol_from;       // reserved (PROXY protocol from a load balancer)
+
+  bool operator==(const listen_section&) const = default;
 };
 
 struct server_section {
@@ -32,14 +36,20 @@ struct server_section {
   bool verify_certificate = true;
   std::chrono::seconds connect_timeout{10};
   std::chrono::seconds command_timeout{120};
+
+  bool operator==(const server_section&) const = default;
 };
 
 struct new_section : server_section {
   bool forward_client_info = true;       // ID x-originating-ip / -port / x-session-id
+
+  bool operator==(const new_section&) const = default;
 };
 
 struct legacy_section : server_section {
   std::uint32_t max_connections = 16;    // across all users, to this host
+
+  bool operator==(const legacy_section&) const = default;
 };
 
 struct limits_section {
@@ -52,11 +62,15 @@ struct limits_section {
   std::uint32_t max_connections = 10000;                // all clients
   std::uint32_t max_connections_per_ip = 50;            // per client address
   std::chrono::seconds shutdown_grace{30};              // SIGTERM: relays may drain this long
+
+  bool operator==(const limits_section&) const = default;
 };
 
 struct folder_rename {
   std::string from;  // ECMAScript regex on the legacy name (UTF-8, legacy separator)
   std::string to;    // replacement ($1 ...)
+
+  bool operator==(const folder_rename&) const = default;
 };
 
 struct sync_section {
@@ -66,21 +80,29 @@ struct sync_section {
   std::uint32_t max_concurrent_users = 4;
   std::chrono::seconds resync_interval{600};
   std::chrono::seconds credential_ttl{3600};
+
+  bool operator==(const sync_section&) const = default;
 };
 
 struct folders_section {
   std::vector<folder_rename> rename;
   std::vector<std::string> exclude;  // regexes
+
+  bool operator==(const folders_section&) const = default;
 };
 
 struct status_section {
   std::string socket = "/run/suction/status.sock";
   std::uint32_t mode = 0600;
   std::string group;
+
+  bool operator==(const status_section&) const = default;
 };
 
 struct log_section {
   log_level level = log_level::info;
+
+  bool operator==(const log_section&) const = default;
 };
 
 struct config {
@@ -93,6 +115,8 @@ struct config {
   folders_section folders;
   status_section status;
   log_section log;
+
+  bool operator==(const config&) const = default;
 };
 
 // A configuration error: what() is one line "FILE:LINE: [section] key: reason".
@@ -104,8 +128,25 @@ class config_error : public std::runtime_error {
 // Reads and validates. Throws config_error for a missing file, a TOML syntax
 // error, an unknown section or key, a value of the wrong type or out of range,
 // or an inconsistent combination (e.g. imaps without tls_cert).
+// Referenced files (certificates, CA files) are not opened here: see check_files.
 config load(const std::filesystem::path& path);
 config parse(std::string_view toml_text, const std::filesystem::path& source_name);
+
+// The files the configuration names (tls_cert, tls_key, ca_file) that cannot be
+// read, one line each: "FILE: [section] key: reason". Empty when all are readable.
+// Separate from parse() so that a config can be checked on a machine without them;
+// the daemon calls it at start-up.
+std::vector<std::string> check_files(const config& c);
+
+// A listen address: "HOST:PORT" or "[IPv6]:PORT", port 1..65535. "*" as the host
+// means every IPv4 address and comes back as "0.0.0.0". nullopt if malformed.
+struct host_port {
+  std::string host;  // without the brackets
+  std::uint16_t port = 0;
+
+  bool operator==(const host_port&) const = default;
+};
+std::optional<host_port> split_host_port(std::string_view address);
 
 std::string_view to_string(tls_mode m);
 std::string_view to_string(log_level l);
