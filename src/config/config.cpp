@@ -536,7 +536,7 @@ std::optional<host_port> split_host_port(std::string_view address) {
   auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
   bool whole = !port.empty() && ec == std::errc{} && end == port.data() + port.size();
   if (!whole || value < 1 || value > 65535) return std::nullopt;
-  return host_port{host == "*" ? "0.0.0.0" : std::string(host), static_cast<std::uint16_t>(value)};
+  return host_port{std::string(host), static_cast<std::uint16_t>(value)};
 }
 
 std::string_view to_string(tls_mode m) { return tls_names.at(static_cast<std::size_t>(m)); }

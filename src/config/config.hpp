@@ -138,8 +138,9 @@ config parse(std::string_view toml_text, const std::filesystem::path& source_nam
 // the daemon calls it at start-up.
 std::vector<std::string> check_files(const config& c);
 
-// A listen address: "HOST:PORT" or "[IPv6]:PORT", port 1..65535. "*" as the host
-// means every IPv4 address and comes back as "0.0.0.0". nullopt if malformed.
+// A listen address: "HOST:PORT" or "[IPv6]:PORT", port 1..65535. nullopt if
+// malformed. The host "*" (every address) comes back as "*": how to bind it
+// (dual-stack "::" or "0.0.0.0") is the daemon's choice.
 struct host_port {
   std::string host;  // without the brackets
   std::uint16_t port = 0;

@@ -335,7 +335,7 @@ TEST_CASE("split_host_port") {
   using hp = cfg::host_port;
   CHECK(cfg::split_host_port("127.0.0.1:143") == hp{"127.0.0.1", 143});
   CHECK(cfg::split_host_port("[::1]:993") == hp{"::1", 993});
-  CHECK(cfg::split_host_port("*:143") == hp{"0.0.0.0", 143});
+  CHECK(cfg::split_host_port("*:143") == hp{"*", 143});
   CHECK(cfg::split_host_port("0.0.0.0:143") == hp{"0.0.0.0", 143});
   CHECK(cfg::split_host_port("[::]:143") == hp{"::", 143});
   CHECK(cfg::split_host_port("localhost:65535") == hp{"localhost", 65535});
