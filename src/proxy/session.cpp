@@ -116,6 +116,12 @@ std::string make_session_id(daemon::state& st, std::uint64_t n) {
   return buf;
 }
 
+asio::awaitable<bool> write_text(imap::tls_stream& stream, std::string_view text) {
+  boost::system::error_code ec;
+  co_await stream.write_all(asio::buffer(text), ec);
+  co_return !ec;
+}
+
 long long ms_since(clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - t).count();
 }
@@ -140,11 +146,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
   imap::tls_stream stream(std::move(socket));
   h.client = &stream;
 
-  auto say = [&](std::string_view text) -> asio::awaitable<bool> {
-    boost::system::error_code wec;
-    co_await stream.write_all(asio::buffer(text), wec);
-    co_return !wec;
-  };
+  auto say = [&stream](std::string_view text) { return write_text(stream, text); };
 
   // Connection limits, answered in plaintext before anything else.
   const auto& limits = st->cfg.limits;
