@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # suction quick start on a fresh Debian 12 machine: installs dependencies,
 # builds, starts a local "legacy" and a local "new" Dovecot server on loopback
-# with a seeded sample mailbox, and shows them. (The proxy in front of the new
-# server joins this script when the proxy lands.)
+# with a seeded sample mailbox, starts suction in front of the new one, logs a
+# sample user in through it, and shows what to try next. (Migration at login
+# joins this script with the migration issue.)
 #
 #   deploy/quickstart.sh         # start and show
 #   deploy/quickstart.sh stop    # stop the servers and remove the state
@@ -12,6 +13,10 @@ root=$PWD
 state=${SUCTION_QUICKSTART_DIR:-/tmp/suction-quickstart}
 
 if [ "${1:-}" = "stop" ]; then
+  if [ -f "$state/suction.pid" ]; then
+    kill -TERM "$(cat "$state/suction.pid")" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$(cat "$state/suction.pid")" 2>/dev/null || break; sleep 0.1; done
+  fi
   [ -d "$state" ] && python3 tests/testbed/testbed.py down --dir "$state"
   rm -rf "$state"
   echo "quickstart: stopped and removed $state"
@@ -58,14 +63,77 @@ for role, server in (("legacy", bed.legacy), ("new", bed.new)):
     c.logout()
 PY
 
-legacy_port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["legacy"]["imap_port"])' "$state/testbed.json")
-ca_file=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ca_file"])' "$state/testbed.json")
+json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); [d:=d[k] for k in sys.argv[2:]]; print(d)' "$state/testbed.json" "$@"; }
+new_port=$(json_get new imap_port)
+ca_file=$(json_get ca_file)
+tls_dir=$(dirname "$ca_file")
+
+if [ -f "$state/suction.pid" ] && kill -0 "$(cat "$state/suction.pid")" 2>/dev/null; then
+  echo "== suction is already running (pid $(cat "$state/suction.pid"))"
+else
+  read -r imap_port imaps_port < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')
+  cat > "$state/suction.toml" <<EOC
+# Written by deploy/quickstart.sh: suction in front of the local "new" Dovecot.
+[listen]
+imap = "127.0.0.1:$imap_port"
+imaps = "127.0.0.1:$imaps_port"
+tls_cert = "$tls_dir/cert.pem"
+tls_key = "$tls_dir/key.pem"
+
+[new]
+host = "127.0.0.1"
+port = $new_port
+tls = "none"
+forward_client_info = true
+
+[legacy]
+host = "127.0.0.1"
+port = $(json_get legacy imap_port)
+tls = "starttls"
+ca_file = "$ca_file"
+
+[sync]
+state_db = "$state/state.db"
+
+[log]
+level = "info"
+EOC
+  echo "== starting suction in front of the new server (log: $state/suction.log)"
+  ./build/src/proxy/suction proxy --config "$state/suction.toml" >"$state/suction.log" 2>&1 &
+  echo $! >"$state/suction.pid"
+  for _ in $(seq 50); do
+    python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.2)' "$imap_port" 2>/dev/null && break
+    sleep 0.1
+  done
+fi
+proxy_port=$(sed -n 's/^imap = "127.0.0.1:\([0-9]*\)"/\1/p' "$state/suction.toml")
+proxy_tls_port=$(sed -n 's/^imaps = "127.0.0.1:\([0-9]*\)"/\1/p' "$state/suction.toml")
+
+echo "== alice logs in through suction (STARTTLS, certificate verified)"
+python3 - "$proxy_port" "$ca_file" <<'PY'
+import imaplib, ssl, sys
+c = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+c.starttls(ssl_context=ssl.create_default_context(cafile=sys.argv[2]))
+typ, data = c.login("alice", "wonderland")
+print("  LOGIN:", typ, data[0].decode()[:80] + "...")
+typ, boxes = c.list()
+print("  folders on the new server:", ", ".join(b.decode().rsplit(" ", 1)[1] for b in boxes))
+c.logout()
+PY
+echo "  suction's log:"
+grep -E "login ok|migration trigger" "$state/suction.log" | tail -2 | sed 's/^/    /'
+
 cat <<EOT
 
-The servers run until you stop them. Users: alice / wonderland (and bob, carol: see
-$state/testbed.json). Try:
-  curl --user alice:wonderland 'imap://127.0.0.1:$legacy_port/'
-  openssl s_client -quiet -starttls imap -connect 127.0.0.1:$legacy_port -CAfile $ca_file
+Everything runs until you stop it. Users: alice / wonderland (and bob, carol: see
+$state/testbed.json). Through suction:
+  curl --user alice:wonderland 'imap://127.0.0.1:$proxy_port/'
+  openssl s_client -quiet -connect 127.0.0.1:$proxy_tls_port -CAfile $ca_file
+  tail -f $state/suction.log
 
 Stop everything with:  $0 stop
 EOT

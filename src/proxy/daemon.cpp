@@ -208,7 +208,9 @@ void daemon::start() {
       if (sig != SIGHUP) {
         spdlog::info("{}: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
         stop();
-        continue;  // a second SIGTERM changes nothing; the grace period bounds the wait
+        // No more waiting for signals: a pending wait would keep the daemon
+        // alive after its last session. The grace period bounds the stop.
+        co_return;
       }
       try {
         if (auto ctx = make_server_tls(s->cfg)) s->server_tls = ctx;

@@ -55,6 +55,7 @@ int run_proxy(const std::string& config_path) {
     return 1;
   }
   io.run();
+  spdlog::info("stopped");
   return 0;
 }
 
