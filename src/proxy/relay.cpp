@@ -55,7 +55,9 @@ asio::awaitable<void> relay::pump(imap::tls_stream& from, imap::tls_stream& to, 
     co_await to.write_all(asio::buffer(buf.data(), n), ec);
     if (ec) break;
     counter += n;
-    if (n == buf.size() && size < kLargestRead) {
+    // A TLS read returns at most one record (16 KiB): growing would only pin
+    // memory, and a TLS side cannot wait for readiness without a buffer.
+    if (n == buf.size() && size < kLargestRead && !from.tls_active()) {
       size *= 2;
     } else if (!from.tls_active() && from.socket().available(ec) == 0) {
       // Nothing more waiting: hold no memory while idle.
