@@ -122,6 +122,16 @@ asio::awaitable<bool> write_text(imap::tls_stream& stream, std::string_view text
   co_return !ec;
 }
 
+// Server-side TLS handshake; on failure logs why and closes.
+asio::awaitable<bool> tls_handshake(imap::tls_stream& stream, std::shared_ptr<asio::ssl::context> ctx,
+                                    const std::string& client, const std::string& session_id) {
+  auto ec = co_await stream.server_handshake(*ctx);
+  if (!ec) co_return true;
+  spdlog::info("tls handshake failed client={} reason=\"{}\" session={}", client, ec.message(), session_id);
+  stream.close();
+  co_return false;
+}
+
 long long ms_since(clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - t).count();
 }
@@ -166,15 +176,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
   idle_deadline deadline(ex, [&stream] { stream.close(); });
   deadline.arm(limits.preauth_idle);
 
-  if (implicit_tls) {
-    auto hec = co_await stream.server_handshake(*st->server_tls);
-    if (hec) {
-      spdlog::info("tls handshake failed client={} reason=\"{}\" session={}", client, hec.message(),
-                   ci.session_id);
-      stream.close();
-      co_return;
-    }
-  }
+  if (implicit_tls && !co_await tls_handshake(stream, st->server_tls, client, ci.session_id)) co_return;
 
   preauth_settings ps;
   ps.backend_capabilities = st->backend_capabilities;
@@ -262,13 +264,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         // dropped: answering it inside TLS is the command-injection bug.
         begin = end = 0;
         parser.reset();
-        auto hec = co_await stream.server_handshake(*st->server_tls);
-        if (hec) {
-          spdlog::info("tls handshake failed client={} reason=\"{}\" session={}", client, hec.message(),
-                       ci.session_id);
-          stream.close();
-          co_return;
-        }
+        if (!co_await tls_handshake(stream, st->server_tls, client, ci.session_id)) co_return;
         pa.on_tls_started();
         break;
       }
