@@ -86,23 +86,29 @@ preauth::action preauth::reply(std::string text) {
   return action::send;
 }
 
+preauth::action preauth::close_with(std::string text, std::string_view reason) {
+  out_ = std::move(text);
+  close_reason_ = reason;
+  return action::send_and_close;
+}
+
 preauth::action preauth::bad_command(std::string_view tag) {
-  if (++bad_commands_ >= settings_.max_bad_commands) {
-    out_ = "* BYE Too many invalid IMAP commands.\r\n";
-    return action::send_and_close;
-  }
+  if (++bad_commands_ >= settings_.max_bad_commands)
+    return close_with("* BYE Too many invalid IMAP commands.\r\n", "too many invalid commands");
   return reply(tagged(tag.empty() ? "*" : tag, kBadCommand));
 }
 
 preauth::action preauth::on_parse_error(std::error_code ec, std::string_view tag,
                                         bool recoverable) {
+  limit_hit_ = {};
   if (!recoverable) {
-    out_ = ec == imap::errc::line_too_long ? "* BYE Too long command line.\r\n"
-                                           : "* BYE Too long argument.\r\n";
-    return action::send_and_close;
+    if (ec == imap::errc::line_too_long)
+      return close_with("* BYE Too long command line.\r\n", "line too long");
+    return close_with("* BYE Too long argument.\r\n", "literal too large");
   }
   if (ec == imap::errc::literal_too_large && !tag.empty()) {
     if (++bad_commands_ >= settings_.max_bad_commands) return bad_command(tag);
+    limit_hit_ = "literal too large";
     return reply(tagged(tag, "NO [TOOBIG] Literal too large."));
   }
   return bad_command(tag);
@@ -116,10 +122,7 @@ preauth::action preauth::on_command(const imap::command& c) {
                  tagged(c.tag, "OK Pre-login capabilities listed, post-login capabilities have more."));
   }
   if (name == "NOOP") return reply(tagged(c.tag, "OK NOOP completed."));
-  if (name == "LOGOUT") {
-    out_ = "* BYE Logging out\r\n" + tagged(c.tag, "OK Logout completed.");
-    return action::send_and_close;
-  }
+  if (name == "LOGOUT") return close_with("* BYE Logging out\r\n" + tagged(c.tag, "OK Logout completed."), "logout");
   if (name == "ID") return reply("* ID NIL\r\n" + tagged(c.tag, "OK ID completed."));
   if (name == "ENABLE")
     return reply("* ENABLED\r\n" + tagged(c.tag, "OK ENABLE ignored in non-authenticated state."));
@@ -230,10 +233,9 @@ preauth::action preauth::start_login(std::string_view tag, std::string_view mech
 void preauth::on_tls_started() { tls_active_ = true; }
 
 preauth::action preauth::on_login_refused(std::string reply_line) {
-  if (++failed_logins_ >= settings_.max_login_attempts) {
-    out_ = std::move(reply_line) + "* BYE Too many failed login attempts.\r\n";
-    return action::send_and_close;
-  }
+  if (++failed_logins_ >= settings_.max_login_attempts)
+    return close_with(std::move(reply_line) + "* BYE Too many failed login attempts.\r\n",
+                      "too many failed logins");
   return reply(std::move(reply_line));
 }
 

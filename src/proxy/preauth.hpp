@@ -58,6 +58,10 @@ class preauth {
   action on_login_refused(std::string reply);
   // Bytes to write for the last action.
   const std::string& out() const { return out_; }
+  // Why the last send_and_close closes: "logout" or the limit that was hit.
+  std::string_view close_reason() const { return close_reason_; }
+  // Set when the last action answered a limit without closing (e.g. TOOBIG).
+  std::string_view limit_hit() const { return limit_hit_; }
 
   credentials take_credentials() { return std::move(creds_); }
   const std::string& login_tag() const { return tag_; }
@@ -69,6 +73,7 @@ class preauth {
   enum class auth_step : std::uint8_t { none, plain_response, login_user, login_password };
   action bad_command(std::string_view tag);
   action reply(std::string text);
+  action close_with(std::string text, std::string_view reason);
   action start_login(std::string_view tag, std::string_view mechanism, std::string user,
                      std::string password);
   action plain_response(std::string_view b64);
@@ -84,6 +89,8 @@ class preauth {
   std::string user_for_log_;
   credentials creds_;
   std::string out_;
+  std::string_view close_reason_;
+  std::string_view limit_hit_;
 };
 
 }  // namespace suction::proxy

@@ -234,9 +234,12 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         break;
       case imap::parse_event::error:
         act = pa.on_parse_error(parser.error(), parser.error_tag(), parser.recoverable());
-        if (act == preauth::action::send_and_close)
-          spdlog::warn("preauth limit client={} reason=\"{}\" session={}", client, parser.error().message(),
+        if (!pa.limit_hit().empty())
+          spdlog::warn("preauth limit client={} reason=\"{}\" session={}", client, pa.limit_hit(),
                        ci.session_id);
+        else if (act != preauth::action::send_and_close)
+          spdlog::debug("preauth bad command client={} reason=\"{}\" session={}", client,
+                        parser.error().message(), ci.session_id);
         break;
     }
 
@@ -246,12 +249,12 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         break;
       case preauth::action::send_and_close:
         co_await say(pa.out());
-        if (pa.out().find("Too many") != std::string::npos)
-          spdlog::warn("preauth limit client={} reason=\"{}\" session={}", client,
-                       printable(pa.out().substr(6, pa.out().find('\r') - 6)), ci.session_id);
-        else
+        if (pa.close_reason() == "logout")
           spdlog::info("session closed before login client={} reason=\"logout\" duration={}ms session={}",
                        client, ms_since(started), ci.session_id);
+        else
+          spdlog::warn("preauth limit client={} reason=\"{}\" session={}", client, pa.close_reason(),
+                       ci.session_id);
         stream.close();
         co_return;
       case preauth::action::read_auth_line:
@@ -295,7 +298,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
           auto next = pa.on_login_refused(client_answer(pa.login_tag(), res));
           co_await say(pa.out());
           if (next == preauth::action::send_and_close) {
-            spdlog::warn("preauth limit client={} reason=\"too many failed logins\" session={}", client,
+            spdlog::warn("preauth limit client={} reason=\"{}\" session={}", client, pa.close_reason(),
                          ci.session_id);
             stream.close();
             co_return;

@@ -62,6 +62,7 @@ TEST_CASE("simple commands answer as Dovecot does") {
   CHECK(p.out() == "* ENABLED\r\nr OK ENABLE ignored in non-authenticated state.\r\n");
   CHECK(p.on_command(parse("x LOGOUT\r\n")) == action::send_and_close);
   CHECK(p.out() == "* BYE Logging out\r\nx OK Logout completed.\r\n");
+  CHECK(p.close_reason() == "logout");
 }
 
 TEST_CASE("STARTTLS") {
@@ -158,15 +159,18 @@ TEST_CASE("bad commands: BAD, then BYE at the limit") {
   CHECK(p.out() == "* BAD Error in IMAP command received by server.\r\n");
   CHECK(p.on_command(parse("s LOGIN a\r\n")) == action::send_and_close);
   CHECK(p.out() == "* BYE Too many invalid IMAP commands.\r\n");
+  CHECK(p.close_reason() == "too many invalid commands");
 }
 
 TEST_CASE("limits the parser cannot recover from close the connection") {
   preauth p(settings(), false);
   CHECK(p.on_parse_error(imap::errc::line_too_long, "", false) == action::send_and_close);
   CHECK(p.out() == "* BYE Too long command line.\r\n");
+  CHECK(p.close_reason() == "line too long");
   preauth q(settings(), false);
   CHECK(q.on_parse_error(imap::errc::literal_too_large, "a", true) == action::send);
   CHECK(q.out() == "a NO [TOOBIG] Literal too large.\r\n");
+  CHECK(q.limit_hit() == "literal too large");
 }
 
 TEST_CASE("failed logins: the backend's answer, then BYE after the configured attempts") {
@@ -182,6 +186,7 @@ TEST_CASE("failed logins: the backend's answer, then BYE after the configured at
       CHECK(next == action::send_and_close);
       CHECK(p.out() == "h NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
                        "* BYE Too many failed login attempts.\r\n");
+      CHECK(p.close_reason() == "too many failed logins");
     }
   }
 }
