@@ -4,6 +4,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <vector>
 
 #include "imap/client/stream.hpp"
@@ -32,6 +35,92 @@ void relay::end(std::string reason) {
 
 void relay::stop(std::string reason) { end(std::move(reason)); }
 
+namespace {
+
+asio::awaitable<void> write_chunk(imap::tls_stream& to, const std::vector<char>& buf, std::size_t n,
+                                  boost::system::error_code& ec) {
+  co_await to.write_all(asio::buffer(buf.data(), n), ec);
+}
+
+asio::awaitable<void> read_chunk(imap::tls_stream& from, std::vector<char>& buf, std::size_t& n,
+                                 boost::system::error_code& ec) {
+  n = co_await from.read_some(asio::buffer(buf), ec);
+}
+
+}  // namespace
+
+// A kernel pipe for splice(2), alive for one streaming burst only, so idle
+// sessions hold no extra descriptors.
+class burst_pipe {
+ public:
+  burst_pipe() {
+    if (::pipe2(fds_, O_NONBLOCK | O_CLOEXEC) != 0) fds_[0] = fds_[1] = -1;
+    else ::fcntl(fds_[1], F_SETPIPE_SZ, 1 << 20);  // best effort: fewer, larger moves
+  }
+  ~burst_pipe() {
+    if (fds_[0] >= 0) ::close(fds_[0]);
+    if (fds_[1] >= 0) ::close(fds_[1]);
+  }
+  burst_pipe(const burst_pipe&) = delete;
+  burst_pipe& operator=(const burst_pipe&) = delete;
+  bool ok() const { return fds_[0] >= 0; }
+  int read_end() const { return fds_[0]; }
+  int write_end() const { return fds_[1]; }
+
+ private:
+  int fds_[2];
+};
+
+// Moves a plaintext stream socket to socket through a pipe, without copying
+// the bytes through user space, until a move comes back short (the source is
+// drained for now). Returns false with ec set when a side failed or closed.
+asio::awaitable<bool> splice_burst(imap::tls_stream& from, imap::tls_stream& to, std::uint64_t& counter,
+                                   std::chrono::steady_clock::time_point& last_activity,
+                                   boost::system::error_code& ec) {
+  burst_pipe pipe;
+  if (!pipe.ok()) co_return true;  // no pipe to be had: the copying path goes on
+  constexpr std::size_t kMove = 1 << 20;
+  const int src = from.socket().native_handle();
+  const int dst = to.socket().native_handle();
+  from.socket().native_non_blocking(true, ec);
+  if (!ec) to.socket().native_non_blocking(true, ec);
+  if (ec) co_return false;
+  for (;;) {
+    ssize_t in = ::splice(src, nullptr, pipe.write_end(), nullptr, kMove, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (in == 0) {
+      ec = asio::error::eof;
+      co_return false;
+    }
+    if (in < 0) {
+      if (errno == EAGAIN) co_return true;  // drained: back to waiting without a buffer
+      if (errno == EINTR) continue;
+      ec.assign(errno, boost::system::system_category());
+      co_return false;
+    }
+    last_activity = std::chrono::steady_clock::now();
+    for (ssize_t left = in; left > 0;) {
+      ssize_t out = ::splice(pipe.read_end(), nullptr, dst, nullptr, static_cast<std::size_t>(left),
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (out > 0) {
+        left -= out;
+        counter += static_cast<std::uint64_t>(out);
+        continue;
+      }
+      if (out < 0 && errno == EINTR) continue;
+      if (out < 0 && errno == EAGAIN) {
+        co_await to.socket().async_wait(asio::ip::tcp::socket::wait_write,
+                                        asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) co_return false;
+        continue;
+      }
+      ec = out == 0 ? asio::error::broken_pipe
+                    : boost::system::error_code(errno, boost::system::system_category());
+      co_return false;
+    }
+    if (static_cast<std::size_t>(in) < kMove) co_return true;  // short: drained for now
+  }
+}
+
 asio::awaitable<void> relay::pump(imap::tls_stream& from, imap::tls_stream& to, std::string first,
                                   std::uint64_t& counter, const char* from_name) {
   boost::system::error_code ec;
@@ -41,7 +130,10 @@ asio::awaitable<void> relay::pump(imap::tls_stream& from, imap::tls_stream& to, 
     counter += first.size();
     std::string().swap(first);
   }
-  std::vector<char> buf;
+  // A TLS read returns at most one record (16 KiB): growing would only pin
+  // memory, and a TLS side cannot wait for readiness without a buffer.
+  const std::size_t largest = from.tls_active() ? kFirstRead : kLargestRead;
+  std::vector<char> buf, next;
   std::size_t size = kFirstRead;
   for (;;) {
     if (!from.tls_active()) {
@@ -52,17 +144,48 @@ asio::awaitable<void> relay::pump(imap::tls_stream& from, imap::tls_stream& to, 
     std::size_t n = co_await from.read_some(asio::buffer(buf), ec);
     if (ec) break;
     last_activity_ = std::chrono::steady_clock::now();
+    // A full read means more is waiting. Between two plaintext sockets the
+    // rest of the burst moves through a kernel pipe (no copies); otherwise
+    // the next chunk is read while this one is written, in growing chunks, so
+    // neither side waits on the other.
+    if (n == buf.size() && !from.tls_active() && !to.tls_active()) {
+      co_await to.write_all(asio::buffer(buf.data(), n), ec);
+      if (ec) break;
+      counter += n;
+      std::vector<char>().swap(buf);
+      size = kFirstRead;
+      if (!co_await splice_burst(from, to, counter, last_activity_, ec)) break;
+      continue;
+    }
+    while (n == buf.size()) {
+      if (size < largest) size *= 2;
+      next.resize(size);
+      boost::system::error_code wec, rec;
+      std::size_t m = 0;
+      co_await (write_chunk(to, buf, n, wec) && read_chunk(from, next, m, rec));
+      if (wec) {
+        ec = wec;
+        break;
+      }
+      counter += n;
+      n = 0;
+      if (rec) {
+        ec = rec;
+        break;
+      }
+      last_activity_ = std::chrono::steady_clock::now();
+      std::swap(buf, next);
+      n = m;
+    }
+    if (ec) break;
     co_await to.write_all(asio::buffer(buf.data(), n), ec);
     if (ec) break;
     counter += n;
-    // A TLS read returns at most one record (16 KiB): growing would only pin
-    // memory, and a TLS side cannot wait for readiness without a buffer.
-    if (n == buf.size() && size < kLargestRead && !from.tls_active()) {
-      size *= 2;
-    } else if (!from.tls_active() && from.socket().available(ec) == 0) {
-      // Nothing more waiting: hold no memory while idle.
+    if (!from.tls_active()) {
+      // A short read drained the socket: hold no memory while idle.
       size = kFirstRead;
       std::vector<char>().swap(buf);
+      std::vector<char>().swap(next);
     }
   }
   end(std::string(from_name) + " closed");
