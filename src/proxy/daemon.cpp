@@ -100,12 +100,22 @@ std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const config:
 }
 
 asio::awaitable<void> accept_loop(std::shared_ptr<daemon::state> st, tcp::acceptor& acc, bool implicit_tls) {
+  // Out of descriptors, accept fails every retry: one log line per 10 s is enough.
+  std::chrono::steady_clock::time_point last_warning{};
+  std::uint64_t failures_since_warning = 0;
   for (;;) {
     boost::system::error_code ec;
     tcp::socket s = co_await acc.async_accept(asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (st->stopping || ec == asio::error::operation_aborted) co_return;
-      spdlog::warn("accept failed: {}", ec.message());
+      ++failures_since_warning;
+      auto now = std::chrono::steady_clock::now();
+      if (now - last_warning >= std::chrono::seconds(10)) {
+        spdlog::warn("accept failed: {} ({} time(s) since the last warning)", ec.message(),
+                     failures_since_warning);
+        last_warning = now;
+        failures_since_warning = 0;
+      }
       // Out of file descriptors and the like: pause rather than spin.
       asio::steady_timer pause(acc.get_executor(), std::chrono::milliseconds(100));
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));

@@ -398,15 +398,26 @@ awaitable<std::error_code> client::connect(endpoint ep,
   s.tls_ctx = std::move(tls);
   deadline_scope deadline(s, s.opts.connect_timeout);
 
-  tcp::resolver resolver(s.stream->socket().get_executor());
   bsys_error bec;
-  auto endpoints = co_await resolver.async_resolve(ep.host, std::to_string(ep.port),
-                                                   asio::redirect_error(asio::use_awaitable, bec));
-  if (bec) co_return s.fail(bec);
-  co_await asio::async_connect(s.stream->socket(), endpoints,
-                               asio::redirect_error(asio::use_awaitable, bec));
+  auto& socket = s.stream->socket();
+  auto address = asio::ip::make_address(ep.host, bec);
+  if (!bec) {
+    // An address needs no resolver (which runs a thread of its own, and hides
+    // the real error, e.g. "Too many open files", behind "Operation canceled").
+    tcp::endpoint target(address, ep.port);
+    socket.open(target.protocol(), bec);
+    if (bec) co_return s.fail(bec);
+    co_await socket.async_connect(target, asio::redirect_error(asio::use_awaitable, bec));
+  } else {
+    tcp::resolver resolver(socket.get_executor());
+    bec.clear();
+    auto endpoints = co_await resolver.async_resolve(ep.host, std::to_string(ep.port),
+                                                     asio::redirect_error(asio::use_awaitable, bec));
+    if (bec) co_return s.fail(s.timed_out ? std::error_code(errc::timeout) : std::error_code(bec));
+    co_await asio::async_connect(socket, endpoints, asio::redirect_error(asio::use_awaitable, bec));
+  }
   if (bec) co_return s.fail(s.timed_out ? std::error_code(errc::timeout) : std::error_code(bec));
-  s.stream->socket().set_option(tcp::no_delay(true), bec);
+  socket.set_option(tcp::no_delay(true), bec);
 
   if (ep.tls == tls_mode::implicit) {
     if (auto ec = co_await s.handshake(ep.host)) co_return ec;
