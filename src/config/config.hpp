@@ -23,7 +23,6 @@ struct listen_section {
   std::string tls_cert;                  // PEM; required when imaps is set or STARTTLS offered
   std::string tls_key;
   bool login_requires_tls = false;       // LOGINDISABLED until STARTTLS
-  std::string proxy_protocol_from;       // reserved (PROXY protocol from a load balancer)
 
   bool operator==(const listen_section&) const = default;
 };
