@@ -66,7 +66,7 @@ struct limits_section {
 };
 
 struct folder_rename {
-  std::string from;  // ECMAScript regex on the legacy name (UTF-8, legacy separator)
+  std::string from;  // ECMAScript regex on the legacy name without its namespace prefix, UTF-8, "/" between levels
   std::string to;    // replacement ($1 ...)
 
   bool operator==(const folder_rename&) const = default;
@@ -85,7 +85,7 @@ struct sync_section {
 
 struct folders_section {
   std::vector<folder_rename> rename;
-  std::vector<std::string> exclude;  // regexes
+  std::vector<std::string> exclude;  // regexes, same form as rename.from; a match drops the subtree
 
   bool operator==(const folders_section&) const = default;
 };

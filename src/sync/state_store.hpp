@@ -1,0 +1,104 @@
+// The engine's memory between runs: per user and folder a checkpoint, per
+// copied message the legacy UID -> new UID map with the flags last agreed,
+// and the history of runs. SQLite in WAL mode, one file; the schema is
+// versioned (PRAGMA user_version) and migrated forward on open.
+//
+// Failures of the store itself (disk full, a corrupt file) are not expected
+// outcomes of a migration: they throw state_error.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+struct sqlite3;
+
+namespace suction::sync {
+
+class state_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Where one legacy folder stands (dsync's mailbox state, plus the new side).
+struct folder_state {
+  std::string legacy_name;                 // UTF-8, as on legacy
+  std::uint32_t legacy_uidvalidity = 0;
+  std::uint32_t last_legacy_uid = 0;       // every legacy UID <= this is copied or accounted for
+  std::uint64_t highest_modseq = 0;        // legacy HIGHESTMODSEQ at the last run (0: no CONDSTORE)
+  std::string new_name;                    // UTF-8, on the new server
+  std::uint32_t new_uidvalidity = 0;
+  std::uint32_t last_new_uid = 0;          // highest new UID recorded: above it, crash leftovers
+  bool operator==(const folder_state&) const = default;
+};
+
+struct message_record {
+  std::uint32_t legacy_uid = 0;
+  std::uint32_t new_uid = 0;
+  std::string flags;  // the flags last agreed by both sides, sorted, space-separated
+  bool operator==(const message_record&) const = default;
+};
+
+enum class run_result : std::uint8_t { running, done, failed, interrupted };
+std::string_view to_string(run_result r);
+
+struct run_record {
+  std::int64_t id = 0;
+  std::string user;
+  std::int64_t started_at = 0;   // unix seconds
+  std::int64_t finished_at = 0;  // 0 while running
+  run_result result = run_result::running;
+  std::uint64_t messages_copied = 0, bytes_copied = 0, messages_failed = 0;
+  std::string error;
+};
+
+class state_store {
+ public:
+  static constexpr int kSchemaVersion = 1;
+
+  // Opens (creating the file and its folder if needed), sets WAL, migrates.
+  explicit state_store(const std::filesystem::path& path);
+  ~state_store();
+  state_store(const state_store&) = delete;
+  state_store& operator=(const state_store&) = delete;
+
+  int schema_version() const;
+
+  std::optional<folder_state> folder(std::string_view user, std::string_view legacy_name) const;
+  std::vector<folder_state> folders(std::string_view user) const;
+  void save_folder(std::string_view user, const folder_state& f);
+  // A UIDVALIDITY change or a folder gone: its checkpoint and message map go.
+  void forget_folder(std::string_view user, std::string_view legacy_name);
+
+  // Records one APPEND batch (its APPENDUID answer) and the folder's new
+  // checkpoint in one transaction: after a crash either both are there or
+  // neither is.
+  void record_batch(std::string_view user, const folder_state& updated,
+                    std::span<const message_record> copied);
+  std::optional<message_record> message(std::string_view user, std::string_view legacy_name,
+                                        std::uint32_t legacy_uid) const;
+  std::vector<message_record> messages(std::string_view user, std::string_view legacy_name) const;
+  void update_flags(std::string_view user, std::string_view legacy_name, std::uint32_t legacy_uid,
+                    std::string_view flags);
+
+  std::int64_t begin_run(std::string_view user, std::int64_t now);
+  void finish_run(const run_record& r);
+  std::vector<run_record> runs(std::string_view user, std::size_t limit) const;
+  // At start-up: runs left "running" by a crash or a kill become "interrupted".
+  std::size_t mark_interrupted(std::int64_t now);
+
+ private:
+  class statement;
+  void exec(const char* sql);
+  void migrate();
+  sqlite3* db_ = nullptr;
+  std::filesystem::path path_;
+};
+
+}  // namespace suction::sync
