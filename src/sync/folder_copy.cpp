@@ -1,0 +1,331 @@
+#include "sync/folder_copy.hpp"
+
+#include <algorithm>
+#include <map>
+#include <span>
+#include <string>
+#include <utility>
+
+#include "imap/response.hpp"
+#include "imap/sequence_set.hpp"
+#include "imap/serialize.hpp"
+
+namespace suction::sync {
+
+namespace {
+
+using imap::awaitable;
+
+class copy_category_impl final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "suction.sync.copy"; }
+  std::string message(int ev) const override {
+    switch (static_cast<copy_errc>(ev)) {
+      case copy_errc::ok: return "success";
+      case copy_errc::legacy_uidvalidity_changed: return "legacy UIDVALIDITY changed since the last run";
+      case copy_errc::new_uidvalidity_changed: return "new folder's UIDVALIDITY changed since the last run";
+      case copy_errc::legacy_examine_failed: return "EXAMINE on legacy refused";
+      case copy_errc::new_select_failed: return "SELECT of the new folder refused";
+      case copy_errc::fetch_failed: return "UID FETCH on legacy refused";
+      case copy_errc::append_refused_transient: return "APPEND refused for a reason of the account";
+    }
+    return "unknown copy error";
+  }
+};
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return (x >= 'A' && x <= 'Z' ? x + 32 : x) == (y >= 'A' && y <= 'Z' ? y + 32 : y);
+         });
+}
+
+// One message of a batch, buffered.
+struct message {
+  std::uint32_t uid = 0;
+  std::vector<std::string> flags;  // without \Recent
+  std::string internaldate;
+  std::string body;
+  bool have_body = false;
+};
+
+std::string flags_text(const std::vector<std::string>& flags) {
+  std::vector<std::string> sorted = flags;
+  std::sort(sorted.begin(), sorted.end());
+  std::string out;
+  for (auto& f : sorted) {
+    if (!out.empty()) out += ' ';
+    out += f;
+  }
+  return out;
+}
+
+// The bodies, flags and dates of one batch's UID FETCH, by sequence number.
+class batch_collector final : public imap::response_handler {
+ public:
+  std::map<std::uint32_t, message> by_seq;
+  awaitable<void> on_literal_begin(const imap::literal_info& info) override {
+    current_ = &by_seq[info.message_number.value_or(0)];
+    current_->body.clear();
+    current_->body.reserve(info.size);
+    current_->have_body = true;
+    co_return;
+  }
+  awaitable<void> on_literal_data(std::string_view chunk) override {
+    if (current_) current_->body.append(chunk);
+    co_return;
+  }
+  awaitable<void> on_literal_end() override {
+    current_ = nullptr;
+    co_return;
+  }
+  awaitable<void> on_response(imap::response& r) override {
+    auto f = imap::decode_fetch(r);
+    if (!f) co_return;
+    auto& m = by_seq[f->seq];
+    if (f->uid) m.uid = *f->uid;
+    if (f->flags) {
+      m.flags.clear();
+      for (auto& fl : *f->flags)
+        if (!iequals(fl, "\\Recent")) m.flags.push_back(fl);
+    }
+    if (f->internaldate) m.internaldate = *f->internaldate;
+    if (auto* s = f->section("BODY[]"); s && s->content && !s->content->streamed) {
+      m.body = s->content->text;
+      m.have_body = true;
+    }
+    co_return;
+  }
+
+ private:
+  message* current_ = nullptr;
+};
+
+// A command whose one argument is a mailbox name (UTF-8).
+awaitable<std::error_code> mailbox_command(imap::client& c, std::string_view head,
+                                           std::string_view mailbox, imap::command_result& r) {
+  std::string tag = c.next_tag();
+  imap::command_builder b(tag, head, c.capabilities().has("LITERAL+"));
+  if (!b.mailbox(mailbox)) co_return imap::make_error_code(imap::errc::bad_mailbox_name);
+  std::vector<std::string> parts = std::move(b).finish();
+  co_return co_await c.execute(tag, std::move(parts), r);
+}
+
+// APPEND (one message) or MULTIAPPEND of msgs, bodies from memory.
+awaitable<std::error_code> append_messages(imap::client& c, std::string_view mailbox,
+                                           std::span<message* const> msgs,
+                                           imap::command_result& r) {
+  std::vector<imap::string_source> sources;
+  sources.reserve(msgs.size());  // items point into it
+  std::vector<imap::append_item> items;
+  items.reserve(msgs.size());
+  for (message* m : msgs) {
+    sources.emplace_back(m->body);
+    imap::append_item it;
+    it.flags = m->flags;
+    it.internaldate = m->internaldate;
+    it.size = m->body.size();
+    it.body = &sources.back();
+    items.push_back(std::move(it));
+  }
+  std::span<imap::append_item> span(items);
+  co_return co_await c.append(mailbox, span, r);
+}
+
+// A refusal about the account or the server, not about the message.
+bool transient_refusal(const imap::command_result& r) {
+  if (!r.code) return false;
+  const auto& n = r.code->name;
+  return n == "OVERQUOTA" || n == "UNAVAILABLE" || n == "INUSE" || n == "SERVERBUG";
+}
+
+}  // namespace
+
+const std::error_category& copy_category() noexcept {
+  static const copy_category_impl c;
+  return c;
+}
+
+boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::client& fresh,
+                                                    state_store& state, std::string_view user,
+                                                    const folder_mapping& mapping,
+                                                    const copy_options& opts,
+                                                    folder_copy_report& report) {
+  auto fail = [&](copy_errc e, const std::string& what) {
+    report.errors.push_back(mapping.legacy_name + ": " + what);
+    return make_error_code(e);
+  };
+  imap::command_result r;
+
+  // The new folder: CREATE (an existing one answers NO, which is fine), SELECT.
+  if (auto ec = co_await mailbox_command(fresh, "CREATE", mapping.new_name, r)) co_return ec;
+  if (!mapping.selectable) co_return std::error_code{};
+  if (auto ec = co_await mailbox_command(fresh, "SELECT", mapping.new_name, r)) co_return ec;
+  if (r.status != imap::status::ok)
+    co_return fail(copy_errc::new_select_failed, "SELECT " + mapping.new_name + ": " + r.text);
+  std::uint32_t new_uidvalidity = 0;
+  for (auto& u : r.untagged)
+    if (auto v = imap::decode_uidvalidity(u)) new_uidvalidity = *v;
+
+  // Legacy, read-only.
+  if (auto ec = co_await mailbox_command(legacy, "EXAMINE", mapping.legacy_name, r)) co_return ec;
+  if (r.status != imap::status::ok)
+    co_return fail(copy_errc::legacy_examine_failed, "EXAMINE: " + r.text);
+  std::uint32_t legacy_uidvalidity = 0, exists = 0;
+  std::optional<std::uint32_t> legacy_uidnext;
+  for (auto& u : r.untagged) {
+    if (auto v = imap::decode_uidvalidity(u)) legacy_uidvalidity = *v;
+    if (auto v = imap::decode_uidnext(u)) legacy_uidnext = *v;
+    if (u.keyword == "EXISTS" && u.number) exists = *u.number;
+  }
+
+  // The checkpoint.
+  folder_state st;
+  if (auto saved = state.folder(user, mapping.legacy_name)) {
+    st = *saved;
+    if (st.legacy_uidvalidity != legacy_uidvalidity)
+      co_return fail(copy_errc::legacy_uidvalidity_changed,
+                     "legacy UIDVALIDITY " + std::to_string(legacy_uidvalidity) + " != stored " +
+                         std::to_string(st.legacy_uidvalidity) + ": nothing copied");
+    if (st.new_uidvalidity != 0 && st.new_uidvalidity != new_uidvalidity)
+      co_return fail(copy_errc::new_uidvalidity_changed,
+                     "new UIDVALIDITY " + std::to_string(new_uidvalidity) + " != stored " +
+                         std::to_string(st.new_uidvalidity) + ": nothing copied");
+    if (st.new_uidvalidity == 0 || st.new_name != mapping.new_name) {
+      st.new_uidvalidity = new_uidvalidity;
+      st.new_name = mapping.new_name;
+      state.save_folder(user, st);
+    }
+  } else {
+    st.legacy_name = mapping.legacy_name;
+    st.legacy_uidvalidity = legacy_uidvalidity;
+    st.new_name = mapping.new_name;
+    st.new_uidvalidity = new_uidvalidity;
+    state.save_folder(user, st);
+  }
+  if (exists == 0) co_return std::error_code{};
+  if (legacy_uidnext && *legacy_uidnext <= st.last_legacy_uid + 1ull) co_return std::error_code{};
+
+  // What is new, with sizes (no bodies yet).
+  struct pending {
+    std::uint32_t uid;
+    std::uint64_t size;
+  };
+  std::vector<pending> todo;
+  {
+    std::string scan =
+        "UID FETCH " + std::to_string(st.last_legacy_uid + 1) + ":* (UID RFC822.SIZE)";
+    if (auto ec = co_await legacy.simple(scan, r)) co_return ec;
+    if (r.status != imap::status::ok) co_return fail(copy_errc::fetch_failed, scan + ": " + r.text);
+    for (auto& u : r.untagged)
+      if (auto f = imap::decode_fetch(u); f && f->uid && *f->uid > st.last_legacy_uid)
+        todo.push_back({*f->uid, f->rfc822_size.value_or(0)});
+    std::sort(todo.begin(), todo.end(), [](auto& a, auto& b) { return a.uid < b.uid; });
+    todo.erase(std::unique(todo.begin(), todo.end(),
+                           [](auto& a, auto& b) { return a.uid == b.uid; }),
+               todo.end());
+  }
+
+  const bool multiappend = fresh.capabilities().has("MULTIAPPEND");
+  const std::size_t max_messages = std::max<std::size_t>(1, opts.batch_messages);
+
+  // Records messages the new server accepted (r holds its answer), accounting
+  // for every legacy UID up to `upto`.
+  auto record = [&](std::span<message* const> done, std::uint32_t upto) {
+    std::vector<std::uint32_t> new_uids;
+    if (r.code)
+      if (auto a = imap::decode_appenduid(*r.code))
+        if (auto set = imap::parse_sequence_set(a->uids))
+          if (auto uids = imap::expand_sequence_set(*set, 0, done.size() + 1))
+            new_uids = std::move(*uids);
+    if (!new_uids.empty() && new_uids.size() != done.size()) {
+      report.errors.push_back(mapping.legacy_name + ": APPENDUID names " +
+                              std::to_string(new_uids.size()) + " UIDs for " +
+                              std::to_string(done.size()) + " messages; recorded without");
+      new_uids.clear();
+    }
+    std::vector<message_record> recs;
+    recs.reserve(done.size());
+    for (std::size_t i = 0; i < done.size(); ++i) {
+      message_record rec;
+      rec.legacy_uid = done[i]->uid;
+      rec.new_uid = new_uids.empty() ? 0 : new_uids[i];
+      rec.flags = flags_text(done[i]->flags);
+      st.last_new_uid = std::max(st.last_new_uid, rec.new_uid);
+      report.bytes += done[i]->body.size();
+      recs.push_back(std::move(rec));
+    }
+    st.last_legacy_uid = std::max(st.last_legacy_uid, upto);
+    state.record_batch(user, st, recs);
+    report.copied += done.size();
+  };
+  auto account_only = [&](std::uint32_t upto) {
+    st.last_legacy_uid = std::max(st.last_legacy_uid, upto);
+    state.record_batch(user, st, std::span<const message_record>{});
+  };
+
+  std::size_t next = 0;
+  while (next < todo.size()) {
+    // The batch: up to max_messages and batch_bytes; an oversized message alone.
+    std::size_t end = next;
+    std::uint64_t bytes = 0;
+    while (end < todo.size() && end - next < max_messages &&
+           (end == next || bytes + todo[end].size <= opts.batch_bytes)) {
+      bytes += todo[end].size;
+      ++end;
+    }
+    std::vector<std::uint32_t> uids;
+    for (std::size_t i = next; i < end; ++i) uids.push_back(todo[i].uid);
+    const std::uint32_t batch_last = uids.back();
+    next = end;
+
+    batch_collector got;
+    std::string fetch = "UID FETCH " + imap::format_sequence_set(uids) +
+                        " (UID FLAGS INTERNALDATE BODY.PEEK[])";
+    if (auto ec = co_await legacy.simple(fetch, r, &got)) co_return ec;
+    if (r.status != imap::status::ok)
+      co_return fail(copy_errc::fetch_failed, "UID FETCH: " + r.text);
+    std::map<std::uint32_t, message*> by_uid;
+    for (auto& [seq, m] : got.by_seq)
+      if (m.uid != 0 && m.have_body) by_uid[m.uid] = &m;
+    std::vector<message*> ready;
+    for (auto uid : uids) {
+      auto it = by_uid.find(uid);
+      if (it == by_uid.end()) ++report.skipped;  // expunged on legacy meanwhile
+      else ready.push_back(it->second);
+    }
+    if (ready.empty()) {
+      account_only(batch_last);
+      continue;
+    }
+
+    if (multiappend && ready.size() > 1) {
+      if (auto ec = co_await append_messages(fresh, mapping.new_name, ready, r)) co_return ec;
+      if (r.status == imap::status::ok) {
+        record(ready, batch_last);
+        continue;
+      }
+      if (transient_refusal(r))
+        co_return fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
+      // Refused as a whole: one at a time, so only the bad message is reported.
+    }
+    for (std::size_t j = 0; j < ready.size(); ++j) {
+      message* m = ready[j];
+      const std::uint32_t upto = j + 1 == ready.size() ? batch_last : m->uid;
+      std::span<message* const> one(&ready[j], 1);
+      if (auto ec = co_await append_messages(fresh, mapping.new_name, one, r)) co_return ec;
+      if (r.status == imap::status::ok) {
+        record(one, upto);
+        continue;
+      }
+      if (transient_refusal(r))
+        co_return fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
+      ++report.failed;
+      report.errors.push_back(mapping.legacy_name + ": legacy UID " + std::to_string(m->uid) +
+                              " refused by the new server: " + r.text);
+      account_only(upto);
+    }
+  }
+  co_return std::error_code{};
+}
+
+}  // namespace suction::sync

@@ -1,0 +1,405 @@
+// sync::copy_folder against the real Dovecot servers of the test bed: alice's
+// legacy folders are copied into bob's new mailbox under a prefix unique to the
+// run (deleted at the end), so other tests never see them.
+#include <doctest/doctest.h>
+#include <openssl/evp.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "../support/run_coro.hpp"
+#include "../support/testbed.hpp"
+#include "imap/client/client.hpp"
+#include "imap/date.hpp"
+#include "imap/response.hpp"
+#include "imap/serialize.hpp"
+#include "sync/folder_copy.hpp"
+#include "sync/state_store.hpp"
+
+using namespace suction;
+using namespace suction::imap;
+using suction::test::run_coro;
+using suction::test::testbed;
+namespace asio = boost::asio;
+
+namespace {
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char md[32];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return out;
+}
+
+// Unique per run: no '.' or '/' (the legacy and new separators).
+std::string unique_prefix() {
+  auto now = std::chrono::duration_cast<std::chrono::microseconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count();
+  return "fc" + std::to_string(::getpid()) + "x" + std::to_string(now);
+}
+
+std::vector<std::string> without_recent(std::vector<std::string> flags) {
+  std::erase_if(flags, [](const std::string& f) { return f == "\\Recent"; });
+  std::sort(flags.begin(), flags.end());
+  return flags;
+}
+
+std::int64_t instant(const std::string& d) {
+  auto t = parse_date_time(d);
+  REQUIRE_MESSAGE(t, d);
+  return t->epoch_seconds;
+}
+
+awaitable<std::error_code> open_session(client& c, const test::server_info& s, std::string user) {
+  endpoint ep{s.host, s.imap_port, tls_mode::none};
+  if (auto e = co_await c.connect(ep, nullptr)) co_return e;
+  co_return co_await c.login(user, testbed().users.at(user));
+}
+
+awaitable<std::error_code> mailbox_cmd(client& c, std::string head, std::string utf8,
+                                       command_result& r) {
+  std::string tag = c.next_tag();
+  command_builder b(tag, head, c.capabilities().has("LITERAL+"));
+  b.mailbox(utf8);
+  std::vector<std::string> parts = std::move(b).finish();
+  co_return co_await c.execute(tag, std::move(parts), r);
+}
+
+// What must not change on legacy: UIDVALIDITY, count, UIDs and flags.
+struct snapshot {
+  std::uint32_t uidvalidity = 0, exists = 0;
+  std::vector<std::pair<std::uint32_t, std::vector<std::string>>> messages;
+  bool operator==(const snapshot&) const = default;
+};
+
+awaitable<snapshot> take_snapshot(client& c, std::string folder) {
+  snapshot s;
+  command_result r;
+  if (co_await mailbox_cmd(c, "EXAMINE", folder, r) || r.status != status::ok) co_return s;
+  for (auto& u : r.untagged) {
+    if (auto v = decode_uidvalidity(u)) s.uidvalidity = *v;
+    if (u.keyword == "EXISTS" && u.number) s.exists = *u.number;
+  }
+  if (s.exists == 0) co_return s;
+  if (co_await c.simple("UID FETCH 1:* (UID FLAGS)", r)) co_return s;
+  for (auto& u : r.untagged)
+    if (auto f = decode_fetch(u); f && f->uid)
+      s.messages.emplace_back(*f->uid, without_recent(f->flags.value_or(std::vector<std::string>{})));
+  std::sort(s.messages.begin(), s.messages.end());
+  co_return s;
+}
+
+struct new_message {
+  std::uint32_t uid = 0;
+  std::string sha256, internaldate;
+  std::vector<std::string> flags;
+  std::size_t size = 0;
+};
+
+class body_collector : public response_handler {
+ public:
+  std::map<std::uint32_t, std::string> bodies;  // seq -> bytes
+  std::map<std::uint32_t, new_message> msgs;    // seq -> the rest
+  std::uint32_t current = 0;
+  awaitable<void> on_literal_begin(const literal_info& info) override {
+    current = info.message_number.value_or(0);
+    bodies[current].clear();
+    co_return;
+  }
+  awaitable<void> on_literal_data(std::string_view chunk) override {
+    bodies[current].append(chunk);
+    co_return;
+  }
+  awaitable<void> on_response(response& r) override {
+    auto f = decode_fetch(r);
+    if (!f) co_return;
+    auto& m = msgs[f->seq];
+    if (f->uid) m.uid = *f->uid;
+    if (f->flags) m.flags = without_recent(*f->flags);
+    if (f->internaldate) m.internaldate = *f->internaldate;
+    if (auto* s = f->section("BODY[]"); s && !s->content->streamed) bodies[f->seq] = s->content->text;
+    co_return;
+  }
+};
+
+// Everything in a folder of the new server, in UID order.
+awaitable<std::vector<new_message>> fetch_new(client& c, std::string folder) {
+  std::vector<new_message> out;
+  command_result r;
+  if (co_await mailbox_cmd(c, "EXAMINE", folder, r) || r.status != status::ok) co_return out;
+  std::uint32_t exists = 0;
+  for (auto& u : r.untagged)
+    if (u.keyword == "EXISTS" && u.number) exists = *u.number;
+  if (exists == 0) co_return out;
+  body_collector got;
+  if (co_await c.simple("UID FETCH 1:* (UID FLAGS INTERNALDATE BODY.PEEK[])", r, &got)) co_return out;
+  for (auto& [seq, m] : got.msgs) {
+    m.sha256 = sha256_hex(got.bodies[seq]);
+    m.size = got.bodies[seq].size();
+    out.push_back(m);
+  }
+  std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.uid < b.uid; });
+  co_return out;
+}
+
+awaitable<std::vector<std::string>> list_tree(client& c, std::string prefix) {
+  command_result r;
+  std::string list = "LIST \"\" \"" + prefix + "*\"";
+  std::vector<std::string> names;
+  if (co_await c.simple(list, r)) co_return names;
+  for (auto& u : r.untagged)
+    if (auto l = decode_list(u)) names.push_back(l->name);
+  co_return names;
+}
+
+// Deletes every folder of the new server under prefix (children first).
+awaitable<void> delete_tree(client& c, std::string prefix) {
+  command_result r;
+  co_await c.simple("SELECT INBOX", r);  // nothing of ours stays selected
+  std::vector<std::string> names = co_await list_tree(c, prefix);
+  CHECK(!names.empty());
+  std::sort(names.begin(), names.end(),
+            [](auto& a, auto& b) { return a.size() > b.size(); });
+  for (auto& n : names) {
+    std::string tag = c.next_tag();
+    command_builder b(tag, "DELETE", true);
+    b.astring(n);  // as listed (modified UTF-7)
+    std::vector<std::string> parts = std::move(b).finish();
+    co_await c.execute(tag, std::move(parts), r);
+  }
+  std::vector<std::string> left = co_await list_tree(c, prefix);
+  CHECK(left.empty());
+}
+
+struct temp_db {
+  std::filesystem::path path;
+  explicit temp_db(const std::string& name)
+      : path(std::filesystem::temp_directory_path() / ("suction-" + name + ".db")) {}
+  ~temp_db() {
+    std::error_code ec;
+    for (const char* suffix : {"", "-wal", "-shm"})
+      std::filesystem::remove(path.string() + suffix, ec);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("copy_folder: INBOX, a nested and a non-ASCII folder byte for byte, legacy untouched, a rerun copies nothing") {
+  const auto& bed = testbed();
+  std::ifstream in(bed.dir + "/corpus.json");
+  REQUIRE(in);
+  auto corpus = nlohmann::json::parse(in);
+  const std::string prefix = unique_prefix();
+  temp_db db(prefix);
+  sync::state_store state(db.path);
+
+  const std::vector<std::pair<std::string, std::string>> folders = {
+      {"INBOX", prefix + "/INBOX"},
+      {"INBOX.Projects.2024.Q1", prefix + "/Projects/2024/Q1"},
+      {"INBOX.Entw\xc3\xbcrfe", prefix + "/Entw\xc3\xbcrfe"},
+  };
+  sync::copy_options opts;
+  opts.batch_messages = 5;        // several batches
+  opts.batch_bytes = 64 * 1024;   // the 2 MB message goes alone
+
+  auto done = run_coro<bool>([&](asio::any_io_executor ex) -> awaitable<bool> {
+    client_options copts;
+    copts.limits.inline_literal_max = 4096;  // most bodies stream
+    client legacy(ex, copts), fresh(ex, copts), probe(ex);
+    auto e1 = co_await open_session(legacy, bed.legacy, "alice");
+    auto e2 = co_await open_session(fresh, bed.fresh, "bob");
+    auto e3 = co_await open_session(probe, bed.legacy, "alice");
+    REQUIRE_MESSAGE(!e1, e1.message());
+    REQUIRE_MESSAGE(!e2, e2.message());
+    REQUIRE_MESSAGE(!e3, e3.message());
+    REQUIRE(fresh.capabilities().has("MULTIAPPEND"));
+
+    for (auto& [legacy_name, new_name] : folders) {
+      CAPTURE(legacy_name);
+      const auto& expected = corpus.at("folders").at(legacy_name).at("messages");
+      REQUIRE(!expected.empty());
+      snapshot before = co_await take_snapshot(probe, legacy_name);
+      REQUIRE(before.exists == expected.size());
+
+      sync::folder_mapping m;
+      m.legacy_name = legacy_name;
+      m.new_name = new_name;
+      sync::folder_copy_report rep;
+      auto ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep);
+      CHECK_MESSAGE(!ec, ec.message());
+      CHECK(rep.copied == expected.size());
+      CHECK(rep.failed == 0);
+      CHECK(rep.skipped == 0);
+      CHECK(rep.errors.empty());
+      std::uint64_t bytes = 0;
+      for (auto& x : expected) bytes += x.at("size").get<std::uint64_t>();
+      CHECK(rep.bytes == bytes);
+
+      // The new server has exactly the corpus, in order.
+      auto got = co_await fetch_new(fresh, new_name);
+      REQUIRE(got.size() == expected.size());
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        CAPTURE(i);
+        CHECK(got[i].sha256 == expected[i].at("sha256").get<std::string>());
+        CHECK(got[i].flags == without_recent(expected[i].at("flags").get<std::vector<std::string>>()));
+        CHECK(instant(got[i].internaldate) ==
+              instant(expected[i].at("internaldate").get<std::string>()));
+      }
+
+      // The state store maps legacy UIDs to the new UIDs, in order; the checkpoint is at the end.
+      auto recs = state.messages("alice", legacy_name);
+      REQUIRE(recs.size() == got.size());
+      std::sort(recs.begin(), recs.end(), [](auto& a, auto& b) { return a.legacy_uid < b.legacy_uid; });
+      for (std::size_t i = 0; i < recs.size(); ++i) {
+        CHECK(recs[i].legacy_uid == before.messages[i].first);
+        CHECK(recs[i].new_uid == got[i].uid);
+      }
+      auto cp = state.folder("alice", legacy_name);
+      REQUIRE(cp);
+      CHECK(cp->legacy_uidvalidity == before.uidvalidity);
+      CHECK(cp->last_legacy_uid == before.messages.back().first);
+      CHECK(cp->last_new_uid == got.back().uid);
+      CHECK(cp->new_name == new_name);
+      CHECK(cp->new_uidvalidity != 0);
+
+      // Legacy: nothing moved, not even \Seen.
+      snapshot after = co_await take_snapshot(probe, legacy_name);
+      CHECK(after == before);
+
+      // A second run copies nothing.
+      sync::folder_copy_report rep2;
+      ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep2);
+      CHECK_MESSAGE(!ec, ec.message());
+      CHECK(rep2.copied == 0);
+      CHECK(rep2.errors.empty());
+      auto again = co_await fetch_new(fresh, new_name);
+      CHECK(again.size() == got.size());
+      CHECK(state.folder("alice", legacy_name) == cp);
+    }
+    co_await delete_tree(fresh, prefix);
+    co_await legacy.logout();
+    co_await fresh.logout();
+    co_await probe.logout();
+    co_return true;
+  }, std::chrono::seconds(180));
+  CHECK(done);
+}
+
+TEST_CASE("copy_folder: a message added to legacy later is the only one the next run copies, a UIDVALIDITY change copies nothing") {
+  const auto& bed = testbed();
+  const std::string prefix = unique_prefix();
+  temp_db db(prefix);
+  sync::state_store state(db.path);
+  const std::string scratch = "INBOX." + prefix;  // a legacy folder of our own
+  const std::string target = prefix + "/scratch";
+  std::vector<std::string> bodies = {
+      "From: a@example.org\r\nSubject: one\r\n\r\nfirst\r\n",
+      "From: b@example.org\r\nSubject: two\r\n\r\nsecond\r\n",
+      "From: c@example.org\r\nSubject: late\r\n\r\nadded after the first run\r\n",
+      "From: d@example.org\r\nSubject: reborn\r\n\r\nafter the folder was recreated\r\n",
+  };
+  sync::folder_mapping m;
+  m.legacy_name = scratch;
+  m.new_name = target;
+  sync::copy_options opts;
+
+  auto done = run_coro<bool>([&](asio::any_io_executor ex) -> awaitable<bool> {
+    client legacy(ex), fresh(ex), alice(ex);
+    auto e1 = co_await open_session(legacy, bed.legacy, "alice");
+    auto e2 = co_await open_session(fresh, bed.fresh, "bob");
+    auto e3 = co_await open_session(alice, bed.legacy, "alice");
+    REQUIRE_MESSAGE(!e1, e1.message());
+    REQUIRE_MESSAGE(!e2, e2.message());
+    REQUIRE_MESSAGE(!e3, e3.message());
+    command_result r;
+    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    REQUIRE(r.status == status::ok);
+
+    auto append_legacy = [&](std::size_t i, std::vector<std::string> flags,
+                             std::string date) -> awaitable<bool> {
+      string_source src(bodies[i]);
+      std::vector<append_item> items(1);
+      items[0].flags = std::move(flags);
+      items[0].internaldate = std::move(date);
+      items[0].size = bodies[i].size();
+      items[0].body = &src;
+      command_result ar;
+      auto ec = co_await alice.append(scratch, items, ar);
+      co_return !ec && ar.status == status::ok;
+    };
+    std::vector<std::string> seen = {"\\Seen"}, none, flagged = {"\\Flagged", "$Label9"};
+    bool ok = co_await append_legacy(0, seen, "01-Feb-2003 04:05:06 +0200");
+    REQUIRE(ok);
+    ok = co_await append_legacy(1, none, "02-Feb-2003 04:05:06 -0700");
+    REQUIRE(ok);
+
+    sync::folder_copy_report rep1;
+    auto ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep1);
+    CHECK_MESSAGE(!ec, ec.message());
+    CHECK(rep1.copied == 2);
+
+    ok = co_await append_legacy(2, flagged, "03-Mar-2004 05:06:07 +0000");
+    REQUIRE(ok);
+    sync::folder_copy_report rep2;
+    ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep2);
+    CHECK_MESSAGE(!ec, ec.message());
+    CHECK(rep2.copied == 1);
+    CHECK(rep2.bytes == bodies[2].size());
+    CHECK(rep2.errors.empty());
+    auto got = co_await fetch_new(fresh, target);
+    REQUIRE(got.size() == 3);
+    for (std::size_t i = 0; i < 3; ++i) CHECK(got[i].sha256 == sha256_hex(bodies[i]));
+    CHECK(got[2].flags == without_recent({"$Label9", "\\Flagged"}));
+    CHECK(instant(got[2].internaldate) == instant("03-Mar-2004 05:06:07 +0000"));
+    CHECK(state.messages("alice", scratch).size() == 3);
+
+    sync::folder_copy_report rep3;
+    ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep3);
+    CHECK(!ec);
+    CHECK(rep3.copied == 0);
+
+    // Recreated on legacy: a new UIDVALIDITY. Reported, nothing copied (re-matching comes later).
+    co_await legacy.simple("EXAMINE INBOX", r);  // the engine's session lets go of it first
+    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    REQUIRE(r.status == status::ok);
+    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    REQUIRE(r.status == status::ok);
+    ok = co_await append_legacy(3, none, "");
+    REQUIRE(ok);
+    sync::folder_copy_report rep4;
+    ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep4);
+    CHECK(ec == sync::copy_errc::legacy_uidvalidity_changed);
+    CHECK(rep4.copied == 0);
+    CHECK(rep4.errors.size() == 1);
+    auto still = co_await fetch_new(fresh, target);
+    CHECK(still.size() == 3);
+
+    co_await legacy.simple("EXAMINE INBOX", r);
+    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    CHECK(r.status == status::ok);
+    co_await delete_tree(fresh, prefix);
+    co_await legacy.logout();
+    co_await fresh.logout();
+    co_await alice.logout();
+    co_return true;
+  }, std::chrono::seconds(120));
+  CHECK(done);
+}
+
+// Not tested: a batch the new server refuses, redone one message at a time.
+// Dovecot accepts whatever its legacy twin stored (the bed sets no
+// mail_max_size or quota; a zero-byte message, which it refuses, cannot be
+// stored on legacy either), so the bed cannot provoke that path yet.
