@@ -1,16 +1,28 @@
 // sync::copy_folder against the real Dovecot servers of the test bed: alice's
 // legacy folders are copied into bob's new mailbox under a prefix unique to the
-// run (deleted at the end), so other tests never see them.
+// run (deleted at the end), so other tests never see them. Refusals by the new
+// server, which Dovecot cannot be made to produce for what its legacy twin
+// stored, come from a scripted fake new server.
 #include <doctest/doctest.h>
 #include <openssl/evp.h>
 #include <unistd.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 
 #include "../support/run_coro.hpp"
@@ -399,7 +411,180 @@ TEST_CASE("copy_folder: a message added to legacy later is the only one the next
   CHECK(done);
 }
 
-// Not tested: a batch the new server refuses, redone one message at a time.
-// Dovecot accepts whatever its legacy twin stored (the bed sets no
-// mail_max_size or quota; a zero-byte message, which it refuses, cannot be
-// stored on legacy either), so the bed cannot provoke that path yet.
+namespace {
+
+using tcp = asio::ip::tcp;
+
+// A scripted stand-in for the new server (Dovecot will not refuse what its legacy
+// twin stored): CREATE says it exists, SELECT gives UIDVALIDITY 77, and each APPEND
+// (its literals read and counted) is answered by `answer(literal count, index of the
+// single APPEND among the single ones so far)`: "OK" gets an APPENDUID added.
+struct fake_new_server {
+  std::function<std::string(std::size_t, std::size_t)> answer;
+  std::size_t singles = 0, multis = 0;
+  std::uint32_t next_uid = 1;
+
+  awaitable<void> serve(tcp::socket& s) {
+    asio::streambuf buf;
+    boost::system::error_code ec;
+    auto say = [&](std::string text) -> awaitable<void> {
+      co_await asio::async_write(s, asio::buffer(text), asio::redirect_error(asio::use_awaitable, ec));
+    };
+    auto line = [&]() -> awaitable<std::string> {
+      std::size_t n = co_await asio::async_read_until(s, buf, "\r\n",
+                                                      asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return std::string();
+      std::string l(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + n);
+      buf.consume(n);
+      co_return l;
+    };
+    co_await say("* OK [CAPABILITY IMAP4rev1 LITERAL+ MULTIAPPEND UIDPLUS] fake new server\r\n");
+    for (;;) {
+      std::string l = co_await line();
+      if (ec || l.empty()) co_return;
+      std::string tag = l.substr(0, l.find(' '));
+      std::string rest = l.substr(tag.size() + 1);
+      if (rest.starts_with("CREATE")) {
+        co_await say(tag + " NO [ALREADYEXISTS] Mailbox already exists\r\n");
+      } else if (rest.starts_with("SELECT")) {
+        co_await say("* 0 EXISTS\r\n* OK [UIDVALIDITY 77] Ok\r\n* OK [UIDNEXT " +
+                     std::to_string(next_uid) + "] Ok\r\n" + tag + " OK [READ-WRITE] Selected\r\n");
+      } else if (rest.starts_with("APPEND")) {
+        std::size_t literals = 0;
+        // Each line that ends in {n+} is followed by n bytes, then the command goes on.
+        while (l.size() > 4 && l.ends_with("+}\r\n")) {
+          std::size_t open = l.rfind('{');
+          std::size_t n = std::stoull(l.substr(open + 1));
+          if (buf.size() < n)
+            co_await asio::async_read(s, buf, asio::transfer_exactly(n - buf.size()),
+                                      asio::redirect_error(asio::use_awaitable, ec));
+          if (ec) co_return;
+          buf.consume(n);
+          ++literals;
+          l = co_await line();
+          if (ec) co_return;
+        }
+        std::string a = answer(literals, literals == 1 ? singles : 0);
+        if (literals == 1) ++singles;
+        else ++multis;
+        if (a == "OK") {
+          std::string uids = std::to_string(next_uid);
+          if (literals > 1) uids += ":" + std::to_string(next_uid + literals - 1);
+          next_uid += static_cast<std::uint32_t>(literals);
+          co_await say(tag + " OK [APPENDUID 77 " + uids + "] Append completed.\r\n");
+        } else {
+          co_await say(tag + " " + a + "\r\n");
+        }
+      } else if (rest.starts_with("LOGOUT")) {
+        co_await say("* BYE bye\r\n" + tag + " OK Logout completed.\r\n");
+        co_return;
+      } else {
+        co_await say(tag + " BAD unexpected\r\n");
+      }
+    }
+  }
+};
+
+struct refusal_outcome {
+  std::error_code ec;
+  sync::folder_copy_report report;
+  std::vector<std::uint32_t> legacy_uids;
+};
+
+refusal_outcome copy_against_fake(fake_new_server& server, sync::state_store& state,
+                                  const std::string& legacy_name) {
+  const auto& bed = testbed();
+  return run_coro<refusal_outcome>([&](asio::any_io_executor ex) -> awaitable<refusal_outcome> {
+    refusal_outcome o;
+    tcp::acceptor acceptor(ex, {asio::ip::make_address("127.0.0.1"), 0});
+    auto port = acceptor.local_endpoint().port();
+    asio::co_spawn(
+        ex,
+        [&acceptor, &server]() -> awaitable<void> {
+          tcp::socket s = co_await acceptor.async_accept(asio::use_awaitable);
+          co_await server.serve(s);
+        },
+        asio::detached);
+    client legacy(ex), fresh(ex), probe(ex);
+    if ((o.ec = co_await open_session(legacy, bed.legacy, "alice"))) co_return o;
+    if ((o.ec = co_await open_session(probe, bed.legacy, "alice"))) co_return o;
+    endpoint ep{"127.0.0.1", port, tls_mode::none};
+    if ((o.ec = co_await fresh.connect(ep, nullptr))) co_return o;
+    snapshot snap = co_await take_snapshot(probe, legacy_name);
+    for (auto& [uid, flags] : snap.messages) o.legacy_uids.push_back(uid);
+    sync::folder_mapping m;
+    m.legacy_name = legacy_name;
+    m.new_name = "Q1";
+    sync::copy_options opts;
+    o.ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, o.report);
+    co_await fresh.logout();
+    co_await legacy.logout();
+    co_await probe.logout();
+    co_return o;
+  });
+}
+
+}  // namespace
+
+TEST_CASE("copy_folder: a refused batch is redone one by one, only the bad message fails and is accounted for") {
+  const std::string folder = "INBOX.Projects.2024.Q1";  // three messages, read only
+  for (std::size_t bad : {std::size_t{1}, std::size_t{2}}) {  // in the middle, and last
+    CAPTURE(bad);
+    const std::string prefix = unique_prefix();
+    temp_db db(prefix);
+    sync::state_store state(db.path);
+    fake_new_server server;
+    server.answer = [bad](std::size_t literals, std::size_t single) -> std::string {
+      if (literals > 1) return "NO [LIMIT] one of these is refused";
+      return single == bad ? "NO [LIMIT] Mail too large" : "OK";
+    };
+    auto o = copy_against_fake(server, state, folder);
+    CHECK_MESSAGE(!o.ec, o.ec.message());
+    REQUIRE(o.legacy_uids.size() == 3);
+    CHECK(server.multis == 1);
+    CHECK(server.singles == 3);
+    CHECK(o.report.copied == 2);
+    CHECK(o.report.failed == 1);
+    REQUIRE(o.report.errors.size() == 1);
+    CHECK(o.report.errors[0].find("legacy UID " + std::to_string(o.legacy_uids[bad])) !=
+          std::string::npos);
+    CHECK(o.report.errors[0].find("Mail too large") != std::string::npos);
+    auto recs = state.messages("alice", folder);
+    REQUIRE(recs.size() == 2);
+    std::sort(recs.begin(), recs.end(), [](auto& a, auto& b) { return a.legacy_uid < b.legacy_uid; });
+    std::vector<std::uint32_t> good;
+    for (std::size_t i = 0; i < 3; ++i)
+      if (i != bad) good.push_back(o.legacy_uids[i]);
+    CHECK(recs[0].legacy_uid == good[0]);
+    CHECK(recs[0].new_uid == 1);
+    CHECK(recs[1].legacy_uid == good[1]);
+    CHECK(recs[1].new_uid == 2);
+    auto cp = state.folder("alice", folder);
+    REQUIRE(cp);
+    CHECK(cp->last_legacy_uid == o.legacy_uids[2]);  // the refused one is accounted for
+    CHECK(cp->last_new_uid == 2);
+    CHECK(cp->new_uidvalidity == 77);
+  }
+}
+
+TEST_CASE("copy_folder: a refusal about the account ([OVERQUOTA]) stops the folder without advancing") {
+  const std::string prefix = unique_prefix();
+  temp_db db(prefix);
+  sync::state_store state(db.path);
+  const std::string folder = "INBOX.Projects.2024.Q1";
+  fake_new_server server;
+  server.answer = [](std::size_t, std::size_t) -> std::string {
+    return "NO [OVERQUOTA] Quota exceeded";
+  };
+  auto o = copy_against_fake(server, state, folder);
+  CHECK(o.ec == sync::copy_errc::append_refused_transient);
+  CHECK(server.multis == 1);
+  CHECK(server.singles == 0);
+  CHECK(o.report.copied == 0);
+  CHECK(o.report.failed == 0);
+  CHECK(o.report.errors.size() == 1);
+  CHECK(state.messages("alice", folder).empty());
+  auto cp = state.folder("alice", folder);
+  REQUIRE(cp);
+  CHECK(cp->last_legacy_uid == 0);
+}
