@@ -1,5 +1,12 @@
 #include "sync/folder_copy.hpp"
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/channel.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
 #include <algorithm>
 #include <map>
 #include <span>
@@ -138,6 +145,163 @@ bool transient_refusal(const imap::command_result& r) {
   return n == "OVERQUOTA" || n == "UNAVAILABLE" || n == "INUSE" || n == "SERVERBUG";
 }
 
+
+// --- One large message streamed from legacy's FETCH literal into the APPEND
+// literal: at most a read buffer's worth of bytes is held.
+
+namespace asio = boost::asio;
+using chunk_channel = asio::experimental::channel<void(boost::system::error_code, std::string)>;
+using done_channel = asio::experimental::channel<void(boost::system::error_code)>;
+
+// Sends an empty string when the BODY[] literal begins (its size is then in
+// `size`), then its bytes in non-empty chunks. Once the receiver has gone (the
+// channel closed or cancelled), the rest is read and dropped.
+class stream_handler final : public imap::response_handler {
+ public:
+  explicit stream_handler(chunk_channel& ch) : ch_(ch) {}
+  std::optional<std::uint64_t> size;
+
+  awaitable<void> on_literal_begin(const imap::literal_info& info) override {
+    if (size) co_return;  // only the first literal (there is only BODY[])
+    size = info.size;
+    in_body_ = true;
+    co_await send(std::string());
+  }
+  awaitable<void> on_literal_data(std::string_view chunk) override {
+    if (!in_body_ || chunk.empty()) co_return;
+    co_await send(std::string(chunk));
+  }
+  awaitable<void> on_literal_end() override {
+    in_body_ = false;
+    co_return;
+  }
+  awaitable<void> on_response(imap::response& r) override {
+    auto f = imap::decode_fetch(r);
+    if (!f || size) co_return;
+    // Small enough to arrive inline: hand it over whole.
+    if (auto* s = f->section("BODY[]"); s && s->content && !s->content->streamed) {
+      size = s->content->text.size();
+      co_await send(std::string());
+      if (!s->content->text.empty()) co_await send(s->content->text);
+    }
+  }
+
+ private:
+  awaitable<void> send(std::string chunk) {
+    if (gone_) co_return;
+    boost::system::error_code ec;
+    co_await ch_.async_send(boost::system::error_code{}, std::move(chunk),
+                            asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) gone_ = true;
+  }
+  chunk_channel& ch_;
+  bool in_body_ = false;
+  bool gone_ = false;
+};
+
+// The APPEND's literal_source: exactly `size` bytes from the channel; an early
+// end (the FETCH failed) gives an empty view, which fails the APPEND's connection.
+class channel_source final : public imap::literal_source {
+ public:
+  channel_source(chunk_channel& ch, std::uint64_t size) : ch_(ch), size_(size) {}
+  awaitable<std::string_view> next() override {
+    if (received_ >= size_) co_return std::string_view();
+    boost::system::error_code ec;
+    current_ = co_await ch_.async_receive(asio::redirect_error(asio::use_awaitable, ec));
+    if (ec || current_.empty()) co_return std::string_view();
+    received_ += current_.size();
+    co_return std::string_view(current_);
+  }
+
+ private:
+  chunk_channel& ch_;
+  std::uint64_t size_;
+  std::uint64_t received_ = 0;
+  std::string current_;
+};
+
+// The legacy side of a stream, run beside the APPEND. Ends the chunk channel
+// with an error (for a receiver still waiting) and signals `done`.
+awaitable<void> run_stream_fetch(imap::client& legacy, std::string command,
+                                 stream_handler& handler, chunk_channel& ch, done_channel& done,
+                                 std::error_code& ec, imap::command_result& r) {
+  ec = co_await legacy.simple(command, r, &handler);
+  boost::system::error_code ignored;
+  if (ch.is_open())
+    co_await ch.async_send(asio::error::eof, std::string(),
+                           asio::redirect_error(asio::use_awaitable, ignored));
+  co_await done.async_send(boost::system::error_code{},
+                           asio::redirect_error(asio::use_awaitable, ignored));
+}
+
+struct stream_outcome {
+  std::error_code ec;       // a connection failed (the new one is then closed)
+  bool appended = false;    // the APPEND was sent whole and answered (see r)
+  bool fetch_refused = false;
+  bool vanished = false;    // FETCH OK without the message
+  std::uint64_t size = 0;
+  std::string fetch_text;
+};
+
+// UID FETCH <uid> BODY.PEEK[] on legacy streamed into APPEND on the new
+// server; r receives the APPEND's answer.
+awaitable<stream_outcome> stream_message(imap::client& legacy, imap::client& fresh,
+                                         std::string_view mailbox, std::uint32_t uid,
+                                         const std::vector<std::string>& flags,
+                                         const std::string& internaldate,
+                                         imap::command_result& r) {
+  stream_outcome out;
+  auto ex = co_await asio::this_coro::executor;
+  chunk_channel ch(ex, 1);
+  done_channel done(ex, 1);
+  stream_handler handler(ch);
+  std::error_code fetch_ec;
+  imap::command_result fr;
+  std::string command = "UID FETCH " + std::to_string(uid) + " (UID BODY.PEEK[])";
+  asio::co_spawn(ex, run_stream_fetch(legacy, command, handler, ch, done, fetch_ec, fr),
+                 asio::detached);
+
+  boost::system::error_code rec;
+  std::string first = co_await ch.async_receive(asio::redirect_error(asio::use_awaitable, rec));
+  std::error_code append_ec;
+  bool appended = false;
+  if (!rec && handler.size) {
+    out.size = *handler.size;
+    channel_source src(ch, out.size);
+    std::vector<imap::append_item> items(1);
+    items[0].flags = flags;
+    items[0].internaldate = internaldate;
+    items[0].size = out.size;
+    items[0].body = &src;
+    std::span<imap::append_item> span(items);
+    append_ec = co_await fresh.append(mailbox, span, r);
+    appended = true;
+  }
+  ch.cancel();  // a FETCH still sending (the APPEND ended early) drops the rest
+  ch.close();
+  boost::system::error_code ignored;
+  co_await done.async_receive(asio::redirect_error(asio::use_awaitable, ignored));
+
+  out.appended = appended && !append_ec;
+  if (fetch_ec) {
+    // Failed mid-literal, the APPEND failed too and closed its connection;
+    // failed after it, the APPEND may have gone through (out.appended).
+    out.ec = fetch_ec;
+    co_return out;
+  }
+  if (append_ec) {
+    out.ec = append_ec;
+    co_return out;
+  }
+  if (fr.status != imap::status::ok) {
+    out.fetch_refused = true;
+    out.fetch_text = fr.text;
+    co_return out;
+  }
+  if (!appended) out.vanished = true;
+  co_return out;
+}
+
 }  // namespace
 
 const std::error_category& copy_category() noexcept {
@@ -209,16 +373,23 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   struct pending {
     std::uint32_t uid;
     std::uint64_t size;
+    std::vector<std::string> flags;  // for streamed messages
+    std::string internaldate;
   };
   std::vector<pending> todo;
   {
     std::string scan =
-        "UID FETCH " + std::to_string(st.last_legacy_uid + 1) + ":* (UID RFC822.SIZE)";
+        "UID FETCH " + std::to_string(st.last_legacy_uid + 1) + ":* (UID RFC822.SIZE FLAGS INTERNALDATE)";
     if (auto ec = co_await legacy.simple(scan, r)) co_return ec;
     if (r.status != imap::status::ok) co_return fail(copy_errc::fetch_failed, scan + ": " + r.text);
     for (auto& u : r.untagged)
       if (auto f = imap::decode_fetch(u); f && f->uid && *f->uid > st.last_legacy_uid)
-        todo.push_back({*f->uid, f->rfc822_size.value_or(0)});
+      {
+        pending p{*f->uid, f->rfc822_size.value_or(0), {}, f->internaldate.value_or("")};
+        for (auto& fl : f->flags.value_or(std::vector<std::string>{}))
+          if (!iequals(fl, "\\Recent")) p.flags.push_back(fl);
+        todo.push_back(std::move(p));
+      }
     std::sort(todo.begin(), todo.end(), [](auto& a, auto& b) { return a.uid < b.uid; });
     todo.erase(std::unique(todo.begin(), todo.end(),
                            [](auto& a, auto& b) { return a.uid == b.uid; }),
@@ -265,11 +436,41 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
 
   std::size_t next = 0;
   while (next < todo.size()) {
+    // Larger than a batch may hold: streamed from the FETCH into the APPEND.
+    if (todo[next].size > opts.batch_bytes) {
+      const pending& p = todo[next++];
+      auto so = co_await stream_message(legacy, fresh, mapping.new_name, p.uid, p.flags,
+                                        p.internaldate, r);
+      if (so.appended && r.status == imap::status::ok) {
+        message m;
+        m.uid = p.uid;
+        m.flags = p.flags;
+        message* one[1] = {&m};
+        record(one, p.uid);
+        report.bytes += so.size;  // record() counted the (empty) buffered body
+      } else if (so.ec) {
+        co_return so.ec;
+      } else if (so.fetch_refused) {
+        co_return fail(copy_errc::fetch_failed, "UID FETCH " + std::to_string(p.uid) + ": " + so.fetch_text);
+      } else if (so.vanished) {
+        ++report.skipped;
+        account_only(p.uid);
+      } else if (transient_refusal(r)) {
+        co_return fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
+      } else {
+        ++report.failed;
+        report.errors.push_back(mapping.legacy_name + ": legacy UID " + std::to_string(p.uid) +
+                                " refused by the new server: " + r.text);
+        account_only(p.uid);
+      }
+      if (so.ec) co_return so.ec;
+      continue;
+    }
     // The batch: up to max_messages and batch_bytes; an oversized message alone.
     std::size_t end = next;
     std::uint64_t bytes = 0;
     while (end < todo.size() && end - next < max_messages &&
-           (end == next || bytes + todo[end].size <= opts.batch_bytes)) {
+           bytes + todo[end].size <= opts.batch_bytes) {
       bytes += todo[end].size;
       ++end;
     }

@@ -492,7 +492,8 @@ struct refusal_outcome {
 };
 
 refusal_outcome copy_against_fake(fake_new_server& server, sync::state_store& state,
-                                  const std::string& legacy_name) {
+                                  const std::string& legacy_name,
+                                  std::uint64_t batch_bytes = 16u << 20) {
   const auto& bed = testbed();
   return run_coro<refusal_outcome>([&](asio::any_io_executor ex) -> awaitable<refusal_outcome> {
     refusal_outcome o;
@@ -516,6 +517,7 @@ refusal_outcome copy_against_fake(fake_new_server& server, sync::state_store& st
     m.legacy_name = legacy_name;
     m.new_name = "Q1";
     sync::copy_options opts;
+    opts.batch_bytes = batch_bytes;
     o.ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, o.report);
     co_await fresh.logout();
     co_await legacy.logout();
@@ -526,9 +528,11 @@ refusal_outcome copy_against_fake(fake_new_server& server, sync::state_store& st
 
 }  // namespace
 
-TEST_CASE("copy_folder: a refused batch is redone one by one, only the bad message fails and is accounted for") {
+TEST_CASE("copy_folder: a refused batch is redone one by one, only the bad message fails and is accounted for, also when streamed") {
   const std::string folder = "INBOX.Projects.2024.Q1";  // three messages, read only
+  for (int streamed = 0; streamed < 2; ++streamed)  // small batch_bytes: each message streamed
   for (std::size_t bad : {std::size_t{1}, std::size_t{2}}) {  // in the middle, and last
+    CAPTURE(streamed);
     CAPTURE(bad);
     const std::string prefix = unique_prefix();
     temp_db db(prefix);
@@ -538,10 +542,10 @@ TEST_CASE("copy_folder: a refused batch is redone one by one, only the bad messa
       if (literals > 1) return "NO [LIMIT] one of these is refused";
       return single == bad ? "NO [LIMIT] Mail too large" : "OK";
     };
-    auto o = copy_against_fake(server, state, folder);
+    auto o = copy_against_fake(server, state, folder, streamed ? 100 : 16u << 20);
     CHECK_MESSAGE(!o.ec, o.ec.message());
     REQUIRE(o.legacy_uids.size() == 3);
-    CHECK(server.multis == 1);
+    CHECK(server.multis == (streamed ? 0 : 1));
     CHECK(server.singles == 3);
     CHECK(o.report.copied == 2);
     CHECK(o.report.failed == 1);
@@ -587,4 +591,140 @@ TEST_CASE("copy_folder: a refusal about the account ([OVERQUOTA]) stops the fold
   auto cp = state.folder("alice", folder);
   REQUIRE(cp);
   CHECK(cp->last_legacy_uid == 0);
+}
+
+namespace {
+
+// The peak resident set since the last reset_peak_rss(), in KiB (Linux).
+std::size_t peak_rss_kib() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.starts_with("VmHWM:")) return std::stoul(line.substr(6));
+  return 0;
+}
+bool reset_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+  return static_cast<bool>(out);
+}
+
+// sha256 of the streamed BODY[] of one FETCH, without holding it.
+class sha_collector : public response_handler {
+ public:
+  sha_collector() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
+  ~sha_collector() override { EVP_MD_CTX_free(ctx_); }
+  std::uint64_t size = 0;
+  awaitable<void> on_literal_data(std::string_view chunk) override {
+    EVP_DigestUpdate(ctx_, chunk.data(), chunk.size());
+    size += chunk.size();
+    co_return;
+  }
+  std::string hex() {
+    unsigned char md[32];
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(ctx_, md, &len);
+    static const char* digits = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) {
+      out += digits[md[i] >> 4];
+      out += digits[md[i] & 15];
+    }
+    return out;
+  }
+
+ private:
+  EVP_MD_CTX* ctx_;
+};
+
+}  // namespace
+
+TEST_CASE("copy_folder: a 50 MB message is streamed from FETCH into APPEND under 64 MiB RSS") {
+  const auto& bed = testbed();
+  const std::string prefix = unique_prefix();
+  temp_db db(prefix);
+  sync::state_store state(db.path);
+  const std::string scratch = "INBOX." + prefix;
+  const std::string target = prefix + "/big";
+  std::string sha;
+  std::uint64_t size = 0;
+
+  struct outcome {
+    std::error_code ec;
+    sync::folder_copy_report report;
+    std::size_t peak_kib = 0;
+    bool reset = false;
+    std::string new_sha;
+    std::uint64_t new_size = 0;
+  };
+  auto o = run_coro<outcome>([&](asio::any_io_executor ex) -> awaitable<outcome> {
+    outcome out;
+    client legacy(ex), fresh(ex), alice(ex);
+    auto e1 = co_await open_session(legacy, bed.legacy, "alice");
+    auto e2 = co_await open_session(fresh, bed.fresh, "bob");
+    auto e3 = co_await open_session(alice, bed.legacy, "alice");
+    REQUIRE_MESSAGE(!e1, e1.message());
+    REQUIRE_MESSAGE(!e2, e2.message());
+    REQUIRE_MESSAGE(!e3, e3.message());
+    command_result r;
+    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    REQUIRE(r.status == status::ok);
+    {
+      std::string body = "From: big@example.org\r\nSubject: fifty megabytes\r\n\r\n";
+      std::string line(74, 'x');
+      line += "\r\n";
+      for (std::size_t i = 0; body.size() < 50u * 1000 * 1000; ++i) {
+        line[i % 74] = static_cast<char>('a' + i % 26);
+        body += line;
+      }
+      sha = sha256_hex(body);
+      size = body.size();
+      string_source src(body);
+      std::vector<append_item> items(1);
+      items[0].flags = {"\\Seen"};
+      items[0].internaldate = "05-May-2015 10:11:12 +0000";
+      items[0].size = body.size();
+      items[0].body = &src;
+      command_result ar;
+      auto ec = co_await alice.append(scratch, items, ar);
+      REQUIRE_MESSAGE(!ec, ec.message());
+      REQUIRE(ar.status == status::ok);
+    }  // the body is freed here
+
+    out.reset = reset_peak_rss();
+    sync::folder_mapping m;
+    m.legacy_name = scratch;
+    m.new_name = target;
+    sync::copy_options opts;  // defaults: 16 MiB batches
+    out.ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, out.report);
+    out.peak_kib = peak_rss_kib();
+
+    sha_collector got;
+    co_await mailbox_cmd(fresh, "EXAMINE", target, r);
+    co_await fresh.simple("UID FETCH 1:* (UID BODY.PEEK[])", r, &got);
+    out.new_sha = got.hex();
+    out.new_size = got.size;
+
+    co_await legacy.simple("EXAMINE INBOX", r);
+    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    CHECK(r.status == status::ok);
+    co_await delete_tree(fresh, prefix);
+    co_await legacy.logout();
+    co_await fresh.logout();
+    co_await alice.logout();
+    co_return out;
+  }, std::chrono::seconds(180));
+  CHECK_MESSAGE(!o.ec, o.ec.message());
+  CHECK(o.report.copied == 1);
+  CHECK(o.report.bytes == size);
+  CHECK(o.report.errors.empty());
+  CHECK(o.new_size == size);
+  CHECK(o.new_sha == sha);
+  REQUIRE_MESSAGE(o.reset, "cannot reset the peak RSS (/proc/self/clear_refs)");
+  MESSAGE("peak RSS during the copy: " << o.peak_kib << " KiB");
+  CHECK(o.peak_kib > 0);
+  CHECK(o.peak_kib < 64 * 1024);  // issue 4's bound
+  // Buffering the 50 MB whole still peaks at about 62 MiB in this small process,
+  // under the bound: streaming must hold far less than the message to pass this.
+  CHECK(o.peak_kib < 25 * 1024);
 }
