@@ -421,6 +421,7 @@ using tcp = asio::ip::tcp;
 // single APPEND among the single ones so far)`: "OK" gets an APPENDUID added.
 struct fake_new_server {
   std::function<std::string(std::size_t, std::size_t)> answer;
+  bool multiappend = true;
   std::size_t singles = 0, multis = 0;
   std::uint32_t next_uid = 1;
 
@@ -438,7 +439,8 @@ struct fake_new_server {
       buf.consume(n);
       co_return l;
     };
-    co_await say("* OK [CAPABILITY IMAP4rev1 LITERAL+ MULTIAPPEND UIDPLUS] fake new server\r\n");
+    co_await say(std::string("* OK [CAPABILITY IMAP4rev1 LITERAL+ ") +
+                 (multiappend ? "MULTIAPPEND " : "") + "UIDPLUS] fake new server\r\n");
     for (;;) {
       std::string l = co_await line();
       if (ec || l.empty()) co_return;
@@ -727,4 +729,117 @@ TEST_CASE("copy_folder: a 50 MB message is streamed from FETCH into APPEND under
   // Buffering the 50 MB whole still peaks at about 62 MiB in this small process,
   // under the bound: streaming must hold far less than the message to pass this.
   CHECK(o.peak_kib < 25 * 1024);
+}
+
+TEST_CASE("copy_folder: without MULTIAPPEND every message is its own APPEND and batch") {
+  const std::string prefix = unique_prefix();
+  temp_db db(prefix);
+  sync::state_store state(db.path);
+  const std::string folder = "INBOX.Projects.2024.Q1";
+  fake_new_server server;
+  server.multiappend = false;
+  server.answer = [](std::size_t literals, std::size_t) -> std::string {
+    return literals == 1 ? "OK" : "BAD MULTIAPPEND was not offered";
+  };
+  auto o = copy_against_fake(server, state, folder);
+  CHECK_MESSAGE(!o.ec, o.ec.message());
+  CHECK(server.multis == 0);
+  CHECK(server.singles == 3);
+  CHECK(o.report.copied == 3);
+  CHECK(o.report.errors.empty());
+  auto recs = state.messages("alice", folder);
+  REQUIRE(recs.size() == 3);
+  std::sort(recs.begin(), recs.end(), [](auto& a, auto& b) { return a.legacy_uid < b.legacy_uid; });
+  for (std::size_t i = 0; i < 3; ++i) CHECK(recs[i].new_uid == i + 1);
+}
+
+namespace {
+
+// A scripted legacy server with one folder holding one 200,000-byte message,
+// which hangs up halfway through that message's BODY[] literal.
+awaitable<void> legacy_that_dies_mid_literal(tcp::socket& s) {
+  asio::streambuf buf;
+  boost::system::error_code ec;
+  auto say = [&](std::string text) -> awaitable<void> {
+    co_await asio::async_write(s, asio::buffer(text), asio::redirect_error(asio::use_awaitable, ec));
+  };
+  co_await say("* OK [CAPABILITY IMAP4rev1 LITERAL+] fake legacy\r\n");
+  for (;;) {
+    std::size_t n = co_await asio::async_read_until(s, buf, "\r\n",
+                                                    asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return;
+    std::string l(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + n);
+    buf.consume(n);
+    std::string tag = l.substr(0, l.find(' '));
+    if (l.find(" EXAMINE ") != std::string::npos) {
+      co_await say("* 1 EXISTS\r\n* OK [UIDVALIDITY 5] Ok\r\n* OK [UIDNEXT 2] Ok\r\n" + tag +
+                   " OK [READ-ONLY] Examined\r\n");
+    } else if (l.find("RFC822.SIZE") != std::string::npos) {
+      co_await say("* 1 FETCH (UID 1 RFC822.SIZE 200000 FLAGS (\\Seen) INTERNALDATE \"01-Jan-2020 00:00:00 +0000\")\r\n" +
+                   tag + " OK Fetch completed.\r\n");
+    } else if (l.find("BODY.PEEK[]") != std::string::npos) {
+      co_await say("* 1 FETCH (UID 1 BODY[] {200000}\r\nSubject: cut\r\n\r\n" + std::string(100000, 'x'));
+      s.close();
+      co_return;
+    } else {
+      co_await say(tag + " OK done\r\n");
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("copy_folder: legacy dying in the middle of a streamed message leaves nothing half-copied") {
+  const auto& bed = testbed();
+  const std::string prefix = unique_prefix();
+  temp_db db(prefix);
+  sync::state_store state(db.path);
+  const std::string target = prefix + "/cut";
+  struct outcome {
+    std::error_code ec, fresh_after;
+    sync::folder_copy_report report;
+    std::size_t new_count = 99;
+  };
+  auto o = run_coro<outcome>([&](asio::any_io_executor ex) -> awaitable<outcome> {
+    outcome out;
+    tcp::acceptor acceptor(ex, {asio::ip::make_address("127.0.0.1"), 0});
+    auto port = acceptor.local_endpoint().port();
+    asio::co_spawn(
+        ex,
+        [&acceptor]() -> awaitable<void> {
+          tcp::socket s = co_await acceptor.async_accept(asio::use_awaitable);
+          co_await legacy_that_dies_mid_literal(s);
+        },
+        asio::detached);
+    client legacy(ex), fresh(ex), bob(ex);
+    endpoint ep{"127.0.0.1", port, tls_mode::none};
+    auto e1 = co_await legacy.connect(ep, nullptr);
+    auto e2 = co_await open_session(fresh, bed.fresh, "bob");
+    auto e3 = co_await open_session(bob, bed.fresh, "bob");
+    REQUIRE_MESSAGE(!e1, e1.message());
+    REQUIRE_MESSAGE(!e2, e2.message());
+    REQUIRE_MESSAGE(!e3, e3.message());
+    sync::folder_mapping m;
+    m.legacy_name = "INBOX.Cut";
+    m.new_name = target;
+    sync::copy_options opts;
+    opts.batch_bytes = 1000;  // the message is streamed
+    out.ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, out.report);
+    command_result r;
+    out.fresh_after = co_await fresh.simple("NOOP", r);
+    auto msgs = co_await fetch_new(bob, target);
+    out.new_count = msgs.size();
+    co_await delete_tree(bob, prefix);
+    co_await bob.logout();
+    co_return out;
+  });
+  CHECK_MESSAGE(o.ec, "legacy error: " << o.ec.message());  // the legacy connection's error
+  MESSAGE("legacy: " << o.ec.message() << "; new afterwards: " << o.fresh_after.message());
+  CHECK(o.fresh_after);  // the new connection was given up: its literal was cut short
+  CHECK(o.report.copied == 0);
+  CHECK(o.new_count == 0);
+  auto cp = state.folder("alice", "INBOX.Cut");
+  REQUIRE(cp);
+  CHECK(cp->last_legacy_uid == 0);
+  CHECK(state.messages("alice", "INBOX.Cut").empty());
 }
