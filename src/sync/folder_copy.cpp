@@ -403,15 +403,16 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   // for every legacy UID up to `upto`.
   auto record = [&](std::span<message* const> done, std::uint32_t upto) {
     std::vector<std::uint32_t> new_uids;
-    if (r.code)
-      if (auto a = imap::decode_appenduid(*r.code))
-        if (auto set = imap::parse_sequence_set(a->uids))
-          if (auto uids = imap::expand_sequence_set(*set, 0, done.size() + 1))
-            new_uids = std::move(*uids);
-    if (!new_uids.empty() && new_uids.size() != done.size()) {
-      report.errors.push_back(mapping.legacy_name + ": APPENDUID names " +
-                              std::to_string(new_uids.size()) + " UIDs for " +
-                              std::to_string(done.size()) + " messages; recorded without");
+    std::optional<imap::appenduid_data> appenduid;
+    if (r.code) appenduid = imap::decode_appenduid(*r.code);
+    if (appenduid)
+      if (auto set = imap::parse_sequence_set(appenduid->uids))
+        if (auto uids = imap::expand_sequence_set(*set, 0, done.size() + 1))
+          new_uids = std::move(*uids);
+    if (appenduid && new_uids.size() != done.size()) {
+      report.errors.push_back(mapping.legacy_name + ": APPENDUID " + appenduid->uids +
+                              " does not name " + std::to_string(done.size()) +
+                              " UIDs; the batch is recorded without them");
       new_uids.clear();
     }
     std::vector<message_record> recs;
