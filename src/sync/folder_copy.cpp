@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <utility>
@@ -302,6 +303,31 @@ awaitable<stream_outcome> stream_message(imap::client& legacy, imap::client& fre
   co_return out;
 }
 
+
+// One batch's UID FETCH run beside the APPENDs of the batch before it.
+struct prefetch {
+  batch_collector got;
+  std::error_code ec;
+  imap::command_result r;
+  done_channel done;
+  bool finished = false;
+  explicit prefetch(asio::any_io_executor ex) : done(ex, 1) {}
+  awaitable<void> wait() {
+    if (finished) co_return;
+    boost::system::error_code ignored;
+    co_await done.async_receive(asio::redirect_error(asio::use_awaitable, ignored));
+    finished = true;
+  }
+};
+
+awaitable<void> run_prefetch(imap::client& legacy, std::string command,
+                             std::shared_ptr<prefetch> p) {
+  p->ec = co_await legacy.simple(command, p->r, &p->got);
+  boost::system::error_code ignored;
+  co_await p->done.async_send(boost::system::error_code{},
+                              asio::redirect_error(asio::use_awaitable, ignored));
+}
+
 }  // namespace
 
 const std::error_category& copy_category() noexcept {
@@ -435,11 +461,44 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     state.record_batch(user, st, std::span<const message_record>{});
   };
 
-  std::size_t next = 0;
-  while (next < todo.size()) {
-    // Larger than a batch may hold: streamed from the FETCH into the APPEND.
+  // The work in order: batches (at most max_messages and batch_bytes) and, alone,
+  // messages larger than batch_bytes, which are streamed.
+  struct unit {
+    std::size_t begin, end;
+    bool streamed;
+  };
+  std::vector<unit> units;
+  for (std::size_t next = 0; next < todo.size();) {
     if (todo[next].size > opts.batch_bytes) {
-      const pending& p = todo[next++];
+      units.push_back({next, next + 1, true});
+      ++next;
+      continue;
+    }
+    std::size_t end = next;
+    std::uint64_t bytes = 0;
+    while (end < todo.size() && end - next < max_messages &&
+           bytes + todo[end].size <= opts.batch_bytes) {
+      bytes += todo[end].size;
+      ++end;
+    }
+    units.push_back({next, end, false});
+    next = end;
+  }
+  auto fetch_command = [&](const unit& u) {
+    std::vector<std::uint32_t> uids;
+    for (std::size_t i = u.begin; i < u.end; ++i) uids.push_back(todo[i].uid);
+    return "UID FETCH " + imap::format_sequence_set(uids) + " (UID FLAGS INTERNALDATE BODY.PEEK[])";
+  };
+
+  // Pipelined: while a batch is appended on the new server, the next one is
+  // fetched from legacy (so up to two batches are in memory).
+  auto ex = co_await boost::asio::this_coro::executor;
+  std::shared_ptr<prefetch> ahead;
+  std::error_code final_ec;
+  for (std::size_t ui = 0; ui < units.size(); ++ui) {
+    const unit& u = units[ui];
+    if (u.streamed) {
+      const pending& p = todo[u.begin];
       auto so = co_await stream_message(legacy, fresh, mapping.new_name, p.uid, p.flags,
                                         p.internaldate, r);
       if (so.appended && r.status == imap::status::ok) {
@@ -450,48 +509,56 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
         record(one, p.uid);
         report.bytes += so.size;  // record() counted the (empty) buffered body
       } else if (so.ec) {
-        co_return so.ec;
       } else if (so.fetch_refused) {
-        co_return fail(copy_errc::fetch_failed, "UID FETCH " + std::to_string(p.uid) + ": " + so.fetch_text);
+        final_ec = fail(copy_errc::fetch_failed,
+                        "UID FETCH " + std::to_string(p.uid) + ": " + so.fetch_text);
+        goto finish;
       } else if (so.vanished) {
         ++report.skipped;
         account_only(p.uid);
       } else if (transient_refusal(r)) {
-        co_return fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
+        final_ec = fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
+        goto finish;
       } else {
         ++report.failed;
         report.errors.push_back(mapping.legacy_name + ": legacy UID " + std::to_string(p.uid) +
                                 " refused by the new server: " + r.text);
         account_only(p.uid);
       }
-      if (so.ec) co_return so.ec;
+      if (so.ec) {
+        final_ec = so.ec;
+        goto finish;
+      }
       continue;
     }
-    // The batch: up to max_messages and batch_bytes; an oversized message alone.
-    std::size_t end = next;
-    std::uint64_t bytes = 0;
-    while (end < todo.size() && end - next < max_messages &&
-           bytes + todo[end].size <= opts.batch_bytes) {
-      bytes += todo[end].size;
-      ++end;
-    }
-    std::vector<std::uint32_t> uids;
-    for (std::size_t i = next; i < end; ++i) uids.push_back(todo[i].uid);
-    const std::uint32_t batch_last = uids.back();
-    next = end;
 
-    batch_collector got;
-    std::string fetch = "UID FETCH " + imap::format_sequence_set(uids) +
-                        " (UID FLAGS INTERNALDATE BODY.PEEK[])";
-    if (auto ec = co_await legacy.simple(fetch, r, &got)) co_return ec;
-    if (r.status != imap::status::ok)
-      co_return fail(copy_errc::fetch_failed, "UID FETCH: " + r.text);
+    std::shared_ptr<prefetch> cur = std::move(ahead);
+    if (!cur) {
+      cur = std::make_shared<prefetch>(ex);
+      boost::asio::co_spawn(ex, run_prefetch(legacy, fetch_command(u), cur), boost::asio::detached);
+    }
+    co_await cur->wait();
+    if (ui + 1 < units.size() && !units[ui + 1].streamed) {
+      ahead = std::make_shared<prefetch>(ex);
+      boost::asio::co_spawn(ex, run_prefetch(legacy, fetch_command(units[ui + 1]), ahead),
+                            boost::asio::detached);
+    }
+    if (cur->ec) {
+      final_ec = cur->ec;
+      goto finish;
+    }
+    if (cur->r.status != imap::status::ok) {
+      final_ec = fail(copy_errc::fetch_failed, "UID FETCH: " + cur->r.text);
+      goto finish;
+    }
+
+    const std::uint32_t batch_last = todo[u.end - 1].uid;
     std::map<std::uint32_t, message*> by_uid;
-    for (auto& [seq, m] : got.by_seq)
+    for (auto& [seq, m] : cur->got.by_seq)
       if (m.uid != 0 && m.have_body) by_uid[m.uid] = &m;
     std::vector<message*> ready;
-    for (auto uid : uids) {
-      auto it = by_uid.find(uid);
+    for (std::size_t i = u.begin; i < u.end; ++i) {
+      auto it = by_uid.find(todo[i].uid);
       if (it == by_uid.end()) ++report.skipped;  // expunged on legacy meanwhile
       else ready.push_back(it->second);
     }
@@ -501,33 +568,40 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     }
 
     if (multiappend && ready.size() > 1) {
-      if (auto ec = co_await append_messages(fresh, mapping.new_name, ready, r)) co_return ec;
+      if ((final_ec = co_await append_messages(fresh, mapping.new_name, ready, r))) goto finish;
       if (r.status == imap::status::ok) {
         record(ready, batch_last);
         continue;
       }
-      if (transient_refusal(r))
-        co_return fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
+      if (transient_refusal(r)) {
+        final_ec = fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
+        goto finish;
+      }
       // Refused as a whole: one at a time, so only the bad message is reported.
     }
     for (std::size_t j = 0; j < ready.size(); ++j) {
       message* m = ready[j];
       const std::uint32_t upto = j + 1 == ready.size() ? batch_last : m->uid;
       std::span<message* const> one(&ready[j], 1);
-      if (auto ec = co_await append_messages(fresh, mapping.new_name, one, r)) co_return ec;
+      if ((final_ec = co_await append_messages(fresh, mapping.new_name, one, r))) goto finish;
       if (r.status == imap::status::ok) {
         record(one, upto);
         continue;
       }
-      if (transient_refusal(r))
-        co_return fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
+      if (transient_refusal(r)) {
+        final_ec = fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
+        goto finish;
+      }
       ++report.failed;
       report.errors.push_back(mapping.legacy_name + ": legacy UID " + std::to_string(m->uid) +
                               " refused by the new server: " + r.text);
       account_only(upto);
     }
   }
-  co_return std::error_code{};
+finish:
+  // A fetch still running holds the legacy client: let it end first.
+  if (ahead) co_await ahead->wait();
+  co_return final_ec;
 }
 
 }  // namespace suction::sync

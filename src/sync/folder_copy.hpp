@@ -30,7 +30,15 @@
 // legacy connection fails mid-stream, the APPEND cannot be completed: the new
 // client's connection is failed (closed) too and the error returned.
 //
+// Pipelining: the next batch is fetched from legacy while the current one is
+// appended to the new server (up to two batches in memory). Within a batch,
+// MULTIAPPEND sends every body in one command (LITERAL+ where offered).
+//
 // Without UIDPLUS (no APPENDUID) a batch is recorded with new_uid 0.
+//
+// Both clients must be driven by nothing else while this runs. If the state
+// store throws (state_error), a prefetch may still be running on `legacy`:
+// close that connection rather than reuse it.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>

@@ -843,3 +843,97 @@ TEST_CASE("copy_folder: legacy dying in the middle of a streamed message leaves 
   CHECK(cp->last_legacy_uid == 0);
   CHECK(state.messages("alice", "INBOX.Cut").empty());
 }
+
+namespace {
+
+// A scripted legacy server with two small messages (UIDs 1 and 2) whose
+// second body FETCH is refused.
+awaitable<void> legacy_that_refuses_second_fetch(tcp::socket& s) {
+  asio::streambuf buf;
+  boost::system::error_code ec;
+  auto say = [&](std::string text) -> awaitable<void> {
+    co_await asio::async_write(s, asio::buffer(text), asio::redirect_error(asio::use_awaitable, ec));
+  };
+  const std::string body = "Subject: one\r\n\r\nfirst\r\n";
+  co_await say("* OK [CAPABILITY IMAP4rev1 LITERAL+] fake legacy\r\n");
+  for (;;) {
+    std::size_t n = co_await asio::async_read_until(s, buf, "\r\n",
+                                                    asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return;
+    std::string l(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + n);
+    buf.consume(n);
+    std::string tag = l.substr(0, l.find(' '));
+    if (l.find(" EXAMINE ") != std::string::npos) {
+      co_await say("* 2 EXISTS\r\n* OK [UIDVALIDITY 5] Ok\r\n* OK [UIDNEXT 3] Ok\r\n" + tag +
+                   " OK [READ-ONLY] Examined\r\n");
+    } else if (l.find("RFC822.SIZE") != std::string::npos) {
+      co_await say("* 1 FETCH (UID 1 RFC822.SIZE " + std::to_string(body.size()) +
+                   " FLAGS (\\Seen) INTERNALDATE \"01-Jan-2020 00:00:00 +0000\")\r\n"
+                   "* 2 FETCH (UID 2 RFC822.SIZE 30 FLAGS () INTERNALDATE \"02-Jan-2020 00:00:00 +0000\")\r\n" +
+                   tag + " OK Fetch completed.\r\n");
+    } else if (l.find("UID FETCH 1 ") != std::string::npos) {
+      co_await say("* 1 FETCH (UID 1 FLAGS (\\Seen) INTERNALDATE \"01-Jan-2020 00:00:00 +0000\" BODY[] {" +
+                   std::to_string(body.size()) + "}\r\n" + body + ")\r\n" + tag + " OK Fetch completed.\r\n");
+    } else if (l.find("UID FETCH 2 ") != std::string::npos) {
+      co_await say(tag + " NO [SERVERBUG] Internal error occurred.\r\n");
+    } else {
+      co_await say(tag + " OK done\r\n");
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("copy_folder: a batch FETCH refused while the batch before is appended stops after that batch") {
+  const auto& bed = testbed();
+  const std::string prefix = unique_prefix();
+  temp_db db(prefix);
+  sync::state_store state(db.path);
+  const std::string target = prefix + "/pipe";
+  struct outcome {
+    std::error_code ec;
+    sync::folder_copy_report report;
+    std::size_t new_count = 99;
+  };
+  auto o = run_coro<outcome>([&](asio::any_io_executor ex) -> awaitable<outcome> {
+    outcome out;
+    tcp::acceptor acceptor(ex, {asio::ip::make_address("127.0.0.1"), 0});
+    auto port = acceptor.local_endpoint().port();
+    asio::co_spawn(
+        ex,
+        [&acceptor]() -> awaitable<void> {
+          tcp::socket s = co_await acceptor.async_accept(asio::use_awaitable);
+          co_await legacy_that_refuses_second_fetch(s);
+        },
+        asio::detached);
+    client legacy(ex), fresh(ex);
+    endpoint ep{"127.0.0.1", port, tls_mode::none};
+    auto e1 = co_await legacy.connect(ep, nullptr);
+    auto e2 = co_await open_session(fresh, bed.fresh, "bob");
+    REQUIRE_MESSAGE(!e1, e1.message());
+    REQUIRE_MESSAGE(!e2, e2.message());
+    sync::folder_mapping m;
+    m.legacy_name = "INBOX.Pipe";
+    m.new_name = target;
+    sync::copy_options opts;
+    opts.batch_messages = 1;  // two batches: the second is fetched during the first's APPEND
+    out.ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, out.report);
+    auto msgs = co_await fetch_new(fresh, target);
+    out.new_count = msgs.size();
+    command_result r;
+    auto noop = co_await legacy.simple("NOOP", r);  // legacy is idle and usable again
+    CHECK_MESSAGE(!noop, noop.message());
+    co_await delete_tree(fresh, prefix);
+    co_await fresh.logout();
+    co_return out;
+  });
+  CHECK(o.ec == sync::copy_errc::fetch_failed);
+  CHECK(o.report.copied == 1);
+  REQUIRE(o.report.errors.size() == 1);
+  CHECK(o.report.errors[0].find("Internal error") != std::string::npos);
+  CHECK(o.new_count == 1);
+  auto cp = state.folder("alice", "INBOX.Pipe");
+  REQUIRE(cp);
+  CHECK(cp->last_legacy_uid == 1);
+  CHECK(state.messages("alice", "INBOX.Pipe").size() == 1);
+}
