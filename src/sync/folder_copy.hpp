@@ -23,7 +23,8 @@
 //   counted in report.skipped and accounted for as well.
 //
 // Memory: UIDs, RFC822.SIZE, flags and dates are fetched first. A batch's bodies
-// are then fetched into memory (at most batch_bytes). A message larger than
+// are then fetched into memory (at most batch_bytes a batch, two batches at a
+// time: see Pipelining). A message larger than
 // batch_bytes is streamed instead (issue 4 item 8): its FETCH literal feeds its
 // APPEND literal through a channel, so only a read buffer or two is held (a
 // 50 MB message copies under 25 MiB RSS, see sync_integration_tests). If the
