@@ -30,6 +30,7 @@ class imap_category final : public std::error_category {
       case errc::protocol_violation: return "server broke the IMAP protocol";
       case errc::not_supported: return "not supported by the server";
       case errc::busy: return "another operation is in progress";
+      case errc::literal_source_short: return "the message source ended before its announced size";
     }
     return "unknown imap error";
   }

@@ -29,6 +29,7 @@ enum class errc {
   protocol_violation,
   not_supported,
   busy,
+  literal_source_short,  // our own source gave fewer bytes than announced
 };
 
 const std::error_category& category() noexcept;

@@ -555,7 +555,7 @@ awaitable<std::error_code> client::append(std::string_view mailbox_utf8,
     }
     // A source that gives a different number of bytes than announced leaves
     // the stream out of step with the server: the connection cannot go on.
-    if (sent != item.size) co_return s.fail(errc::protocol_violation);
+    if (sent != item.size) co_return s.fail(errc::literal_source_short);
   }
   if (!pc.done) {
     if (auto ec = co_await s.write_all("\r\n")) co_return ec;
