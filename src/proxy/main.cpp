@@ -8,6 +8,7 @@
 
 #include "config/config.hpp"
 #include "proxy/daemon.hpp"
+#include "proxy/sync_command.hpp"
 
 namespace {
 
@@ -72,12 +73,42 @@ int main(int argc, char** argv) {
   auto* proxy = app.add_subcommand("proxy", "Run the IMAP proxy in the foreground (logs to stderr)");
   proxy->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
 
+  suction::proxy::sync_command_args sync_args;
+  auto* sync = app.add_subcommand(
+      "sync",
+      "Migrate one user now, in the foreground, and print a report.\n"
+      "The password is read from stdin (one line) or from the first line of a file, never "
+      "from the command line.\n"
+      "Exit codes: 0 everything copied; 1 other failure (e.g. a server unreachable); "
+      "2 bad command line or config; 3 login refused (legacy or new server); "
+      "4 finished with errors");
+  sync->add_option("-c,--config", sync_args.config_path, "Configuration file (TOML)")->required();
+  sync->add_option("-u,--user", sync_args.user, "The user to migrate")->required();
+  auto* pw_stdin = sync->add_flag("--password-stdin", sync_args.password_stdin,
+                                  "Read the password from the first line of stdin");
+  auto* pw_file = sync->add_option("--password-file", sync_args.password_file,
+                                   "Read the password from the first line of this file");
+  pw_stdin->excludes(pw_file);
+  pw_file->excludes(pw_stdin);
+  sync->add_flag("--dry-run", sync_args.dry_run,
+                 "Print the folder plan and counts; copy nothing, create nothing");
+  sync->add_flag("--json", sync_args.json, "Print the report as one JSON object");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    int rc = app.exit(e);
+    // --help / --version exit 0; any other command line error is exit code 2.
+    return rc == 0 ? 0 : 2;
   }
   if (*proxy) return run_proxy(config_path);
+  if (*sync) {
+    if (!sync_args.password_stdin && sync_args.password_file.empty()) {
+      std::fputs("suction sync: --password-stdin or --password-file is required\n", stderr);
+      return 2;
+    }
+    return suction::proxy::run_sync_command(sync_args);
+  }
   std::fputs(app.help().c_str(), stdout);
   return 0;
 }

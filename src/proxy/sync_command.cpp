@@ -1,0 +1,229 @@
+#include "proxy/sync_command.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <nlohmann/json.hpp>
+#include <openssl/crypto.h>
+
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+
+#include "config/config.hpp"
+#include "sync/user_sync.hpp"
+
+namespace suction::proxy {
+
+namespace {
+
+// Wipes the password whatever way the function is left.
+struct secret {
+  std::string value;
+  ~secret() {
+    if (!value.empty()) OPENSSL_cleanse(value.data(), value.size());
+  }
+};
+
+void strip_eol(std::string& s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+}
+
+// Reads the password; on failure prints one line and returns false.
+bool read_password(const sync_command_args& a, secret& pw) {
+  if (a.password_stdin) {
+    if (!std::getline(std::cin, pw.value)) pw.value.clear();
+    strip_eol(pw.value);
+    if (pw.value.empty()) {
+      std::fprintf(stderr, "suction sync: no password on stdin (one line expected)\n");
+      return false;
+    }
+    return true;
+  }
+  std::ifstream f(a.password_file, std::ios::binary);
+  if (!f) {
+    std::fprintf(stderr, "suction sync: cannot read the password file %s\n",
+                 a.password_file.c_str());
+    return false;
+  }
+  if (!std::getline(f, pw.value)) pw.value.clear();
+  strip_eol(pw.value);
+  if (pw.value.empty()) {
+    std::fprintf(stderr, "suction sync: the password file %s is empty\n", a.password_file.c_str());
+    return false;
+  }
+  return true;
+}
+
+imap::tls_mode to_imap(config::tls_mode m) {
+  switch (m) {
+    case config::tls_mode::none: return imap::tls_mode::none;
+    case config::tls_mode::starttls: return imap::tls_mode::starttls;
+    case config::tls_mode::implicit: return imap::tls_mode::implicit;
+  }
+  return imap::tls_mode::none;
+}
+
+sync::server_options to_server(const config::server_section& s) {
+  sync::server_options o;
+  o.endpoint = imap::endpoint{s.host, s.port, to_imap(s.tls)};
+  o.tls = imap::tls_settings{s.ca_file, s.verify_certificate};
+  o.connect_timeout = s.connect_timeout;
+  o.command_timeout = s.command_timeout;
+  return o;
+}
+
+sync::user_sync_options to_options(const config::config& c) {
+  sync::user_sync_options o;
+  o.legacy = to_server(c.legacy);
+  o.fresh = to_server(c.fresh);
+  for (auto& r : c.folders.rename) o.rules.rename.emplace_back(r.from, r.to);
+  o.rules.exclude = c.folders.exclude;
+  return o;
+}
+
+nlohmann::json to_json(const sync::user_sync_report& r) {
+  nlohmann::json j;
+  j["user"] = r.user;
+  j["dry_run"] = r.dry_run;
+  j["outcome"] = sync::to_string(r.outcome);
+  j["folders_planned"] = r.folders_planned;
+  j["folders_copied"] = r.folders_copied;
+  j["messages_copied"] = r.messages_copied;
+  j["messages_skipped"] = r.messages_skipped;
+  j["messages_failed"] = r.messages_failed;
+  j["bytes"] = r.bytes;
+  j["duration_ms"] = r.duration.count();
+  nlohmann::json folders = nlohmann::json::array();
+  for (auto& f : r.folders) {
+    nlohmann::json x;
+    x["legacy"] = f.legacy_name;
+    x["new"] = f.new_name;
+    x["use"] = f.use;
+    x["selectable"] = f.selectable;
+    x["subscribe"] = f.subscribe;
+    if (!f.note.empty()) x["note"] = f.note;
+    x["legacy_messages"] = f.legacy_messages;
+    x["to_copy"] = f.to_copy;
+    x["copied"] = f.copied;
+    x["bytes"] = f.bytes;
+    x["skipped"] = f.skipped;
+    x["failed"] = f.failed;
+    if (!f.error.empty()) x["error"] = f.error;
+    folders.push_back(std::move(x));
+  }
+  j["folders"] = std::move(folders);
+  j["subscribe_only"] = r.subscribe_only;
+  j["excluded"] = r.excluded;
+  j["problems"] = r.problems;
+  j["errors"] = r.errors;
+  return j;
+}
+
+void print_text(const sync::user_sync_report& r) {
+  std::printf("suction sync %s%s: %s\n", r.user.c_str(), r.dry_run ? " (dry run)" : "",
+              sync::to_string(r.outcome));
+  if (!r.folders.empty()) std::printf("folders:\n");
+  for (auto& f : r.folders) {
+    std::printf("  %s -> %s", f.legacy_name.c_str(), f.new_name.c_str());
+    if (!f.selectable) std::printf("  (\\Noselect)");
+    else if (r.dry_run)
+      std::printf("  %u messages, %u to copy", f.legacy_messages, f.to_copy);
+    else
+      std::printf("  %u messages, copied %llu (%llu bytes), skipped %llu, failed %llu",
+                  f.legacy_messages, static_cast<unsigned long long>(f.copied),
+                  static_cast<unsigned long long>(f.bytes),
+                  static_cast<unsigned long long>(f.skipped),
+                  static_cast<unsigned long long>(f.failed));
+    if (!f.note.empty()) std::printf("  [%s]", f.note.c_str());
+    if (!f.error.empty()) std::printf("  ERROR: %s", f.error.c_str());
+    std::printf("\n");
+  }
+  for (auto& s : r.subscribe_only) std::printf("  subscribe only: %s\n", s.c_str());
+  for (auto& s : r.excluded) std::printf("  excluded: %s\n", s.c_str());
+  for (auto& s : r.problems) std::printf("  note: %s\n", s.c_str());
+  if (!r.dry_run)
+    std::printf("total: %zu/%zu folders, %llu messages copied, %llu skipped, %llu failed, "
+                "%llu bytes, %.3f s\n",
+                r.folders_copied, r.folders_planned,
+                static_cast<unsigned long long>(r.messages_copied),
+                static_cast<unsigned long long>(r.messages_skipped),
+                static_cast<unsigned long long>(r.messages_failed),
+                static_cast<unsigned long long>(r.bytes), r.duration.count() / 1000.0);
+  else
+    std::printf("dry run: nothing copied (to_copy approximates from STATUS UIDNEXT/MESSAGES "
+                "and the checkpoint)\n");
+  for (auto& e : r.errors) std::printf("error: %s\n", e.c_str());
+}
+
+}  // namespace
+
+int run_sync_command(const sync_command_args& a) {
+  if (a.password_stdin == !a.password_file.empty()) {
+    std::fprintf(stderr, "suction sync: give exactly one of --password-stdin, --password-file\n");
+    return 2;
+  }
+  std::optional<config::config> cfg;
+  try {
+    cfg = config::load(a.config_path);
+  } catch (const config::config_error& e) {
+    std::fprintf(stderr, "suction: %s\n", e.what());
+    return 2;
+  }
+  if (cfg->legacy.host.empty() || cfg->fresh.host.empty()) {
+    std::fprintf(stderr, "suction sync: %s: [legacy] and [new] host are required\n",
+                 a.config_path.c_str());
+    return 2;
+  }
+  secret pw;
+  if (!read_password(a, pw)) return 2;
+
+  sync::user_sync_options opts = to_options(*cfg);
+  std::optional<sync::user_sync_report> report;
+  std::exception_ptr failure;
+  try {
+    std::filesystem::path db = cfg->sync.state_db;
+    if (db.has_parent_path()) std::filesystem::create_directories(db.parent_path());
+    sync::state_store state(db);
+    state.mark_interrupted(static_cast<std::int64_t>(std::time(nullptr)));
+    boost::asio::io_context io(1);
+    std::string_view user = a.user, password = pw.value;
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          report = co_await sync::sync_user(io.get_executor(), opts, user, password, state,
+                                            a.dry_run);
+        },
+        [&](std::exception_ptr e) {
+          if (e) failure = e;
+        });
+    io.run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "suction sync: %s\n", e.what());
+    return 1;
+  }
+  if (failure || !report) {
+    try {
+      if (failure) std::rethrow_exception(failure);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "suction sync: %s\n", e.what());
+    }
+    return 1;
+  }
+  if (a.json) std::printf("%s\n", to_json(*report).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  else print_text(*report);
+  if (report->outcome != sync::sync_outcome::ok && !report->errors.empty())
+    std::fprintf(stderr, "suction sync: %s\n", report->errors.front().c_str());
+  switch (report->outcome) {
+    case sync::sync_outcome::ok: return 0;
+    case sync::sync_outcome::login_failed: return 3;
+    case sync::sync_outcome::finished_with_errors: return 4;
+    case sync::sync_outcome::failed: return 1;
+  }
+  return 1;
+}
+
+}  // namespace suction::proxy

@@ -1,0 +1,22 @@
+// `suction sync`: migrate one user now, in the foreground (issue 4).
+#pragma once
+
+#include <string>
+
+namespace suction::proxy {
+
+struct sync_command_args {
+  std::string config_path;
+  std::string user;
+  bool password_stdin = false;
+  std::string password_file;
+  bool dry_run = false;
+  bool json = false;
+};
+
+// Exit codes: 0 everything copied; 1 other failures (a server unreachable, state
+// store error); 2 bad command line or config; 3 login refused (legacy or new);
+// 4 finished with errors.
+int run_sync_command(const sync_command_args& args);
+
+}  // namespace suction::proxy

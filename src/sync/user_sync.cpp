@@ -1,0 +1,293 @@
+#include "sync/user_sync.hpp"
+
+#include <boost/asio/ssl/context.hpp>
+
+#include <algorithm>
+#include <ctime>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include "imap/response.hpp"
+#include "imap/serialize.hpp"
+
+namespace suction::sync {
+
+namespace {
+
+using imap::command_result;
+using imap::status;
+
+std::string where(const server_options& s) {
+  return s.endpoint.host + ":" + std::to_string(s.endpoint.port);
+}
+
+struct session {
+  std::unique_ptr<imap::client> c;
+  bool logged_in = false;
+};
+
+// Connects and logs in. On failure sets report outcome/errors and returns false.
+boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
+                                  const server_options& so, const char* which,
+                                  std::string_view user, std::string_view password,
+                                  user_sync_report& rep) {
+  imap::client_options co;
+  co.connect_timeout = so.connect_timeout;
+  co.command_timeout = so.command_timeout;
+  s.c = std::make_unique<imap::client>(ex, co);
+  std::shared_ptr<boost::asio::ssl::context> tls;
+  if (so.endpoint.tls != imap::tls_mode::none) {
+    std::error_code ec;
+    tls = imap::make_client_tls_context(so.tls, ec);
+    if (ec) {
+      rep.outcome = sync_outcome::failed;
+      rep.errors.push_back(std::string(which) + " server " + where(so) + ": TLS setup: " +
+                           ec.message());
+      co_return false;
+    }
+  }
+  imap::endpoint ep = so.endpoint;
+  if (auto ec = co_await s.c->connect(ep, tls)) {
+    rep.outcome = sync_outcome::failed;
+    rep.errors.push_back("cannot reach the " + std::string(which) + " server " + where(so) +
+                         ": " + ec.message());
+    co_return false;
+  }
+  command_result r;
+  if (auto ec = co_await s.c->login(user, password, &r)) {
+    if (ec == imap::errc::auth_failed) {
+      rep.outcome = sync_outcome::login_failed;
+      rep.errors.push_back("the " + std::string(which) + " server " + where(so) +
+                           " refused the login for " + std::string(user) +
+                           (r.text.empty() ? std::string() : ": " + r.text));
+    } else {
+      rep.outcome = sync_outcome::failed;
+      rep.errors.push_back("login on the " + std::string(which) + " server " + where(so) +
+                           " failed: " + ec.message());
+    }
+    s.c->close();
+    co_return false;
+  }
+  s.logged_in = true;
+  co_return true;
+}
+
+boost::asio::awaitable<std::optional<namespace_info>> read_namespace(imap::client& c) {
+  command_result r;
+  if (c.capabilities().has("NAMESPACE")) {
+    if (!co_await c.simple("NAMESPACE", r) && r.status == status::ok)
+      for (auto& u : r.untagged)
+        if (auto ns = imap::decode_namespace(u))
+          if (auto p = personal_namespace(*ns)) co_return p;
+  }
+  command_result r2;
+  if (co_await c.simple("LIST \"\" \"\"", r2) || r2.status != status::ok) co_return std::nullopt;
+  for (auto& u : r2.untagged)
+    if (auto l = imap::decode_list(u)) co_return namespace_info{"", l->separator};
+  co_return namespace_info{};
+}
+
+boost::asio::awaitable<std::optional<std::vector<mailbox_info>>> read_mailboxes(imap::client& c) {
+  command_result list, lsub;
+  if (co_await c.simple("LIST \"\" \"*\"", list) || list.status != status::ok)
+    co_return std::nullopt;
+  if (co_await c.simple("LSUB \"\" \"*\"", lsub) || lsub.status != status::ok)
+    co_return std::nullopt;
+  std::vector<imap::list_data> l, s;
+  for (auto& u : list.untagged)
+    if (auto d = imap::decode_list(u)) l.push_back(std::move(*d));
+  for (auto& u : lsub.untagged)
+    if (auto d = imap::decode_list(u)) s.push_back(std::move(*d));
+  co_return mailboxes_from(l, s);
+}
+
+boost::asio::awaitable<std::error_code> mailbox_cmd(imap::client& c, std::string head,
+                                                    std::string utf8, std::string tail,
+                                                    command_result& r) {
+  std::string tag = c.next_tag();
+  imap::command_builder b(tag, head, c.capabilities().has("LITERAL+"));
+  b.mailbox(utf8);
+  if (!tail.empty()) b.atom(tail);
+  std::vector<std::string> parts = std::move(b).finish();
+  co_return co_await c.execute(tag, std::move(parts), r);
+}
+
+std::uint32_t approx_to_copy(const imap::status_data& st, const std::optional<folder_state>& cp) {
+  std::uint32_t messages = st.messages.value_or(0);
+  if (!cp || cp->last_legacy_uid == 0) return messages;
+  std::uint32_t uidnext = st.uidnext.value_or(0);
+  if (uidnext == 0 || uidnext - 1 <= cp->last_legacy_uid) return 0;
+  if (st.uidvalidity && *st.uidvalidity != cp->legacy_uidvalidity) return messages;
+  return std::min(messages, uidnext - 1 - cp->last_legacy_uid);
+}
+
+}  // namespace
+
+const char* to_string(sync_outcome o) {
+  switch (o) {
+    case sync_outcome::ok: return "ok";
+    case sync_outcome::login_failed: return "login_failed";
+    case sync_outcome::finished_with_errors: return "finished_with_errors";
+    case sync_outcome::failed: return "failed";
+  }
+  return "failed";
+}
+
+boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor ex,
+                                                   const user_sync_options& opts,
+                                                   std::string_view user,
+                                                   std::string_view password, state_store& state,
+                                                   bool dry_run) {
+  user_sync_report rep;
+  rep.user = std::string(user);
+  rep.dry_run = dry_run;
+  auto t0 = std::chrono::steady_clock::now();
+  std::int64_t run_id = 0;
+  if (!dry_run) run_id = state.begin_run(user, static_cast<std::int64_t>(std::time(nullptr)));
+
+  session legacy, fresh;
+  bool ok = co_await open(legacy, ex, opts.legacy, "legacy", user, password, rep);
+  if (ok) ok = co_await open(fresh, ex, opts.fresh, "new", user, password, rep);
+
+  folder_plan plan;
+  if (ok) {
+    auto lns = co_await read_namespace(*legacy.c);
+    auto nns = co_await read_namespace(*fresh.c);
+    auto lboxes = co_await read_mailboxes(*legacy.c);
+    auto nboxes = co_await read_mailboxes(*fresh.c);
+    if (!lns || !nns || !lboxes || !nboxes) {
+      rep.outcome = sync_outcome::failed;
+      rep.errors.push_back("could not read NAMESPACE/LIST/LSUB on " +
+                           std::string(!lns || !lboxes ? "the legacy server " + where(opts.legacy)
+                                                       : "the new server " + where(opts.fresh)));
+      ok = false;
+    } else {
+      try {
+        plan = plan_folders(*lboxes, *lns, *nboxes, *nns, opts.rules);
+      } catch (const std::exception& e) {
+        rep.outcome = sync_outcome::failed;
+        rep.errors.push_back(std::string("folder plan: ") + e.what());
+        ok = false;
+      }
+      if (ok) {
+        std::set<std::string> existing;
+        for (auto& m : *nboxes)
+          if (std::find(m.attributes.begin(), m.attributes.end(), "\\NonExistent") ==
+              m.attributes.end())
+            existing.insert(m.name);
+        std::set<std::string> subscribed_new;
+        for (auto& m : *nboxes)
+          if (m.subscribed) subscribed_new.insert(m.name);
+        rep.folders_planned = plan.folders.size();
+        rep.excluded = plan.excluded;
+        rep.problems = plan.problems;
+        for (auto& s : plan.subscribe_only) rep.subscribe_only.push_back(s.new_name);
+        std::set<std::string> created;
+        for (auto& m : plan.folders) {
+          folder_report fr;
+          fr.legacy_name = m.legacy_name;
+          fr.new_name = m.new_name;
+          fr.use = to_string(m.use);
+          fr.selectable = m.selectable;
+          fr.subscribe = m.subscribe;
+          fr.note = m.note;
+          if (m.selectable) {
+            command_result r;
+            auto ec = co_await mailbox_cmd(*legacy.c, "STATUS", m.legacy_name,
+                                           "(MESSAGES UIDNEXT UIDVALIDITY)", r);
+            if (!ec && r.status == status::ok) {
+              for (auto& u : r.untagged)
+                if (auto st = imap::decode_status(u)) {
+                  fr.legacy_messages = st->messages.value_or(0);
+                  fr.to_copy = approx_to_copy(*st, state.folder(user, m.legacy_name));
+                }
+            }
+          }
+          if (dry_run) {
+            rep.folders.push_back(std::move(fr));
+            continue;
+          }
+          // Create (also \Noselect parents and empty folders), then subscribe.
+          if (!existing.contains(m.new_name) && !created.contains(m.new_name)) {
+            command_result r;
+            auto ec = co_await mailbox_cmd(*fresh.c, "CREATE", m.new_name, "", r);
+            if (ec) {
+              fr.error = "CREATE " + m.new_name + ": " + ec.message();
+            } else if (r.status != status::ok && !(r.code && r.code->name == "ALREADYEXISTS")) {
+              fr.error = "CREATE " + m.new_name + " refused: " + r.text;
+            } else {
+              created.insert(m.new_name);
+            }
+          }
+          if (m.subscribe && fr.error.empty() && !subscribed_new.contains(m.new_name)) {
+            command_result r;
+            auto ec = co_await mailbox_cmd(*fresh.c, "SUBSCRIBE", m.new_name, "", r);
+            if (!ec && r.status == status::ok) subscribed_new.insert(m.new_name);
+            else rep.errors.push_back("SUBSCRIBE " + m.new_name + " refused" +
+                                      (ec ? ": " + ec.message() : ": " + r.text));
+          }
+          if (fr.error.empty() && m.selectable) {
+            folder_copy_report cr;
+            auto ec = co_await copy_folder(*legacy.c, *fresh.c, state, user, m, opts.copy, cr);
+            fr.copied = cr.copied;
+            fr.bytes = cr.bytes;
+            fr.skipped = cr.skipped;
+            fr.failed = cr.failed;
+            for (auto& e : cr.errors) rep.errors.push_back(m.legacy_name + ": " + e);
+            if (ec) {
+              if (fr.error.empty()) fr.error = ec.message();
+              if (cr.errors.empty()) rep.errors.push_back(m.legacy_name + ": " + ec.message());
+            } else {
+              fr.done = true;
+            }
+          } else if (fr.error.empty()) {
+            fr.done = true;
+          } else {
+            rep.errors.push_back(m.legacy_name + ": " + fr.error);
+          }
+          if (fr.done) ++rep.folders_copied;
+          rep.messages_copied += fr.copied;
+          rep.bytes += fr.bytes;
+          rep.messages_skipped += fr.skipped;
+          rep.messages_failed += fr.failed;
+          rep.folders.push_back(std::move(fr));
+          // A broken connection ends the run: nothing more can be done on it.
+        }
+        if (!dry_run)
+          for (auto& s : plan.subscribe_only) {
+            if (subscribed_new.contains(s.new_name)) continue;
+            command_result r;
+            auto ec = co_await mailbox_cmd(*fresh.c, "SUBSCRIBE", s.new_name, "", r);
+            // Many servers (Dovecot) refuse to subscribe a name that does not exist:
+            // a note for the report, not an error of the run.
+            if (ec) rep.errors.push_back("SUBSCRIBE " + s.new_name + ": " + ec.message());
+            else if (r.status != status::ok)
+              rep.problems.push_back("subscription to the missing folder " + s.new_name +
+                                     " not kept: the new server refused it (" + r.text + ")");
+          }
+        if (!rep.errors.empty() || rep.messages_failed > 0)
+          rep.outcome = sync_outcome::finished_with_errors;
+      }
+    }
+  }
+  if (legacy.logged_in) co_await legacy.c->logout();
+  if (fresh.logged_in) co_await fresh.c->logout();
+  rep.duration = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - t0);
+  if (!dry_run) {
+    run_record rr;
+    rr.id = run_id;
+    rr.user = std::string(user);
+    rr.finished_at = static_cast<std::int64_t>(std::time(nullptr));
+    rr.result = rep.outcome == sync_outcome::ok ? run_result::done : run_result::failed;
+    rr.messages_copied = rep.messages_copied;
+    rr.bytes_copied = rep.bytes;
+    rr.messages_failed = rep.messages_failed;
+    if (!rep.errors.empty()) rr.error = rep.errors.front();
+    state.finish_run(rr);
+  }
+  co_return rep;
+}
+
+}  // namespace suction::sync

@@ -1,0 +1,87 @@
+// One user's whole run (issue 4; DESIGN.md "The sync engine, per user"): connect
+// and log in to both servers, plan the folders, create them (\Noselect parents and
+// empty folders too), subscribe as planned, then copy every selectable folder with
+// copy_folder in the plan's order (INBOX first), recording the run in the state store.
+//
+// Plain option structs: sync/ never sees config/. The password is used for LOGIN
+// only; it is never logged nor put into the report.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "imap/client/client.hpp"
+#include "sync/folder_copy.hpp"
+#include "sync/folder_plan.hpp"
+#include "sync/state_store.hpp"
+
+namespace suction::sync {
+
+struct server_options {
+  imap::endpoint endpoint;
+  imap::tls_settings tls;
+  std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
+  std::chrono::milliseconds command_timeout{std::chrono::seconds(120)};
+};
+
+struct user_sync_options {
+  server_options legacy;
+  server_options fresh;  // the new server
+  folder_rules rules;
+  copy_options copy;
+};
+
+enum class sync_outcome : std::uint8_t {
+  ok,                    // every planned folder copied, nothing refused
+  login_failed,          // the legacy or the new server refused the credentials
+  finished_with_errors,  // the run went through; some folders or messages failed
+  failed,                // could not run (a server unreachable, the plan impossible, ...)
+};
+const char* to_string(sync_outcome o);  // "ok", "login_failed", ...
+
+struct folder_report {
+  std::string legacy_name, new_name;  // UTF-8
+  std::string use;                    // special-use ("sent", ...) or "none"
+  bool selectable = true;
+  bool subscribe = false;
+  std::string note;                   // why the name is not simply translated
+  // STATUS on legacy (MESSAGES). For --dry-run, `to_copy` is an approximation of
+  // what a run would copy: all MESSAGES without a checkpoint; with one,
+  // min(MESSAGES, UIDNEXT - 1 - last_legacy_uid). UIDs are not dense (expunges,
+  // gaps), so it can overcount; it is exact for a folder copied up to date (0).
+  std::uint32_t legacy_messages = 0;
+  std::uint32_t to_copy = 0;
+  std::uint64_t copied = 0, bytes = 0, skipped = 0, failed = 0;
+  bool done = false;     // copy_folder processed it (or it needs no copy)
+  std::string error;     // why the folder stopped, if it did
+};
+
+struct user_sync_report {
+  std::string user;
+  bool dry_run = false;
+  sync_outcome outcome = sync_outcome::ok;
+  std::size_t folders_planned = 0, folders_copied = 0;
+  std::uint64_t messages_copied = 0, messages_skipped = 0, messages_failed = 0, bytes = 0;
+  std::chrono::milliseconds duration{0};
+  std::vector<folder_report> folders;        // the plan, in its order
+  std::vector<std::string> subscribe_only;   // subscribed on legacy, no such folder
+  std::vector<std::string> excluded;
+  std::vector<std::string> problems;         // the plan's notes (merges, renames)
+  std::vector<std::string> errors;           // first one is the run's error
+};
+
+// Never throws for an expected failure (those are in the report); a state store
+// failure (state_error) propagates.
+boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor ex,
+                                                   const user_sync_options& opts,
+                                                   std::string_view user,
+                                                   std::string_view password, state_store& state,
+                                                   bool dry_run);
+
+}  // namespace suction::sync

@@ -1,0 +1,198 @@
+"""`suction sync` (issue 4) against a private Dovecot test bed: an exact copy of alice's legacy
+corpus into the new server, legacy untouched, folder plan, subscriptions, a no-change re-run,
+--dry-run, --json, --password-file, a refused login (exit 3), an unreachable legacy (exit 1),
+and the password never printed. The tests run in name order on one bed: test_1 must precede
+test_2 (dry run before the first copy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import unittest
+
+from proxyfixture import bed, free_ports, start_bed, tmp_root
+from syncfixture import (folders, legacy_state, messages, run_sync, subscriptions, write_config,
+                         instant)
+
+PASSWORD = "wonderland"  # alice's password on the bed (checked in setUpModule)
+OUTPUTS: list[bytes] = []  # every stdout/stderr of suction: none may hold the password
+
+SPECIAL = {"INBOX.Sent Items": "Sent", "INBOX.Éléments envoyés": "Sent",
+           "INBOX.Deleted Items": "Trash", "INBOX.Junk E-mail": "Junk",
+           "INBOX.Drafts": "Drafts", "INBOX.Entwürfe": "Drafts"}
+
+
+def expected_name(legacy: str) -> str:
+    if legacy == "INBOX":
+        return "INBOX"
+    if legacy in SPECIAL:
+        return SPECIAL[legacy]
+    assert legacy.startswith("INBOX."), legacy
+    return legacy[len("INBOX."):].replace(".", "/")
+
+
+def setUpModule():
+    tb = start_bed(seed=True)
+    assert tb.users["alice"] == PASSWORD
+
+
+def run(*args, **kw):
+    p = run_sync(*args, **kw)
+    OUTPUTS.append(p.stdout)
+    OUTPUTS.append(p.stderr)
+    return p
+
+
+class SyncCli(unittest.TestCase):
+    config: str = ""
+    legacy_before: dict = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.config = write_config()
+        imap = bed().legacy.connect("alice")
+        try:
+            cls.legacy_before = legacy_state(imap)
+        finally:
+            imap.logout()
+
+    def assertNoPassword(self):
+        for out in OUTPUTS:
+            self.assertNotIn(PASSWORD.encode(), out)
+
+    # ---- 1: the dry run, before anything was copied
+    def test_1_dry_run_prints_plan_copies_nothing(self):
+        p = run(self.config, extra=["--dry-run"])
+        out = p.stdout.decode()
+        self.assertEqual(p.returncode, 0, p.stderr.decode() + out)
+        self.assertIn("INBOX.Sent Items -> Sent", out)
+        self.assertIn("INBOX.Projects.2024.Q1 -> Projects/2024/Q1", out)
+        self.assertIn("INBOX.日本語 -> 日本語", out)
+        self.assertIn("INBOX -> INBOX  22 messages, 22 to copy", out)
+        j = run(self.config, extra=["--dry-run", "--json"])
+        self.assertEqual(j.returncode, 0, j.stderr)
+        rep = json.loads(j.stdout)
+        self.assertTrue(rep["dry_run"])
+        self.assertEqual(rep["messages_copied"], 0)
+        corpus = bed().corpus()["folders"]
+        self.assertEqual(sum(f["to_copy"] for f in rep["folders"]),
+                         sum(len(v["messages"]) for v in corpus.values()))
+        imap = bed().new.connect("alice")
+        try:
+            names = {f["name"] for f in folders(imap)}
+            self.assertNotIn("Projects", names)
+            self.assertNotIn("Empty", names)
+            self.assertEqual(messages(imap, "INBOX"), [])
+        finally:
+            imap.logout()
+        self.assertNoPassword()
+
+    # ---- 2: the copy, exact, and a no-change re-run
+    def test_2_copy_is_exact_and_incremental(self):
+        p = run(self.config, extra=["--json"])
+        self.assertEqual(p.returncode, 0, p.stderr.decode() + p.stdout.decode())
+        rep = json.loads(p.stdout)
+        corpus = bed().corpus()
+        self.assertEqual(rep["outcome"], "ok")
+        self.assertEqual(rep["messages_copied"], corpus["total_messages"])
+        self.assertEqual(rep["bytes"], corpus["total_bytes"])
+        self.assertEqual(rep["messages_failed"], 0)
+        self.assertEqual(rep["folders_copied"], rep["folders_planned"])
+        mapping = {f["legacy"]: f["new"] for f in rep["folders"]}
+        for legacy in corpus["folders"]:
+            self.assertEqual(mapping.get(legacy), expected_name(legacy), legacy)
+
+        expected: dict[str, list] = {}
+        for legacy, info in corpus["folders"].items():
+            lst = expected.setdefault(expected_name(legacy), [])
+            for m in info["messages"]:
+                lst.append((m["sha256"], tuple(sorted(f for f in m["flags"] if f != "\\Recent")),
+                            instant(m["internaldate"])))
+        imap = bed().new.connect("alice")
+        try:
+            listed = {f["name"]: f for f in folders(imap)}
+            for name in ("Empty", "Ghost", "Ghost/Child", "Projects/2024/Q1", "日本語"):
+                self.assertIn(name, listed)
+            self.assertFalse(any(a.lower() == "\\noselect" for a in listed["Empty"]["attrs"]))
+            for name, want in expected.items():
+                got = [m[:3] for m in messages(imap, name)]
+                self.assertEqual(sorted(got), sorted(want), name)
+            subs = subscriptions(imap)
+            for legacy, info in corpus["folders"].items():
+                if info["subscribed"]:
+                    self.assertIn(expected_name(legacy), subs, legacy)
+            for name in ("Say \"hi\"", "Tom & Jerry"):  # not subscribed on legacy
+                self.assertNotIn(name, subs)
+        finally:
+            imap.logout()
+
+        # Legacy untouched.
+        imap = bed().legacy.connect("alice")
+        try:
+            self.assertEqual(legacy_state(imap), self.legacy_before)
+        finally:
+            imap.logout()
+
+        # A second run copies nothing.
+        again = run(self.config, extra=["--json"])
+        self.assertEqual(again.returncode, 0, again.stderr)
+        rep2 = json.loads(again.stdout)
+        self.assertEqual(rep2["messages_copied"], 0)
+        self.assertEqual(rep2["bytes"], 0)
+        self.assertEqual(sum(f["to_copy"] for f in rep2["folders"]), 0)
+        # The readable report says the same.
+        text = run(self.config)
+        self.assertEqual(text.returncode, 0, text.stderr)
+        self.assertIn("0 messages copied", text.stdout.decode())
+        self.assertIn("INBOX.Sent Items -> Sent", text.stdout.decode())
+        self.assertNoPassword()
+
+    # ---- password sources and failures
+    def test_3_password_file(self):
+        pw = os.path.join(tmp_root(), "alice.pw")
+        with open(pw, "w") as f:
+            f.write(PASSWORD + "\n")
+        os.chmod(pw, 0o600)
+        p = run(self.config, password_file=pw, extra=["--dry-run", "--json"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout)["outcome"], "ok")
+        missing = run(self.config, password_file=pw + ".missing", extra=["--dry-run"])
+        self.assertEqual(missing.returncode, 2)
+        self.assertIn(b"cannot read the password file", missing.stderr)
+        empty = os.path.join(tmp_root(), "empty.pw")
+        open(empty, "w").close()
+        e = run(self.config, password_file=empty, extra=["--dry-run"])
+        self.assertEqual(e.returncode, 2)
+        self.assertIn(b"empty", e.stderr)
+        self.assertNoPassword()
+
+    def test_4_wrong_password_exits_3(self):
+        p = run(self.config, password="not-" + PASSWORD + "-x")
+        self.assertEqual(p.returncode, 3, p.stderr + p.stdout)
+        tb = bed()
+        self.assertIn(f"legacy server {tb.legacy.host}:{tb.legacy.imap_port} refused the login"
+                      .encode(), p.stderr)
+        self.assertNotIn(b"not-wonderland-x", p.stdout + p.stderr)
+        self.assertNoPassword()
+
+    def test_5_unreachable_legacy_exits_1(self):
+        port = free_ports(1)[0]
+        cfg = write_config({"legacy": {"port": port}})
+        p = run(cfg)
+        self.assertEqual(p.returncode, 1, p.stderr + p.stdout)
+        self.assertIn(f"127.0.0.1:{port}".encode(), p.stderr)
+        self.assertNoPassword()
+
+    def test_6_password_never_in_argv_or_output(self):
+        # No option takes the password on the command line.
+        p = run(self.config, stdin=False)
+        self.assertEqual(p.returncode, 2)
+        p = run(self.config, stdin=False, extra=["--password", PASSWORD])
+        self.assertEqual(p.returncode, 2)
+        OUTPUTS.pop()  # the rejected argv may be echoed back: it was the caller's own argv
+        OUTPUTS.pop()
+        self.assertNoPassword()
+
+
+if __name__ == "__main__":
+    unittest.main()
