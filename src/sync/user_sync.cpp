@@ -214,6 +214,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
             auto ec = co_await mailbox_cmd(*fresh.c, "CREATE", m.new_name, "", r);
             if (ec) {
               fr.error = "CREATE " + m.new_name + ": " + ec.message();
+              fr.error_is_connection = true;
             } else if (r.status != status::ok && !(r.code && r.code->name == "ALREADYEXISTS")) {
               fr.error = "CREATE " + m.new_name + " refused: " + r.text;
             } else {
@@ -237,6 +238,9 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
             for (auto& e : cr.errors) rep.errors.push_back(m.legacy_name + ": " + e);
             if (ec) {
               if (fr.error.empty()) fr.error = ec.message();
+              fr.error_is_connection = ec.category() != copy_category() &&
+                                       ec != make_error_code(imap::errc::command_no) &&
+                                       ec != make_error_code(imap::errc::command_bad);
               if (cr.errors.empty()) rep.errors.push_back(m.legacy_name + ": " + ec.message());
             } else {
               fr.done = true;
@@ -251,8 +255,13 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
           rep.bytes += fr.bytes;
           rep.messages_skipped += fr.skipped;
           rep.messages_failed += fr.failed;
+          bool broken = !fr.error.empty() && fr.error_is_connection;
           rep.folders.push_back(std::move(fr));
           // A broken connection ends the run: nothing more can be done on it.
+          if (broken) {
+            rep.errors.push_back("run stopped after " + m.legacy_name + ": connection lost");
+            break;
+          }
         }
         if (!dry_run)
           for (auto& s : plan.subscribe_only) {

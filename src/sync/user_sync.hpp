@@ -60,6 +60,7 @@ struct folder_report {
   std::uint64_t copied = 0, bytes = 0, skipped = 0, failed = 0;
   bool done = false;     // copy_folder processed it (or it needs no copy)
   std::string error;     // why the folder stopped, if it did
+  bool error_is_connection = false;  // the error broke a connection: the run stopped there
 };
 
 struct user_sync_report {

@@ -55,6 +55,9 @@ class SyncCli(unittest.TestCase):
             cls.legacy_before = legacy_state(imap)
         finally:
             imap.logout()
+        # The snapshot has something to compare: every folder, flags included.
+        assert len(cls.legacy_before) >= 15, cls.legacy_before.keys()
+        assert any(flags for _, flags in cls.legacy_before.values())
 
     def assertNoPassword(self):
         for out in OUTPUTS:
@@ -191,6 +194,40 @@ class SyncCli(unittest.TestCase):
         self.assertEqual(p.returncode, 2)
         OUTPUTS.pop()  # the rejected argv may be echoed back: it was the caller's own argv
         OUTPUTS.pop()
+        self.assertNoPassword()
+
+    # ---- last: it changes legacy
+    def test_7_new_legacy_mail_is_the_only_copy(self):
+        p = run(self.config, extra=["--json"])  # up to date first (whatever ran before)
+        self.assertIn(p.returncode, (0, 4), p.stderr)
+        body = (b"From: x@example.org\r\nTo: alice@example.org\r\nSubject: late\r\n"
+                b"Message-ID: <late-1@example.org>\r\n\r\nadded after the first run\r\n")
+        imap = bed().legacy.connect("alice")
+        try:
+            typ, data = imap.append("INBOX.Projects", "(\\Flagged $Late)",
+                                    '"01-Feb-2024 10:00:00 +0100"', body)
+            self.assertEqual(typ, "OK", data)
+        finally:
+            imap.logout()
+        p = run(self.config, extra=["--json"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        rep = json.loads(p.stdout)
+        self.assertEqual(rep["messages_copied"], 1)
+        self.assertEqual(rep["bytes"], len(body))
+        per = {f["legacy"]: f["copied"] for f in rep["folders"]}
+        self.assertEqual(per["INBOX.Projects"], 1)
+        imap = bed().new.connect("alice")
+        try:
+            got = messages(imap, "Projects")
+        finally:
+            imap.logout()
+        import hashlib
+        late = [m for m in got if m[0] == hashlib.sha256(body).hexdigest()]
+        self.assertEqual(len(late), 1, got)
+        self.assertEqual(late[0][1], ("$Late", "\\Flagged"))
+        self.assertEqual(late[0][2], instant("01-Feb-2024 10:00:00 +0100"))
+        again = run(self.config, extra=["--json"])
+        self.assertEqual(json.loads(again.stdout)["messages_copied"], 0)
         self.assertNoPassword()
 
 
