@@ -116,7 +116,10 @@ class SyncCli(unittest.TestCase):
             listed = {f["name"]: f for f in folders(imap)}
             for name in ("Empty", "Ghost", "Ghost/Child", "Projects/2024/Q1", "日本語"):
                 self.assertIn(name, listed)
-            self.assertFalse(any(a.lower() == "\\noselect" for a in listed["Empty"]["attrs"]))
+            for name in ("Empty", "Ghost"):  # real folders, not implicit parents
+                attrs = [a.lower() for a in listed[name]["attrs"]]
+                self.assertNotIn("\\noselect", attrs, name)
+                self.assertNotIn("\\nonexistent", attrs, name)
             for name, want in expected.items():
                 got = [m[:3] for m in messages(imap, name)]
                 self.assertEqual(sorted(got), sorted(want), name)
@@ -135,6 +138,17 @@ class SyncCli(unittest.TestCase):
             self.assertEqual(legacy_state(imap), self.legacy_before)
         finally:
             imap.logout()
+
+        # The run is recorded in the state store ([sync] state_db, its folder created).
+        import sqlite3
+        db = os.path.join(os.path.dirname(self.config), "state", "state.db")
+        con = sqlite3.connect(db)
+        try:
+            row = con.execute("SELECT result, messages_copied, bytes_copied, messages_failed"
+                              " FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        finally:
+            con.close()
+        self.assertEqual(row, ("done", corpus["total_messages"], corpus["total_bytes"], 0))
 
         # A second run copies nothing.
         again = run(self.config, extra=["--json"])
