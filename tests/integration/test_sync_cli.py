@@ -210,6 +210,59 @@ class SyncCli(unittest.TestCase):
         OUTPUTS.pop()
         self.assertNoPassword()
 
+    def test_6b_new_server_refusing_exits_3(self):
+        # A scripted "new server" that refuses every LOGIN.
+        import socket
+        import threading
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        srv.settimeout(30)
+        port = srv.getsockname()[1]
+        seen: list[bytes] = []
+
+        def serve():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                conn.sendall(b"* OK [CAPABILITY IMAP4rev1 LITERAL+] fake ready\r\n")
+                buf = b""
+                try:
+                    while True:
+                        data = conn.recv(4096)
+                        if not data:
+                            return
+                        buf += data
+                        while b"\r\n" in buf:
+                            line, buf = buf.split(b"\r\n", 1)
+                            seen.append(line)
+                            tag = line.split(b" ", 1)[0]
+                            if b" LOGIN " in line.upper():
+                                conn.sendall(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+                            elif b" LOGOUT" in line.upper():
+                                conn.sendall(b"* BYE\r\n" + tag + b" OK bye\r\n")
+                                return
+                            else:
+                                conn.sendall(tag + b" BAD unexpected\r\n")
+                except OSError:
+                    return
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        try:
+            cfg = write_config({"new": {"port": port}})
+            p = run(cfg)
+        finally:
+            srv.close()
+            t.join(10)
+        self.assertEqual(p.returncode, 3, p.stderr + p.stdout)
+        self.assertIn(f"new server 127.0.0.1:{port} refused the login".encode(), p.stderr)
+        self.assertTrue(any(b"LOGIN" in l.upper() for l in seen), seen)
+        self.assertNoPassword()
+
     # ---- last: it changes legacy
     def test_7_new_legacy_mail_is_the_only_copy(self):
         p = run(self.config, extra=["--json"])  # up to date first (whatever ran before)
