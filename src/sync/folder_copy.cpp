@@ -14,7 +14,9 @@
 #include <string>
 #include <utility>
 
+#include "imap/date.hpp"
 #include "imap/response.hpp"
+#include "sync/flags_merge.hpp"
 #include "imap/sequence_set.hpp"
 #include "imap/serialize.hpp"
 
@@ -328,6 +330,83 @@ awaitable<void> run_prefetch(imap::client& legacy, std::string command,
                               asio::redirect_error(asio::use_awaitable, ignored));
 }
 
+// --- Content signatures (flags_merge.hpp) for re-matching without UIDs.
+
+constexpr std::string_view kSignatureItems =
+    "(UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM SUBJECT)])";
+
+struct signed_message {
+  std::uint32_t uid = 0;
+  std::string signature;
+  std::vector<std::string> flags;  // without \Recent
+};
+
+// One signature per message as its FETCH response arrives; the header fields
+// are held only until then (a literal too large to come inline is streamed).
+class signature_collector final : public imap::response_handler {
+ public:
+  std::vector<signed_message> out;
+  awaitable<void> on_literal_begin(const imap::literal_info& info) override {
+    seq_ = info.message_number.value_or(0);
+    streamed_.clear();
+    co_return;
+  }
+  awaitable<void> on_literal_data(std::string_view chunk) override {
+    streamed_.append(chunk);
+    co_return;
+  }
+  awaitable<void> on_literal_end() override { co_return; }
+  awaitable<void> on_response(imap::response& r) override {
+    auto f = imap::decode_fetch(r);
+    if (!f || !f->uid || !f->rfc822_size || !f->internaldate) co_return;
+    std::string_view headers;
+    for (auto& s : f->sections)
+      if (s.name.starts_with("BODY[HEADER.FIELDS") && s.content) {
+        if (!s.content->streamed) headers = s.content->text;
+        else if (seq_ == f->seq) headers = streamed_;
+      }
+    auto when = imap::parse_date_time(*f->internaldate);
+    signed_message m;
+    m.uid = *f->uid;
+    m.signature = content_signature(*f->rfc822_size, when ? when->epoch_seconds : 0, headers);
+    for (auto& fl : f->flags.value_or(std::vector<std::string>{}))
+      if (!iequals(fl, "\\Recent")) m.flags.push_back(fl);
+    out.push_back(std::move(m));
+    streamed_.clear();
+    seq_ = 0;
+  }
+
+ private:
+  std::uint32_t seq_ = 0;
+  std::string streamed_;
+};
+
+// Signatures of the messages of `uid_set` in the mailbox selected on c, in UID
+// order; with `above`, only UIDs above it (n:* also answers the highest UID).
+awaitable<std::error_code> fetch_signatures(imap::client& c, const std::string& uid_set,
+                                            std::uint32_t above, std::vector<signed_message>& out,
+                                            imap::command_result& r) {
+  signature_collector got;
+  std::string command = "UID FETCH " + uid_set + " " + std::string(kSignatureItems);
+  if (auto ec = co_await c.simple(command, r, &got)) co_return ec;
+  if (r.status != imap::status::ok) co_return make_error_code(copy_errc::fetch_failed);
+  std::erase_if(got.out, [&](const signed_message& m) { return m.uid <= above; });
+  std::sort(got.out.begin(), got.out.end(), [](auto& a, auto& b) { return a.uid < b.uid; });
+  got.out.erase(std::unique(got.out.begin(), got.out.end(),
+                            [](auto& a, auto& b) { return a.uid == b.uid; }),
+                got.out.end());
+  out = std::move(got.out);
+  co_return std::error_code{};
+}
+
+std::vector<std::pair<std::uint32_t, std::string>> uid_signatures(
+    const std::vector<signed_message>& v) {
+  std::vector<std::pair<std::uint32_t, std::string>> out;
+  out.reserve(v.size());
+  for (auto& m : v) out.emplace_back(m.uid, m.signature);
+  return out;
+}
+
 }  // namespace
 
 const std::error_category& copy_category() noexcept {
@@ -353,8 +432,13 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   if (r.status != imap::status::ok)
     co_return fail(copy_errc::new_select_failed, "SELECT " + mapping.new_name + ": " + r.text);
   std::uint32_t new_uidvalidity = 0;
-  for (auto& u : r.untagged)
+  std::uint32_t new_exists = 0;
+  std::optional<std::uint32_t> new_uidnext;
+  for (auto& u : r.untagged) {
     if (auto v = imap::decode_uidvalidity(u)) new_uidvalidity = *v;
+    if (auto v = imap::decode_uidnext(u)) new_uidnext = *v;
+    if (u.keyword == "EXISTS" && u.number) new_exists = *u.number;
+  }
 
   // Legacy, read-only.
   if (auto ec = co_await mailbox_command(legacy, "EXAMINE", mapping.legacy_name, r)) co_return ec;
@@ -370,17 +454,74 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
 
   // The checkpoint.
   folder_state st;
+  bool had_state = false;
   if (auto saved = state.folder(user, mapping.legacy_name)) {
     st = *saved;
-    if (st.legacy_uidvalidity != legacy_uidvalidity)
-      co_return fail(copy_errc::legacy_uidvalidity_changed,
-                     "legacy UIDVALIDITY " + std::to_string(legacy_uidvalidity) + " != stored " +
-                         std::to_string(st.legacy_uidvalidity) + ": nothing copied");
+    had_state = true;
     if (st.new_uidvalidity != 0 && st.new_uidvalidity != new_uidvalidity)
       co_return fail(copy_errc::new_uidvalidity_changed,
                      "new UIDVALIDITY " + std::to_string(new_uidvalidity) + " != stored " +
                          std::to_string(st.new_uidvalidity) + ": nothing copied");
-    if (st.new_uidvalidity == 0 || st.new_name != mapping.new_name) {
+    if (st.legacy_uidvalidity != legacy_uidvalidity) {
+      // Re-matching after a legacy UIDVALIDITY change (issue 4 item 7): the old
+      // legacy UIDs mean nothing now, but the new copies they were mapped to are
+      // still there. Pair every legacy message (new UIDVALIDITY) with the new
+      // copies recorded for this folder by content signature (exact duplicates
+      // pair by count), then replace the folder's state with those pairs under
+      // the new UIDVALIDITY. The checkpoint covers only the legacy UIDs that are
+      // all matched from the bottom up; matched ones above it are skipped below
+      // through their records, unmatched ones are copied normally. Only
+      // signatures are held (no bodies). The new copies recorded with new UID 0
+      // (no UIDPLUS) cannot be fetched: their legacy messages are copied again.
+      std::vector<message_record> old = state.messages(user, mapping.legacy_name);
+      std::map<std::uint32_t, std::string> agreed;  // new uid -> flags last agreed
+      for (auto& m : old)
+        if (m.new_uid != 0) agreed.emplace(m.new_uid, std::move(m.flags));
+      old.clear();
+      old.shrink_to_fit();
+      std::vector<signed_message> fresh_sigs, legacy_sigs;
+      if (!agreed.empty()) {
+        std::vector<std::uint32_t> uids;
+        uids.reserve(agreed.size());
+        for (auto& [u, f] : agreed) uids.push_back(u);
+        if (auto ec = co_await fetch_signatures(fresh, imap::format_sequence_set(uids), 0,
+                                                fresh_sigs, r))
+          co_return ec == copy_errc::fetch_failed
+              ? fail(copy_errc::fetch_failed, "UID FETCH (new server, re-match): " + r.text)
+              : ec;
+      }
+      if (exists != 0 && !fresh_sigs.empty())
+        if (auto ec = co_await fetch_signatures(legacy, "1:*", 0, legacy_sigs, r))
+          co_return ec == copy_errc::fetch_failed
+              ? fail(copy_errc::fetch_failed, "UID FETCH (re-match): " + r.text)
+              : ec;
+      auto pairs = match_by_signature(uid_signatures(legacy_sigs), uid_signatures(fresh_sigs));
+      std::sort(pairs.begin(), pairs.end());
+      folder_state next;
+      next.legacy_name = mapping.legacy_name;
+      next.legacy_uidvalidity = legacy_uidvalidity;
+      next.new_name = mapping.new_name;
+      next.new_uidvalidity = new_uidvalidity;
+      next.last_new_uid = st.last_new_uid;
+      std::size_t prefix = 0;  // legacy_sigs is in UID order, pairs too
+      while (prefix < pairs.size() && prefix < legacy_sigs.size() &&
+             pairs[prefix].first == legacy_sigs[prefix].uid)
+        ++prefix;
+      if (prefix > 0) next.last_legacy_uid = pairs[prefix - 1].first;
+      std::vector<message_record> recs;
+      recs.reserve(pairs.size());
+      for (auto& [lu, nu] : pairs) {
+        recs.push_back({lu, nu, agreed[nu]});
+        next.last_new_uid = std::max(next.last_new_uid, nu);
+      }
+      // Two transactions: a kill between them leaves no state for the folder,
+      // and the next run's crash reconciliation (everything in the new folder
+      // is then above last_new_uid 0) pairs the copies again.
+      state.forget_folder(user, mapping.legacy_name);
+      state.record_batch(user, next, recs);
+      report.rematched += recs.size();
+      st = next;
+    } else if (st.new_uidvalidity == 0 || st.new_name != mapping.new_name) {
       st.new_uidvalidity = new_uidvalidity;
       st.new_name = mapping.new_name;
       state.save_folder(user, st);
@@ -421,6 +562,63 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
                            [](auto& a, auto& b) { return a.uid == b.uid; }),
                todo.end());
   }
+
+  // Crash reconciliation (issue 4 item 6). A kill between an APPEND and its
+  // record_batch leaves copies on the new server above last_new_uid that the
+  // store does not know, while their legacy originals are still above
+  // last_legacy_uid. Without this they would be appended a second time. So:
+  // when the new folder has UIDs above last_new_uid (its UIDNEXT says so,
+  // cheaply), fetch their signatures, and those of as many legacy messages
+  // above the checkpoint as there are such new messages (the interrupted
+  // batches held the lowest pending legacy UIDs, each with at most one
+  // copy), pair them by content signature and record the pairs. Anything
+  // on the new server that pairs with nothing is the user's own (mail
+  // delivered to the new server, a message the user appended) and is left
+  // alone, but last_new_uid moves past it so it is not looked at again. A
+  // pair is a message with the same size, INTERNALDATE and identifying header
+  // fields, which is the same message for every purpose of the user.
+  if (!todo.empty() && new_exists != 0 &&
+      (!new_uidnext || *new_uidnext > st.last_new_uid + 1ull)) {
+    std::vector<signed_message> fresh_sigs, legacy_sigs;
+    if (auto ec = co_await fetch_signatures(fresh, std::to_string(st.last_new_uid + 1) + ":*",
+                                            st.last_new_uid, fresh_sigs, r))
+      co_return ec == copy_errc::fetch_failed
+          ? fail(copy_errc::fetch_failed, "UID FETCH (new server, reconcile): " + r.text)
+          : ec;
+    if (!fresh_sigs.empty()) {
+      std::vector<std::uint32_t> uids;
+      for (std::size_t i = 0; i < todo.size() && i < fresh_sigs.size(); ++i)
+        uids.push_back(todo[i].uid);
+      if (auto ec = co_await fetch_signatures(legacy, imap::format_sequence_set(uids),
+                                              st.last_legacy_uid, legacy_sigs, r))
+        co_return ec == copy_errc::fetch_failed
+            ? fail(copy_errc::fetch_failed, "UID FETCH (reconcile): " + r.text)
+            : ec;
+      auto pairs = match_by_signature(uid_signatures(legacy_sigs), uid_signatures(fresh_sigs));
+      std::sort(pairs.begin(), pairs.end());
+      std::map<std::uint32_t, const signed_message*> legacy_by_uid;
+      for (auto& m : legacy_sigs) legacy_by_uid[m.uid] = &m;
+      std::vector<message_record> recs;
+      for (auto& [lu, nu] : pairs) {
+        const signed_message* lm = legacy_by_uid[lu];
+        recs.push_back({lu, nu, flags_text(lm->flags)});
+      }
+      // The checkpoint moves over the matched legacy UIDs that follow it without a gap.
+      std::size_t prefix = 0;
+      while (prefix < pairs.size() && pairs[prefix].first == todo[prefix].uid) ++prefix;
+      if (prefix > 0) st.last_legacy_uid = pairs[prefix - 1].first;
+      st.last_new_uid = std::max(st.last_new_uid, fresh_sigs.back().uid);
+      state.record_batch(user, st, recs);
+      report.reconciled += recs.size();
+      if (!recs.empty()) had_state = true;
+    }
+  }
+  // Skip what is already recorded above the checkpoint (matched just now, or
+  // by an earlier re-match or reconciliation that could not move it over them).
+  if (had_state && !todo.empty())
+    std::erase_if(todo, [&](const pending& p) {
+      return p.uid <= st.last_legacy_uid || state.message(user, mapping.legacy_name, p.uid);
+    });
 
   const bool multiappend = fresh.capabilities().has("MULTIAPPEND");
   const std::size_t max_messages = std::max<std::size_t>(1, opts.batch_messages);

@@ -4,10 +4,16 @@
 //
 // - Legacy is read-only: EXAMINE and BODY.PEEK only, so not even \Seen moves.
 // - The new folder is CREATEd when missing and SELECTed for its UIDVALIDITY.
-// - Only legacy UIDs above the checkpoint's last_legacy_uid are copied. A legacy
-//   UIDVALIDITY different from the stored one (or a new folder whose UIDVALIDITY
-//   changed) is reported as an error for the folder and nothing is copied:
-//   re-matching comes later.
+// - Only legacy UIDs above the checkpoint's last_legacy_uid are copied.
+// - A legacy UIDVALIDITY different from the stored one: the folder is re-matched
+//   by content signature (flags_merge.hpp) against the new copies recorded for
+//   it, its state replaced by the pairs under the new UIDVALIDITY, and only the
+//   unmatched legacy messages are copied (report.rematched). A new folder whose
+//   UIDVALIDITY changed is reported as an error and nothing is copied.
+// - Crash reconciliation: new-server UIDs above last_new_uid (appended, not
+//   recorded before a kill) are paired by signature with the lowest pending
+//   legacy UIDs and recorded instead of being appended again
+//   (report.reconciled); unpaired ones are the user's own and left alone.
 // - Messages go in MULTIAPPEND batches (single APPENDs without MULTIAPPEND) of at
 //   most batch_messages / batch_bytes, each with its exact bytes, INTERNALDATE and
 //   flags (minus \Recent). Each accepted batch is recorded with its APPENDUID in
@@ -63,6 +69,8 @@ struct copy_options {
 
 struct folder_copy_report {
   std::uint64_t copied = 0, bytes = 0, skipped = 0, failed = 0;
+  std::uint64_t reconciled = 0;  // copies left unrecorded by a crash, found and recorded
+  std::uint64_t rematched = 0;   // pairs found by signature after a legacy UIDVALIDITY change
   std::vector<std::string> errors;
 };
 

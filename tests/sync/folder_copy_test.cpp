@@ -24,6 +24,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <set>
 
 #include "../support/run_coro.hpp"
 #include "../support/testbed.hpp"
@@ -310,7 +311,7 @@ TEST_CASE("copy_folder: INBOX, a nested and a non-ASCII folder byte for byte, le
   CHECK(done);
 }
 
-TEST_CASE("copy_folder: a message added to legacy later is the only one the next run copies, a UIDVALIDITY change copies nothing") {
+TEST_CASE("copy_folder: a message added to legacy later is the only one the next run copies, a UIDVALIDITY change is re-matched and copies only what is new") {
   const auto& bed = testbed();
   const std::string prefix = unique_prefix();
   temp_db db(prefix);
@@ -383,21 +384,47 @@ TEST_CASE("copy_folder: a message added to legacy later is the only one the next
     CHECK(!ec);
     CHECK(rep3.copied == 0);
 
-    // Recreated on legacy: a new UIDVALIDITY. Reported, nothing copied (re-matching comes later).
+    // Recreated on legacy with the same messages (a new UIDVALIDITY) plus one:
+    // re-matched by signature, only the extra one is copied.
     co_await legacy.simple("EXAMINE INBOX", r);  // the engine's session lets go of it first
     co_await mailbox_cmd(alice, "DELETE", scratch, r);
     REQUIRE(r.status == status::ok);
     co_await mailbox_cmd(alice, "CREATE", scratch, r);
     REQUIRE(r.status == status::ok);
+    ok = co_await append_legacy(0, seen, "01-Feb-2003 04:05:06 +0200");
+    REQUIRE(ok);
+    ok = co_await append_legacy(1, none, "02-Feb-2003 04:05:06 -0700");
+    REQUIRE(ok);
+    ok = co_await append_legacy(2, flagged, "03-Mar-2004 05:06:07 +0000");
+    REQUIRE(ok);
     ok = co_await append_legacy(3, none, "");
     REQUIRE(ok);
+    const auto old_cp = state.folder("alice", scratch);
+    REQUIRE(old_cp);
     sync::folder_copy_report rep4;
     ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep4);
-    CHECK(ec == sync::copy_errc::legacy_uidvalidity_changed);
-    CHECK(rep4.copied == 0);
-    CHECK(rep4.errors.size() == 1);
+    CHECK_MESSAGE(!ec, ec.message());
+    CHECK(rep4.copied == 1);
+    CHECK(rep4.rematched == 3);
+    CHECK(rep4.bytes == bodies[3].size());
+    CHECK(rep4.errors.empty());
     auto still = co_await fetch_new(fresh, target);
-    CHECK(still.size() == 3);
+    REQUIRE(still.size() == 4);
+    for (std::size_t i = 0; i < 4; ++i) CHECK(still[i].sha256 == sha256_hex(bodies[i]));
+    auto cp4 = state.folder("alice", scratch);
+    REQUIRE(cp4);
+    CHECK(cp4->legacy_uidvalidity != old_cp->legacy_uidvalidity);
+    CHECK(cp4->last_new_uid == still[3].uid);
+    auto recs4 = state.messages("alice", scratch);
+    REQUIRE(recs4.size() == 4);
+    for (std::size_t i = 0; i < 4; ++i) CHECK(recs4[i].new_uid == still[i].uid);
+    CHECK(recs4[2].flags == "$Label9 \\Flagged");
+    CHECK(cp4->last_legacy_uid == recs4[3].legacy_uid);
+    sync::folder_copy_report rep5;
+    ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep5);
+    CHECK(!ec);
+    CHECK(rep5.copied == 0);
+    CHECK((co_await fetch_new(fresh, target)).size() == 4);
 
     co_await legacy.simple("EXAMINE INBOX", r);
     co_await mailbox_cmd(alice, "DELETE", scratch, r);
@@ -406,6 +433,236 @@ TEST_CASE("copy_folder: a message added to legacy later is the only one the next
     co_await legacy.logout();
     co_await fresh.logout();
     co_await alice.logout();
+    co_return true;
+  }, std::chrono::seconds(120));
+  CHECK(done);
+}
+
+namespace {
+
+// APPENDs bodies[i] (with its date) to `folder` on c.
+awaitable<bool> append_to(client& c, std::string folder, std::string body, std::string date) {
+  string_source src(body);
+  std::vector<append_item> items(1);
+  items[0].internaldate = std::move(date);
+  items[0].size = body.size();
+  items[0].body = &src;
+  command_result ar;
+  auto ec = co_await c.append(folder, items, ar);
+  co_return !ec && ar.status == status::ok;
+}
+
+std::multiset<std::string> hashes(const std::vector<new_message>& v) {
+  std::multiset<std::string> out;
+  for (auto& m : v) out.insert(m.sha256);
+  return out;
+}
+
+void copy_db(const std::filesystem::path& from, const std::filesystem::path& to) {
+  for (const char* suffix : {"", "-wal"}) {
+    std::filesystem::path f = from.string() + suffix;
+    if (std::filesystem::exists(f))
+      std::filesystem::copy_file(f, to.string() + suffix,
+                                 std::filesystem::copy_options::overwrite_existing);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("copy_folder: after a crash between APPEND and record, the unrecorded copies are reconciled, nothing doubled") {
+  const auto& bed = testbed();
+  const std::string prefix = unique_prefix();
+  temp_db db(prefix), older(prefix + "-older");
+  const std::string scratch = "INBOX." + prefix;
+  const std::string target = prefix + "/scratch";
+  const std::string dup = "From: d@example.org\r\nSubject: twice\r\n\r\nthe same bytes twice\r\n";
+  // (body, date): an exact duplicate pair among what the crash leaves unrecorded.
+  std::vector<std::pair<std::string, std::string>> msgs = {
+      {"From: a@example.org\r\nSubject: one\r\n\r\nfirst\r\n", "01-Feb-2003 04:05:06 +0200"},
+      {"From: b@example.org\r\nSubject: two\r\n\r\nsecond\r\n", "02-Feb-2003 04:05:06 +0200"},
+      {dup, "03-Feb-2003 04:05:06 +0200"},
+      {"From: c@example.org\r\nSubject: three\r\n\r\nthird\r\n", "04-Feb-2003 04:05:06 +0200"},
+      {dup, "03-Feb-2003 04:05:06 +0200"},
+      {"From: e@example.org\r\n\r\nno message-id, no subject\r\n", "05-Feb-2003 04:05:06 +0200"},
+      {"From: f@example.org\r\nSubject: after\r\n\r\nadded after the crash\r\n", "06-Feb-2003 04:05:06 +0200"},
+  };
+  sync::folder_mapping m;
+  m.legacy_name = scratch;
+  m.new_name = target;
+  sync::copy_options opts;
+  opts.batch_messages = 2;
+
+  auto done = run_coro<bool>([&](asio::any_io_executor ex) -> awaitable<bool> {
+    client legacy(ex), fresh(ex), alice(ex);
+    auto e1 = co_await open_session(legacy, bed.legacy, "alice");
+    auto e2 = co_await open_session(fresh, bed.fresh, "bob");
+    auto e3 = co_await open_session(alice, bed.legacy, "alice");
+    REQUIRE_MESSAGE(!e1, e1.message());
+    REQUIRE_MESSAGE(!e2, e2.message());
+    REQUIRE_MESSAGE(!e3, e3.message());
+    command_result r;
+    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    REQUIRE(r.status == status::ok);
+    for (std::size_t i = 0; i < 2; ++i) {
+      bool ok = co_await append_to(alice, scratch, msgs[i].first, msgs[i].second);
+      REQUIRE(ok);
+    }
+    {
+      // The first batch, recorded; this store is what a crash right after it leaves.
+      sync::state_store state(db.path);
+      sync::folder_copy_report rep;
+      auto ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep);
+      CHECK_MESSAGE(!ec, ec.message());
+      CHECK(rep.copied == 2);
+    }
+    copy_db(db.path, older.path);
+    for (std::size_t i = 2; i < 6; ++i) {
+      bool ok = co_await append_to(alice, scratch, msgs[i].first, msgs[i].second);
+      REQUIRE(ok);
+    }
+    {
+      // The rest is appended (and recorded in a store the crash will lose).
+      sync::state_store state(db.path);
+      sync::folder_copy_report rep;
+      auto ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep);
+      CHECK_MESSAGE(!ec, ec.message());
+      CHECK(rep.copied == 4);
+    }
+    bool ok = co_await append_to(alice, scratch, msgs[6].first, msgs[6].second);
+    REQUIRE(ok);
+
+    // The run after the crash, with the store as it was after the first batch.
+    sync::state_store state(older.path);
+    REQUIRE(state.messages("alice", scratch).size() == 2);
+    sync::folder_copy_report rep;
+    auto ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep);
+    CHECK_MESSAGE(!ec, ec.message());
+    CHECK(rep.reconciled == 4);
+    CHECK(rep.copied == 1);
+    CHECK(rep.errors.empty());
+
+    auto got = co_await fetch_new(fresh, target);
+    std::multiset<std::string> expected;
+    for (auto& [body, date] : msgs) expected.insert(sha256_hex(body));
+    CHECK(got.size() == msgs.size());
+    CHECK(hashes(got) == expected);
+    // Every legacy message is mapped, to distinct new UIDs holding its bytes.
+    snapshot legacy_now = co_await take_snapshot(alice, scratch);
+    co_await alice.simple("EXAMINE INBOX", r);
+    REQUIRE(legacy_now.messages.size() == msgs.size());
+    auto recs = state.messages("alice", scratch);
+    REQUIRE(recs.size() == msgs.size());
+    std::map<std::uint32_t, std::string> new_hash;
+    for (auto& g : got) new_hash[g.uid] = g.sha256;
+    std::set<std::uint32_t> new_uids;
+    for (std::size_t i = 0; i < recs.size(); ++i) {
+      CAPTURE(i);
+      CHECK(recs[i].legacy_uid == legacy_now.messages[i].first);
+      CHECK(new_hash[recs[i].new_uid] == sha256_hex(msgs[i].first));
+      new_uids.insert(recs[i].new_uid);
+    }
+    CHECK(new_uids.size() == msgs.size());
+    auto cp = state.folder("alice", scratch);
+    REQUIRE(cp);
+    CHECK(cp->last_legacy_uid == legacy_now.messages.back().first);
+    CHECK(cp->last_new_uid == got.back().uid);
+
+    // And again: nothing.
+    sync::folder_copy_report rep2;
+    ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep2);
+    CHECK(!ec);
+    CHECK(rep2.copied == 0);
+    CHECK(rep2.reconciled == 0);
+    CHECK((co_await fetch_new(fresh, target)).size() == msgs.size());
+
+    co_await legacy.simple("EXAMINE INBOX", r);
+    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    CHECK(r.status == status::ok);
+    co_await delete_tree(fresh, prefix);
+    co_await legacy.logout();
+    co_await fresh.logout();
+    co_await alice.logout();
+    co_return true;
+  }, std::chrono::seconds(120));
+  CHECK(done);
+}
+
+TEST_CASE("copy_folder: the user's own message on the new server above the checkpoint is left alone, not matched") {
+  const auto& bed = testbed();
+  const std::string prefix = unique_prefix();
+  temp_db db(prefix);
+  sync::state_store state(db.path);
+  const std::string scratch = "INBOX." + prefix;
+  const std::string target = prefix + "/scratch";
+  const std::string date = "07-Jul-2007 07:07:07 +0000";
+  // Same size and date: only the header fields tell them apart.
+  const std::string first = "From: a@example.org\r\nSubject: first\r\n\r\nbody\r\n";
+  const std::string late = "From: a@example.org\r\nSubject: late1\r\n\r\nbody\r\n";
+  const std::string mine = "From: a@example.org\r\nSubject: mine1\r\n\r\nbody\r\n";
+  sync::folder_mapping m;
+  m.legacy_name = scratch;
+  m.new_name = target;
+  sync::copy_options opts;
+
+  auto done = run_coro<bool>([&](asio::any_io_executor ex) -> awaitable<bool> {
+    client legacy(ex), fresh(ex), alice(ex), bob(ex);
+    auto e1 = co_await open_session(legacy, bed.legacy, "alice");
+    auto e2 = co_await open_session(fresh, bed.fresh, "bob");
+    auto e3 = co_await open_session(alice, bed.legacy, "alice");
+    auto e4 = co_await open_session(bob, bed.fresh, "bob");
+    REQUIRE_MESSAGE(!e1, e1.message());
+    REQUIRE_MESSAGE(!e2, e2.message());
+    REQUIRE_MESSAGE(!e3, e3.message());
+    REQUIRE_MESSAGE(!e4, e4.message());
+    command_result r;
+    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    REQUIRE(r.status == status::ok);
+    bool ok = co_await append_to(alice, scratch, first, date);
+    REQUIRE(ok);
+    sync::folder_copy_report rep1;
+    auto ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep1);
+    CHECK_MESSAGE(!ec, ec.message());
+    CHECK(rep1.copied == 1);
+
+    // The user's own mail lands on the new server; legacy gets one more.
+    ok = co_await append_to(bob, target, mine, date);
+    REQUIRE(ok);
+    ok = co_await append_to(alice, scratch, late, date);
+    REQUIRE(ok);
+    sync::folder_copy_report rep2;
+    ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep2);
+    CHECK_MESSAGE(!ec, ec.message());
+    CHECK(rep2.reconciled == 0);
+    CHECK(rep2.copied == 1);
+    CHECK(rep2.errors.empty());
+    auto got = co_await fetch_new(fresh, target);
+    REQUIRE(got.size() == 3);
+    CHECK(got[0].sha256 == sha256_hex(first));
+    CHECK(got[1].sha256 == sha256_hex(mine));
+    CHECK(got[2].sha256 == sha256_hex(late));
+    auto recs = state.messages("alice", scratch);
+    REQUIRE(recs.size() == 2);
+    CHECK(recs[0].new_uid == got[0].uid);
+    CHECK(recs[1].new_uid == got[2].uid);
+    auto cp = state.folder("alice", scratch);
+    REQUIRE(cp);
+    CHECK(cp->last_new_uid == got[2].uid);
+
+    // Still there, still unmatched, on the next run too.
+    sync::folder_copy_report rep3;
+    ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep3);
+    CHECK(!ec);
+    CHECK(rep3.copied == 0);
+    CHECK((co_await fetch_new(fresh, target)).size() == 3);
+
+    co_await legacy.simple("EXAMINE INBOX", r);
+    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    CHECK(r.status == status::ok);
+    co_await delete_tree(fresh, prefix);
+    co_await legacy.logout();
+    co_await fresh.logout();
+    co_await alice.logout();
+    co_await bob.logout();
     co_return true;
   }, std::chrono::seconds(120));
   CHECK(done);
