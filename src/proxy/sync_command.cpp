@@ -112,6 +112,8 @@ nlohmann::json to_json(const sync::user_sync_report& r) {
     x["bytes"] = f.bytes;
     x["skipped"] = f.skipped;
     x["failed"] = f.failed;
+    x["reconciled"] = f.reconciled;
+    x["rematched"] = f.rematched;
     if (!f.error.empty()) x["error"] = f.error;
     folders.push_back(std::move(x));
   }

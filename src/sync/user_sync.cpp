@@ -235,6 +235,8 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
             fr.bytes = cr.bytes;
             fr.skipped = cr.skipped;
             fr.failed = cr.failed;
+            fr.reconciled = cr.reconciled;
+            fr.rematched = cr.rematched;
             for (auto& e : cr.errors) rep.errors.push_back(m.legacy_name + ": " + e);
             if (ec) {
               if (fr.error.empty()) fr.error = ec.message();
