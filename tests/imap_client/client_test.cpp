@@ -11,6 +11,7 @@
 #include <set>
 
 #include "../support/run_coro.hpp"
+#include "../support/digest.hpp"
 #include "../support/testbed.hpp"
 #include "imap/client/client.hpp"
 #include "imap/date.hpp"
@@ -20,6 +21,7 @@
 using namespace suction;
 using namespace suction::imap;
 using suction::test::run_coro;
+using suction::test::sha256_hex;
 using suction::test::testbed;
 namespace asio = boost::asio;
 
@@ -34,19 +36,6 @@ std::shared_ptr<asio::ssl::context> bed_tls() {
 
 endpoint at(const test::server_info& s, tls_mode mode) {
   return {s.host, mode == tls_mode::implicit ? s.imaps_port : s.imap_port, mode};
-}
-
-std::string sha256_hex(std::string_view data) {
-  unsigned char md[32];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < len; ++i) {
-    out += hex[md[i] >> 4];
-    out += hex[md[i] & 15];
-  }
-  return out;
 }
 
 // What a connect + login attempt reports.

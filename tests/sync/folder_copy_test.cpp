@@ -27,6 +27,7 @@
 #include <set>
 
 #include "../support/run_coro.hpp"
+#include "../support/digest.hpp"
 #include "../support/testbed.hpp"
 #include "imap/client/client.hpp"
 #include "imap/date.hpp"
@@ -38,23 +39,11 @@
 using namespace suction;
 using namespace suction::imap;
 using suction::test::run_coro;
+using suction::test::sha256_hex;
 using suction::test::testbed;
 namespace asio = boost::asio;
 
 namespace {
-
-std::string sha256_hex(std::string_view data) {
-  unsigned char md[32];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < len; ++i) {
-    out += hex[md[i] >> 4];
-    out += hex[md[i] & 15];
-  }
-  return out;
-}
 
 // Unique per run: no '.' or '/' (the legacy and new separators).
 std::string unique_prefix() {

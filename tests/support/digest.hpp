@@ -1,0 +1,24 @@
+// sha256 of message bytes, as tests compare copies (hex, like corpus.json).
+#pragma once
+
+#include <openssl/evp.h>
+
+#include <string>
+#include <string_view>
+
+namespace suction::test {
+
+inline std::string sha256_hex(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return out;
+}
+
+}  // namespace suction::test
