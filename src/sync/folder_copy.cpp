@@ -407,6 +407,85 @@ std::vector<std::pair<std::uint32_t, std::string>> uid_signatures(
   return out;
 }
 
+// UID -> flags (without \\Recent) of a UID FETCH ... (UID FLAGS) answer.
+std::map<std::uint32_t, std::vector<std::string>> flags_by_uid(const imap::command_result& r) {
+  std::map<std::uint32_t, std::vector<std::string>> out;
+  for (auto& u : r.untagged)
+    if (auto f = imap::decode_fetch(u); f && f->uid && f->flags)
+      out[*f->uid] = normalize_flags(*f->flags);
+  return out;
+}
+
+// See the flag step in copy_folder. Both folders are selected (legacy EXAMINEd).
+awaitable<std::error_code> sync_flags(imap::client& legacy, imap::client& fresh,
+                                      state_store& state, std::string_view user,
+                                      const folder_mapping& mapping, const folder_state& st,
+                                      folder_copy_report& report, imap::command_result& r) {
+  std::vector<message_record> recs = state.messages(user, mapping.legacy_name);
+  std::erase_if(recs, [](const message_record& m) { return m.new_uid == 0; });
+  if (recs.empty()) co_return std::error_code{};
+
+  std::string cmd = "UID FETCH 1:" + std::to_string(st.last_legacy_uid) + " (UID FLAGS)";
+  if (auto ec = co_await legacy.simple(cmd, r)) co_return ec;
+  if (r.status != imap::status::ok) {
+    report.errors.push_back(mapping.legacy_name + ": " + cmd + ": " + r.text);
+    co_return make_error_code(copy_errc::fetch_failed);
+  }
+  auto legacy_flags = flags_by_uid(r);
+  std::vector<std::uint32_t> new_uids;
+  new_uids.reserve(recs.size());
+  for (auto& m : recs) new_uids.push_back(m.new_uid);
+  std::sort(new_uids.begin(), new_uids.end());
+  cmd = "UID FETCH " + imap::format_sequence_set(new_uids) + " (UID FLAGS)";
+  if (auto ec = co_await fresh.simple(cmd, r)) co_return ec;
+  if (r.status != imap::status::ok) {
+    report.errors.push_back(mapping.legacy_name + ": new server " + cmd + ": " + r.text);
+    co_return make_error_code(copy_errc::fetch_failed);
+  }
+  auto fresh_flags = flags_by_uid(r);
+
+  // Identical changes grouped: (add, remove) -> the records.
+  std::map<std::pair<std::string, std::string>, std::vector<const message_record*>> groups;
+  std::vector<std::pair<std::uint32_t, std::string>> agreed_only;  // no STORE needed
+  std::map<const message_record*, std::string> agreed_of;
+  for (auto& m : recs) {
+    auto l = legacy_flags.find(m.legacy_uid);
+    auto n = fresh_flags.find(m.new_uid);
+    if (l == legacy_flags.end() || n == fresh_flags.end()) continue;  // gone on one side
+    std::vector<std::string> base = split_flags(m.flags);
+    flag_merge fm = merge_flags(base, l->second, n->second);
+    std::string agreed = join_flags(fm.agreed);
+    if (fm.changes()) {
+      groups[{join_flags(fm.add), join_flags(fm.remove)}].push_back(&m);
+      agreed_of[&m] = std::move(agreed);
+    } else if (agreed != join_flags(normalize_flags(base))) {
+      agreed_only.emplace_back(m.legacy_uid, std::move(agreed));
+    }
+  }
+  for (auto& [change, members] : groups) {
+    std::vector<std::uint32_t> uids;
+    for (auto* m : members) uids.push_back(m->new_uid);
+    std::sort(uids.begin(), uids.end());
+    const std::string set = imap::format_sequence_set(uids);
+    bool ok = true;
+    for (int add = 1; add >= 0 && ok; --add) {
+      const std::string& what = add ? change.first : change.second;
+      if (what.empty()) continue;
+      cmd = "UID STORE " + set + (add ? " +FLAGS.SILENT (" : " -FLAGS.SILENT (") + what + ")";
+      if (auto ec = co_await fresh.simple(cmd, r)) co_return ec;
+      if (r.status != imap::status::ok) {
+        report.errors.push_back(mapping.legacy_name + ": new server " + cmd + ": " + r.text);
+        ok = false;
+      }
+    }
+    if (!ok) continue;  // not agreed: the next run tries again
+    for (auto* m : members) state.update_flags(user, mapping.legacy_name, m->legacy_uid, agreed_of[m]);
+    report.flags_updated += members.size();
+  }
+  for (auto& [lu, agreed] : agreed_only) state.update_flags(user, mapping.legacy_name, lu, agreed);
+  co_return std::error_code{};
+}
+
 }  // namespace
 
 const std::error_category& copy_category() noexcept {
@@ -532,6 +611,23 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     st.new_name = mapping.new_name;
     st.new_uidvalidity = new_uidvalidity;
     state.save_folder(user, st);
+  }
+  // The flag step (issue 4 item 5, "the user's work wins"), before new mail is
+  // copied: for every message already copied (in the message map), per flag,
+  // merge_flags(base = flags last agreed, legacy = legacy's flags now, fresh =
+  // the new copy's flags now). Legacy is only read (FETCH FLAGS on the
+  // EXAMINEd folder); the changes go to the new server as UID STORE
+  // +FLAGS.SILENT / -FLAGS.SILENT, one command per identical change with a
+  // sequence set of new UIDs; the store then holds legacy's flags as the new
+  // "last agreed". A copy the user deleted (its new UID is gone) or moved is
+  // not touched, and is never copied again either (only UIDs above the
+  // checkpoint are). A message gone from legacy is left alone. Copies
+  // recorded without a new UID (no UIDPLUS) cannot be addressed: skipped.
+  // Always a full FETCH FLAGS of 1:last_legacy_uid (no CONDSTORE
+  // CHANGEDSINCE yet).
+  if (had_state && exists != 0 && st.last_legacy_uid > 0) {
+    if (auto ec = co_await sync_flags(legacy, fresh, state, user, mapping, st, report, r))
+      co_return ec;
   }
   if (exists == 0) co_return std::error_code{};
   if (legacy_uidnext && *legacy_uidnext <= st.last_legacy_uid + 1ull) co_return std::error_code{};

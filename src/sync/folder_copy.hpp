@@ -41,6 +41,13 @@
 // appended to the new server (up to two batches in memory). Within a batch,
 // MULTIAPPEND sends every body in one command (LITERAL+ where offered).
 //
+// Flags (issue 4 item 5): before new mail, a run carries over to each copied
+// message the flag changes made on legacy since the last run, per flag, where
+// the new copy still has the flags last agreed (merge_flags); the user's own
+// changes on the new server stay. UID STORE +/-FLAGS.SILENT batched by
+// identical change; report.flags_updated counts the messages changed. A copy
+// the user deleted on the new server is neither touched nor copied again.
+//
 // Without UIDPLUS (no APPENDUID) a batch is recorded with new_uid 0.
 //
 // Both clients must be driven by nothing else while this runs. If the state
@@ -71,6 +78,7 @@ struct folder_copy_report {
   std::uint64_t copied = 0, bytes = 0, skipped = 0, failed = 0;
   std::uint64_t reconciled = 0;  // copies left unrecorded by a crash, found and recorded
   std::uint64_t rematched = 0;   // pairs found by signature after a legacy UIDVALIDITY change
+  std::uint64_t flags_updated = 0;  // copies whose flags got a legacy change (UID STORE)
   std::vector<std::string> errors;
 };
 

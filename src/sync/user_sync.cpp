@@ -237,6 +237,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
             fr.failed = cr.failed;
             fr.reconciled = cr.reconciled;
             fr.rematched = cr.rematched;
+            fr.flags_updated = cr.flags_updated;
             for (auto& e : cr.errors) rep.errors.push_back(m.legacy_name + ": " + e);
             if (ec) {
               if (fr.error.empty()) fr.error = ec.message();

@@ -657,6 +657,129 @@ TEST_CASE("copy_folder: the user's own message on the new server above the check
   CHECK(done);
 }
 
+TEST_CASE("copy_folder: flags three-way: legacy changes carried over, the user's changes and deletions on the new server win") {
+  const auto& bed = testbed();
+  const std::string prefix = unique_prefix();
+  temp_db db(prefix);
+  sync::state_store state(db.path);
+  const std::string scratch = "INBOX." + prefix;
+  const std::string target = prefix + "/flags";
+  const std::string date = "08-Aug-2008 08:08:08 +0000";
+  std::vector<std::string> bodies;
+  for (int i = 1; i <= 4; ++i)
+    bodies.push_back("From: f@example.org\r\nSubject: flags " + std::to_string(i) +
+                     "\r\n\r\nbody " + std::to_string(i) + "\r\n");
+  sync::folder_mapping m;
+  m.legacy_name = scratch;
+  m.new_name = target;
+  sync::copy_options opts;
+
+  auto done = run_coro<bool>([&](asio::any_io_executor ex) -> awaitable<bool> {
+    client legacy(ex), fresh(ex), alice(ex), bob(ex);
+    auto e1 = co_await open_session(legacy, bed.legacy, "alice");
+    auto e2 = co_await open_session(fresh, bed.fresh, "bob");
+    auto e3 = co_await open_session(alice, bed.legacy, "alice");
+    auto e4 = co_await open_session(bob, bed.fresh, "bob");
+    REQUIRE_MESSAGE(!e1, e1.message());
+    REQUIRE_MESSAGE(!e2, e2.message());
+    REQUIRE_MESSAGE(!e3, e3.message());
+    REQUIRE_MESSAGE(!e4, e4.message());
+    command_result r;
+    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    REQUIRE(r.status == status::ok);
+    for (auto& b : bodies) {
+      bool ok = co_await append_to(alice, scratch, b, date);
+      REQUIRE(ok);
+    }
+    co_await mailbox_cmd(alice, "SELECT", scratch, r);
+    REQUIRE(r.status == status::ok);
+    auto before = co_await take_snapshot(legacy, scratch);
+    REQUIRE(before.messages.size() == 4);
+    const std::uint32_t l1 = before.messages[0].first, l2 = before.messages[1].first,
+                        l3 = before.messages[2].first, l4 = before.messages[3].first;
+    co_await alice.simple("UID STORE " + std::to_string(l2) + " +FLAGS.SILENT (\\Flagged)", r);
+    REQUIRE(r.status == status::ok);
+
+    sync::folder_copy_report rep1;
+    auto ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep1);
+    REQUIRE_MESSAGE(!ec, ec.message());
+    REQUIRE(rep1.copied == 4);
+    CHECK(rep1.flags_updated == 0);
+    auto first = co_await fetch_new(fresh, target);
+    REQUIRE(first.size() == 4);
+    const std::uint32_t n2 = first[1].uid, n3 = first[2].uid, n4 = first[3].uid;
+    CHECK(first[1].flags == std::vector<std::string>{"\\Flagged"});
+
+    // Legacy: (a) \Seen and $Label1 on message 1, (c) \Seen on message 4.
+    co_await alice.simple("UID STORE " + std::to_string(l1) + " +FLAGS.SILENT (\\Seen $Label1)", r);
+    REQUIRE(r.status == status::ok);
+    co_await alice.simple("UID STORE " + std::to_string(l4) + " +FLAGS.SILENT (\\Seen)", r);
+    REQUIRE(r.status == status::ok);
+    // The user on the new server: (b) removes \Flagged from message 2, (c) adds
+    // \Answered to message 4, (d) deletes message 3.
+    co_await mailbox_cmd(bob, "SELECT", target, r);
+    REQUIRE(r.status == status::ok);
+    co_await bob.simple("UID STORE " + std::to_string(n2) + " -FLAGS.SILENT (\\Flagged)", r);
+    REQUIRE(r.status == status::ok);
+    co_await bob.simple("UID STORE " + std::to_string(n4) + " +FLAGS.SILENT (\\Answered)", r);
+    REQUIRE(r.status == status::ok);
+    co_await bob.simple("UID STORE " + std::to_string(n3) + " +FLAGS.SILENT (\\Deleted)", r);
+    REQUIRE(r.status == status::ok);
+    co_await bob.simple("EXPUNGE", r);
+    REQUIRE(r.status == status::ok);
+    co_await bob.simple("SELECT INBOX", r);
+    auto legacy_now = co_await take_snapshot(alice, scratch);
+
+    sync::folder_copy_report rep2;
+    ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep2);
+    CHECK_MESSAGE(!ec, ec.message());
+    CHECK(rep2.errors.empty());
+    CHECK(rep2.copied == 0);          // (d) the deleted copy is not copied again
+    CHECK(rep2.flags_updated == 2);   // messages 1 and 4
+    auto got = co_await fetch_new(fresh, target);
+    REQUIRE(got.size() == 3);
+    CHECK(got[0].sha256 == sha256_hex(bodies[0]));
+    CHECK(got[1].sha256 == sha256_hex(bodies[1]));
+    CHECK(got[2].sha256 == sha256_hex(bodies[3]));
+    CHECK(got[0].flags == std::vector<std::string>{"$Label1", "\\Seen"});   // (a)
+    CHECK(got[1].flags.empty());                                              // (b)
+    CHECK(got[2].flags == std::vector<std::string>{"\\Answered", "\\Seen"}); // (c)
+
+    // (e) The store agrees with legacy now; message 3's record is left alone.
+    auto recs = state.messages("alice", scratch);
+    REQUIRE(recs.size() == 4);
+    std::map<std::uint32_t, std::string> stored;
+    for (auto& rec : recs) stored[rec.legacy_uid] = rec.flags;
+    CHECK(stored[l1] == "$Label1 \\Seen");
+    CHECK(stored[l2] == "\\Flagged");
+    CHECK(stored[l3] == "");
+    CHECK(stored[l4] == "\\Seen");
+
+    // Legacy was only read by the run.
+    CHECK(co_await take_snapshot(legacy, scratch) == legacy_now);
+
+    // A third run changes nothing.
+    sync::folder_copy_report rep3;
+    ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, rep3);
+    CHECK(!ec);
+    CHECK(rep3.copied == 0);
+    CHECK(rep3.flags_updated == 0);
+    CHECK((co_await fetch_new(fresh, target)).size() == 3);
+
+    co_await legacy.simple("EXAMINE INBOX", r);
+    co_await alice.simple("SELECT INBOX", r);
+    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    CHECK(r.status == status::ok);
+    co_await delete_tree(fresh, prefix);
+    co_await legacy.logout();
+    co_await fresh.logout();
+    co_await alice.logout();
+    co_await bob.logout();
+    co_return true;
+  }, std::chrono::seconds(120));
+  CHECK(done);
+}
+
 namespace {
 
 using tcp = asio::ip::tcp;
