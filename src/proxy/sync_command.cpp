@@ -92,6 +92,7 @@ nlohmann::json to_json(const sync::user_sync_report& r) {
   j["outcome"] = sync::to_string(r.outcome);
   j["folders_planned"] = r.folders_planned;
   j["folders_copied"] = r.folders_copied;
+  j["folders_examined"] = r.folders_examined;
   j["messages_copied"] = r.messages_copied;
   j["messages_skipped"] = r.messages_skipped;
   j["messages_failed"] = r.messages_failed;
@@ -114,6 +115,7 @@ nlohmann::json to_json(const sync::user_sync_report& r) {
     x["failed"] = f.failed;
     x["reconciled"] = f.reconciled;
     x["rematched"] = f.rematched;
+    x["flags_updated"] = f.flags_updated;
     if (!f.error.empty()) x["error"] = f.error;
     folders.push_back(std::move(x));
   }

@@ -192,15 +192,36 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
           fr.selectable = m.selectable;
           fr.subscribe = m.subscribe;
           fr.note = m.note;
+          // Legacy STATUS, and the no-change test (issue 4 item 4): with
+          // CONDSTORE, a folder whose UIDVALIDITY is the checkpoint's, whose
+          // UIDNEXT shows nothing above last_legacy_uid and whose
+          // HIGHESTMODSEQ is the one stored by the last complete run (no flag
+          // changed either) is skipped whole: no EXAMINE, no FETCH, no SELECT.
+          // Without CONDSTORE, STATUS cannot tell flag changes: copy_folder
+          // still runs (EXAMINE, the flag step; it copies nothing when UIDNEXT
+          // says so).
+          std::optional<std::uint64_t> legacy_modseq;
+          bool unchanged = false;
           if (m.selectable) {
+            const bool condstore = legacy.c->capabilities().has("CONDSTORE");
             command_result r;
-            auto ec = co_await mailbox_cmd(*legacy.c, "STATUS", m.legacy_name,
-                                           "(MESSAGES UIDNEXT UIDVALIDITY)", r);
+            auto ec = co_await mailbox_cmd(
+                *legacy.c, "STATUS", m.legacy_name,
+                condstore ? "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"
+                          : "(MESSAGES UIDNEXT UIDVALIDITY)",
+                r);
             if (!ec && r.status == status::ok) {
               for (auto& u : r.untagged)
                 if (auto st = imap::decode_status(u)) {
+                  auto cp = state.folder(user, m.legacy_name);
                   fr.legacy_messages = st->messages.value_or(0);
-                  fr.to_copy = approx_to_copy(*st, state.folder(user, m.legacy_name));
+                  fr.to_copy = approx_to_copy(*st, cp);
+                  if (condstore) legacy_modseq = st->highestmodseq;
+                  unchanged = cp && legacy_modseq && *legacy_modseq != 0 &&
+                              cp->highest_modseq == *legacy_modseq && st->uidvalidity &&
+                              *st->uidvalidity == cp->legacy_uidvalidity && st->uidnext &&
+                              *st->uidnext <= cp->last_legacy_uid + 1ull &&
+                              cp->new_name == m.new_name && cp->new_uidvalidity != 0;
                 }
             }
           }
@@ -228,7 +249,10 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
             else rep.errors.push_back("SUBSCRIBE " + m.new_name + " refused" +
                                       (ec ? ": " + ec.message() : ": " + r.text));
           }
-          if (fr.error.empty() && m.selectable) {
+          if (fr.error.empty() && m.selectable && unchanged) {
+            fr.done = true;  // nothing new, no flag changed on legacy
+          } else if (fr.error.empty() && m.selectable) {
+            ++rep.folders_examined;
             folder_copy_report cr;
             auto ec = co_await copy_folder(*legacy.c, *fresh.c, state, user, m, opts.copy, cr);
             fr.copied = cr.copied;
@@ -247,6 +271,14 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
               if (cr.errors.empty()) rep.errors.push_back(m.legacy_name + ": " + ec.message());
             } else {
               fr.done = true;
+              // The HIGHESTMODSEQ seen before this complete run: a later change
+              // raises it, so the next run looks again.
+              if (legacy_modseq && *legacy_modseq != 0 && cr.errors.empty())
+                if (auto cp = state.folder(user, m.legacy_name);
+                    cp && cp->highest_modseq != *legacy_modseq) {
+                  cp->highest_modseq = *legacy_modseq;
+                  state.save_folder(user, *cp);
+                }
             }
           } else if (fr.error.empty()) {
             fr.done = true;

@@ -3,6 +3,14 @@
 // empty folders too), subscribe as planned, then copy every selectable folder with
 // copy_folder in the plan's order (INBOX first), recording the run in the state store.
 //
+// No-change runs (issue 4 item 4): each selectable folder gets one legacy STATUS
+// (with HIGHESTMODSEQ when legacy offers CONDSTORE). A folder whose UIDVALIDITY,
+// UIDNEXT and HIGHESTMODSEQ show nothing new since the last complete run (the
+// modseq is stored in its checkpoint after copy_folder succeeded without
+// errors) is skipped without EXAMINE/SELECT/FETCH. Without CONDSTORE flag changes
+// are invisible to STATUS, so copy_folder still runs (its flag step), copying
+// nothing.
+//
 // Plain option structs: sync/ never sees config/. The password is used for LOGIN
 // only; it is never logged nor put into the report.
 #pragma once
@@ -70,6 +78,10 @@ struct user_sync_report {
   bool dry_run = false;
   sync_outcome outcome = sync_outcome::ok;
   std::size_t folders_planned = 0, folders_copied = 0;
+  // Folders copy_folder was run on (EXAMINEd): with CONDSTORE on legacy, a
+  // folder whose STATUS (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ) matches its
+  // checkpoint is skipped whole, so a no-change run examines 0 folders.
+  std::size_t folders_examined = 0;
   std::uint64_t messages_copied = 0, messages_skipped = 0, messages_failed = 0, bytes = 0;
   std::chrono::milliseconds duration{0};
   std::vector<folder_report> folders;        // the plan, in its order

@@ -157,6 +157,11 @@ class SyncCli(unittest.TestCase):
         self.assertEqual(rep2["messages_copied"], 0)
         self.assertEqual(rep2["bytes"], 0)
         self.assertEqual(sum(f["to_copy"] for f in rep2["folders"]), 0)
+        # No change on legacy (CONDSTORE: STATUS HIGHESTMODSEQ as stored): every
+        # folder skipped after its STATUS, none EXAMINEd, yet all are done.
+        self.assertGreater(rep["folders_examined"], 0)
+        self.assertEqual(rep2["folders_examined"], 0)
+        self.assertEqual(rep2["folders_copied"], rep2["folders_planned"])
         # The readable report says the same.
         text = run(self.config)
         self.assertEqual(text.returncode, 0, text.stderr)
@@ -283,6 +288,7 @@ class SyncCli(unittest.TestCase):
         self.assertEqual(rep["bytes"], len(body))
         per = {f["legacy"]: f["copied"] for f in rep["folders"]}
         self.assertEqual(per["INBOX.Projects"], 1)
+        self.assertEqual(rep["folders_examined"], 1)  # only the folder with new mail
         imap = bed().new.connect("alice")
         try:
             got = messages(imap, "Projects")
@@ -295,6 +301,35 @@ class SyncCli(unittest.TestCase):
         self.assertEqual(late[0][2], instant("01-Feb-2024 10:00:00 +0100"))
         again = run(self.config, extra=["--json"])
         self.assertEqual(json.loads(again.stdout)["messages_copied"], 0)
+        self.assertEqual(json.loads(again.stdout)["folders_examined"], 0)
+
+        # A flag set on legacy (no new mail): HIGHESTMODSEQ moved, so that
+        # folder alone is examined and the flag carried over.
+        imap = bed().legacy.connect("alice")
+        try:
+            typ, data = imap.select('"INBOX.Projects"')
+            self.assertEqual(typ, "OK", data)
+            typ, data = imap.search(None, "HEADER", "Message-ID", "<late-1@example.org>")
+            self.assertEqual(typ, "OK", data)
+            num = data[0].split()[-1]
+            typ, data = imap.store(num, "+FLAGS", "(\\Seen)")
+            self.assertEqual(typ, "OK", data)
+        finally:
+            imap.logout()
+        p = run(self.config, extra=["--json"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        rep = json.loads(p.stdout)
+        self.assertEqual(rep["messages_copied"], 0)
+        self.assertEqual(rep["folders_examined"], 1)
+        per = {f["legacy"]: f["flags_updated"] for f in rep["folders"]}
+        self.assertEqual(per["INBOX.Projects"], 1)
+        imap = bed().new.connect("alice")
+        try:
+            got = messages(imap, "Projects")
+        finally:
+            imap.logout()
+        late = [m for m in got if m[0] == hashlib.sha256(body).hexdigest()]
+        self.assertEqual(late[0][1], ("$Late", "\\Flagged", "\\Seen"))
         self.assertNoPassword()
 
 
