@@ -93,6 +93,7 @@ nlohmann::json to_json(const sync::user_sync_report& r) {
   j["folders_planned"] = r.folders_planned;
   j["folders_copied"] = r.folders_copied;
   j["folders_examined"] = r.folders_examined;
+  j["legacy_status_commands"] = r.legacy_status_commands;
   j["messages_copied"] = r.messages_copied;
   j["messages_skipped"] = r.messages_skipped;
   j["messages_failed"] = r.messages_failed;

@@ -1,11 +1,14 @@
 #include "sync/user_sync.hpp"
 
+#include "imap/mutf7.hpp"
+
 #include <boost/asio/ssl/context.hpp>
 
 #include <algorithm>
 #include <ctime>
 #include <memory>
 #include <optional>
+#include <map>
 #include <set>
 
 #include "imap/response.hpp"
@@ -88,10 +91,26 @@ boost::asio::awaitable<std::optional<namespace_info>> read_namespace(imap::clien
   co_return namespace_info{};
 }
 
-boost::asio::awaitable<std::optional<std::vector<mailbox_info>>> read_mailboxes(imap::client& c) {
+// With `statuses` and LIST-STATUS (RFC 5819) offered, the LIST also returns
+// every selectable folder's STATUS, keyed by its UTF-8 name: one round trip for
+// all folders instead of one STATUS each.
+boost::asio::awaitable<std::optional<std::vector<mailbox_info>>> read_mailboxes(
+    imap::client& c, std::map<std::string, imap::status_data>* statuses = nullptr) {
   command_result list, lsub;
-  if (co_await c.simple("LIST \"\" \"*\"", list) || list.status != status::ok)
+  std::string cmd = "LIST \"\" \"*\"";
+  const bool list_status = statuses && c.capabilities().has("LIST-STATUS");
+  if (list_status)
+    cmd += c.capabilities().has("CONDSTORE")
+               ? " RETURN (STATUS (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ))"
+               : " RETURN (STATUS (MESSAGES UIDNEXT UIDVALIDITY))";
+  if (co_await c.simple(cmd, list) || list.status != status::ok)
     co_return std::nullopt;
+  if (list_status)
+    for (auto& u : list.untagged)
+      if (auto st = imap::decode_status(u)) {
+        std::string name = imap::mutf7_decode(st->mailbox).value_or(st->mailbox);
+        (*statuses)[name] = std::move(*st);
+      }
   if (co_await c.simple("LSUB \"\" \"*\"", lsub) || lsub.status != status::ok)
     co_return std::nullopt;
   std::vector<imap::list_data> l, s;
@@ -154,7 +173,8 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
   if (ok) {
     auto lns = co_await read_namespace(*legacy.c);
     auto nns = co_await read_namespace(*fresh.c);
-    auto lboxes = co_await read_mailboxes(*legacy.c);
+    std::map<std::string, imap::status_data> legacy_statuses;  // from LIST-STATUS
+    auto lboxes = co_await read_mailboxes(*legacy.c, &legacy_statuses);
     auto nboxes = co_await read_mailboxes(*fresh.c);
     if (!lns || !nns || !lboxes || !nboxes) {
       rep.outcome = sync_outcome::failed;
@@ -205,24 +225,35 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
           if (m.selectable) {
             const bool condstore = legacy.c->capabilities().has("CONDSTORE");
             command_result r;
-            auto ec = co_await mailbox_cmd(
-                *legacy.c, "STATUS", m.legacy_name,
-                condstore ? "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"
-                          : "(MESSAGES UIDNEXT UIDVALIDITY)",
-                r);
+            std::error_code ec;
+            if (auto it = legacy_statuses.find(m.legacy_name); it != legacy_statuses.end()) {
+              r.status = status::ok;  // answered by LIST-STATUS already
+              r.untagged.clear();
+            } else {
+              ++rep.legacy_status_commands;
+              ec = co_await mailbox_cmd(*legacy.c, "STATUS", m.legacy_name,
+                                        condstore ? "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"
+                                                  : "(MESSAGES UIDNEXT UIDVALIDITY)",
+                                        r);
+            }
+            std::vector<imap::status_data> answers;
             if (!ec && r.status == status::ok) {
+              if (auto it = legacy_statuses.find(m.legacy_name); it != legacy_statuses.end())
+                answers.push_back(it->second);
               for (auto& u : r.untagged)
-                if (auto st = imap::decode_status(u)) {
-                  auto cp = state.folder(user, m.legacy_name);
-                  fr.legacy_messages = st->messages.value_or(0);
-                  fr.to_copy = approx_to_copy(*st, cp);
-                  if (condstore) legacy_modseq = st->highestmodseq;
-                  unchanged = cp && legacy_modseq && *legacy_modseq != 0 &&
-                              cp->highest_modseq == *legacy_modseq && st->uidvalidity &&
-                              *st->uidvalidity == cp->legacy_uidvalidity && st->uidnext &&
-                              *st->uidnext <= cp->last_legacy_uid + 1ull &&
-                              cp->new_name == m.new_name && cp->new_uidvalidity != 0;
-                }
+                if (auto st = imap::decode_status(u)) answers.push_back(std::move(*st));
+            }
+            for (const imap::status_data& answer : answers) {
+              const imap::status_data* st = &answer;
+              auto cp = state.folder(user, m.legacy_name);
+              fr.legacy_messages = st->messages.value_or(0);
+              fr.to_copy = approx_to_copy(*st, cp);
+              if (condstore) legacy_modseq = st->highestmodseq;
+              unchanged = cp && legacy_modseq && *legacy_modseq != 0 &&
+                          cp->highest_modseq == *legacy_modseq && st->uidvalidity &&
+                          *st->uidvalidity == cp->legacy_uidvalidity && st->uidnext &&
+                          *st->uidnext <= cp->last_legacy_uid + 1ull &&
+                          cp->new_name == m.new_name && cp->new_uidvalidity != 0;
             }
           }
           if (dry_run) {

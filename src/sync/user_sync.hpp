@@ -3,10 +3,11 @@
 // empty folders too), subscribe as planned, then copy every selectable folder with
 // copy_folder in the plan's order (INBOX first), recording the run in the state store.
 //
-// No-change runs (issue 4 item 4): each selectable folder gets one legacy STATUS
-// (with HIGHESTMODSEQ when legacy offers CONDSTORE). A folder whose UIDVALIDITY,
-// UIDNEXT and HIGHESTMODSEQ show nothing new since the last complete run (the
-// modseq is stored in its checkpoint after copy_folder succeeded without
+// No-change runs (issue 4 item 4): each selectable folder's legacy STATUS (with
+// HIGHESTMODSEQ when legacy offers CONDSTORE) comes with the LIST when legacy
+// offers LIST-STATUS (RFC 5819), else from one STATUS command each. A folder whose
+// UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ show nothing new since the last complete
+// run (the modseq is stored in its checkpoint after copy_folder succeeded without
 // errors) is skipped without EXAMINE/SELECT/FETCH. Without CONDSTORE flag changes
 // are invisible to STATUS, so copy_folder still runs (its flag step), copying
 // nothing.
@@ -82,6 +83,9 @@ struct user_sync_report {
   // folder whose STATUS (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ) matches its
   // checkpoint is skipped whole, so a no-change run examines 0 folders.
   std::size_t folders_examined = 0;
+  // STATUS commands sent to legacy one folder at a time: 0 when LIST-STATUS
+  // (RFC 5819) answered them all with the LIST.
+  std::size_t legacy_status_commands = 0;
   std::uint64_t messages_copied = 0, messages_skipped = 0, messages_failed = 0, bytes = 0;
   std::chrono::milliseconds duration{0};
   std::vector<folder_report> folders;        // the plan, in its order

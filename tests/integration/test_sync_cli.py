@@ -162,6 +162,11 @@ class SyncCli(unittest.TestCase):
         self.assertGreater(rep["folders_examined"], 0)
         self.assertEqual(rep2["folders_examined"], 0)
         self.assertEqual(rep2["folders_copied"], rep2["folders_planned"])
+        # Dovecot offers LIST-STATUS: the STATUS of every folder came with the
+        # LIST, no STATUS command per folder.
+        self.assertEqual(rep2["legacy_status_commands"], 0)
+        self.assertEqual(sum(f["legacy_messages"] for f in rep2["folders"]),
+                         bed().corpus()["total_messages"])
         # The readable report says the same.
         text = run(self.config)
         self.assertEqual(text.returncode, 0, text.stderr)
