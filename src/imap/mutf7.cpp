@@ -1,5 +1,7 @@
 #include "imap/mutf7.hpp"
 
+#include "imap/utf8.hpp"
+
 #include <cstdint>
 #include <vector>
 
@@ -19,45 +21,6 @@ int base64_value(char c) {
 }
 
 bool is_direct(std::uint32_t cp) { return cp >= 0x20 && cp <= 0x7e; }
-
-// Decodes one UTF-8 code point at s[i]; advances i. Returns false if invalid.
-bool next_code_point(std::string_view s, std::size_t& i, std::uint32_t& cp) {
-  auto b = static_cast<unsigned char>(s[i]);
-  int len;
-  if (b < 0x80) { cp = b; len = 1; }
-  else if ((b & 0xe0) == 0xc0) { cp = b & 0x1f; len = 2; }
-  else if ((b & 0xf0) == 0xe0) { cp = b & 0x0f; len = 3; }
-  else if ((b & 0xf8) == 0xf0) { cp = b & 0x07; len = 4; }
-  else return false;
-  if (i + len > s.size()) return false;
-  for (int k = 1; k < len; ++k) {
-    auto c = static_cast<unsigned char>(s[i + k]);
-    if ((c & 0xc0) != 0x80) return false;
-    cp = (cp << 6) | (c & 0x3f);
-  }
-  static constexpr std::uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < kMin[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-  i += len;
-  return true;
-}
-
-void append_utf8(std::string& out, std::uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xc0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xe0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  } else {
-    out += static_cast<char>(0xf0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  }
-}
 
 void flush_base64(std::string& out, const std::vector<std::uint16_t>& units) {
   out += '&';
@@ -83,8 +46,10 @@ std::optional<std::string> mutf7_encode(std::string_view utf8) {
   std::vector<std::uint16_t> pending;
   std::size_t i = 0;
   while (i < utf8.size()) {
-    std::uint32_t cp;
-    if (!next_code_point(utf8, i, cp)) return std::nullopt;
+    const utf8_char c = decode_utf8(utf8, i);
+    if (c.size == 0) return std::nullopt;
+    std::uint32_t cp = c.value;
+    i += c.size;
     if (is_direct(cp)) {
       if (!pending.empty()) {
         flush_base64(out, pending);

@@ -1,8 +1,7 @@
 #include "proxy/preauth.hpp"
 
-#include <openssl/crypto.h>
-
 #include "imap/base64.hpp"
+#include "imap/client/secure_wipe.hpp"
 #include "imap/value.hpp"
 
 namespace suction::proxy {
@@ -12,11 +11,6 @@ constexpr std::string_view kBadCommand = "BAD Error in IMAP command received by 
 constexpr std::string_view kPrivacyRequired =
     "NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) "
     "connections.";
-
-void wipe_string(std::string& s) {
-  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
-  s.clear();
-}
 
 std::string tagged(std::string_view tag, std::string_view rest) {
   std::string out;
@@ -44,8 +38,8 @@ credentials& credentials::operator=(credentials&& o) noexcept {
 credentials::~credentials() { wipe(); }
 
 void credentials::wipe() {
-  wipe_string(user);
-  wipe_string(password);
+  imap::secure_wipe(user);
+  imap::secure_wipe(password);
 }
 
 preauth::preauth(preauth_settings s, bool tls_active)
@@ -202,17 +196,17 @@ preauth::action preauth::plain_response(std::string_view b64) {
   auto first = d.find('\0');
   auto second = first == std::string::npos ? std::string::npos : d.find('\0', first + 1);
   if (second == std::string::npos) {
-    wipe_string(d);
+    imap::secure_wipe(d);
     return reply(tagged(tag_, "NO [AUTHENTICATIONFAILED] Authentication failed."));
   }
   std::string authzid = d.substr(0, first);
   std::string user = d.substr(first + 1, second - first - 1);
   std::string password = d.substr(second + 1);
-  wipe_string(d);
+  imap::secure_wipe(d);
   // Logging in as someone else (a master user) is not something a proxy in
   // front of one account may pass on.
   if (!authzid.empty() && authzid != user) {
-    wipe_string(password);
+    imap::secure_wipe(password);
     return reply(tagged(tag_, "NO [AUTHENTICATIONFAILED] Authentication failed."));
   }
   return start_login(tag_, "AUTHENTICATE PLAIN", std::move(user), std::move(password));

@@ -4,7 +4,6 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <nlohmann/json.hpp>
-#include <openssl/crypto.h>
 
 #include <cstdio>
 #include <exception>
@@ -14,6 +13,7 @@
 #include <optional>
 
 #include "config/config.hpp"
+#include "imap/client/secure_wipe.hpp"
 #include "sync/user_sync.hpp"
 
 namespace suction::proxy {
@@ -23,9 +23,7 @@ namespace {
 // Wipes the password whatever way the function is left.
 struct secret {
   std::string value;
-  ~secret() {
-    if (!value.empty()) OPENSSL_cleanse(value.data(), value.size());
-  }
+  ~secret() { imap::secure_wipe(value); }
 };
 
 void strip_eol(std::string& s) {

@@ -110,15 +110,6 @@ class batch_collector final : public imap::response_handler {
   message* current_ = nullptr;
 };
 
-// A command whose one argument is a mailbox name (UTF-8).
-awaitable<std::error_code> mailbox_command(imap::client& c, std::string_view head,
-                                           std::string_view mailbox, imap::command_result& r) {
-  std::string tag = c.next_tag();
-  imap::command_builder b(tag, head, c.capabilities().has("LITERAL+"));
-  if (!b.mailbox(mailbox)) co_return imap::make_error_code(imap::errc::bad_mailbox_name);
-  std::vector<std::string> parts = std::move(b).finish();
-  co_return co_await c.execute(tag, std::move(parts), r);
-}
 
 // APPEND (one message) or MULTIAPPEND of msgs, bodies from memory.
 awaitable<std::error_code> append_messages(imap::client& c, std::string_view mailbox,
@@ -504,10 +495,15 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   };
   imap::command_result r;
 
-  // The new folder: CREATE (an existing one answers NO, which is fine), SELECT.
-  if (auto ec = co_await mailbox_command(fresh, "CREATE", mapping.new_name, r)) co_return ec;
-  if (!mapping.selectable) co_return std::error_code{};
-  if (auto ec = co_await mailbox_command(fresh, "SELECT", mapping.new_name, r)) co_return ec;
+  // The new folder: SELECT it, and CREATE it first only where it is not there
+  // (sync_user creates every planned folder up front: a run pays no second
+  // CREATE per folder). A parent without messages is only created.
+  if (!mapping.selectable) co_return co_await fresh.mailbox_command("CREATE", mapping.new_name, r);
+  if (auto ec = co_await fresh.mailbox_command("SELECT", mapping.new_name, r)) co_return ec;
+  if (r.status == imap::status::no) {
+    if (auto ec = co_await fresh.mailbox_command("CREATE", mapping.new_name, r)) co_return ec;
+    if (auto ec = co_await fresh.mailbox_command("SELECT", mapping.new_name, r)) co_return ec;
+  }
   if (r.status != imap::status::ok)
     co_return fail(copy_errc::new_select_failed, "SELECT " + mapping.new_name + ": " + r.text);
   std::uint32_t new_uidvalidity = 0;
@@ -520,7 +516,7 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   }
 
   // Legacy, read-only.
-  if (auto ec = co_await mailbox_command(legacy, "EXAMINE", mapping.legacy_name, r)) co_return ec;
+  if (auto ec = co_await legacy.mailbox_command("EXAMINE", mapping.legacy_name, r)) co_return ec;
   if (r.status != imap::status::ok)
     co_return fail(copy_errc::legacy_examine_failed, "EXAMINE: " + r.text);
   std::uint32_t legacy_uidvalidity = 0, exists = 0;

@@ -121,17 +121,6 @@ boost::asio::awaitable<std::optional<std::vector<mailbox_info>>> read_mailboxes(
   co_return mailboxes_from(l, s);
 }
 
-boost::asio::awaitable<std::error_code> mailbox_cmd(imap::client& c, std::string head,
-                                                    std::string utf8, std::string tail,
-                                                    command_result& r) {
-  std::string tag = c.next_tag();
-  imap::command_builder b(tag, head, c.capabilities().has("LITERAL+"));
-  b.mailbox(utf8);
-  if (!tail.empty()) b.atom(tail);
-  std::vector<std::string> parts = std::move(b).finish();
-  co_return co_await c.execute(tag, std::move(parts), r);
-}
-
 std::uint32_t approx_to_copy(const imap::status_data& st, const std::optional<folder_state>& cp) {
   std::uint32_t messages = st.messages.value_or(0);
   if (!cp || cp->last_legacy_uid == 0) return messages;
@@ -231,10 +220,9 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
               r.untagged.clear();
             } else {
               ++rep.legacy_status_commands;
-              ec = co_await mailbox_cmd(*legacy.c, "STATUS", m.legacy_name,
-                                        condstore ? "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"
-                                                  : "(MESSAGES UIDNEXT UIDVALIDITY)",
-                                        r);
+              ec = co_await legacy.c->mailbox_command(
+                  "STATUS", m.legacy_name, r,
+                  condstore ? "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)" : "(MESSAGES UIDNEXT UIDVALIDITY)");
             }
             std::vector<imap::status_data> answers;
             if (!ec && r.status == status::ok) {
@@ -263,7 +251,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
           // Create (also \Noselect parents and empty folders), then subscribe.
           if (!existing.contains(m.new_name) && !created.contains(m.new_name)) {
             command_result r;
-            auto ec = co_await mailbox_cmd(*fresh.c, "CREATE", m.new_name, "", r);
+            auto ec = co_await fresh.c->mailbox_command("CREATE", m.new_name, r);
             if (ec) {
               fr.error = "CREATE " + m.new_name + ": " + ec.message();
               fr.error_is_connection = true;
@@ -275,7 +263,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
           }
           if (m.subscribe && fr.error.empty() && !subscribed_new.contains(m.new_name)) {
             command_result r;
-            auto ec = co_await mailbox_cmd(*fresh.c, "SUBSCRIBE", m.new_name, "", r);
+            auto ec = co_await fresh.c->mailbox_command("SUBSCRIBE", m.new_name, r);
             if (!ec && r.status == status::ok) subscribed_new.insert(m.new_name);
             else rep.errors.push_back("SUBSCRIBE " + m.new_name + " refused" +
                                       (ec ? ": " + ec.message() : ": " + r.text));
@@ -333,7 +321,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
           for (auto& s : plan.subscribe_only) {
             if (subscribed_new.contains(s.new_name)) continue;
             command_result r;
-            auto ec = co_await mailbox_cmd(*fresh.c, "SUBSCRIBE", s.new_name, "", r);
+            auto ec = co_await fresh.c->mailbox_command("SUBSCRIBE", s.new_name, r);
             // Many servers (Dovecot) refuse to subscribe a name that does not exist:
             // a note for the report, not an error of the run.
             if (ec) rep.errors.push_back("SUBSCRIBE " + s.new_name + ": " + ec.message());

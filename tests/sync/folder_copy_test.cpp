@@ -71,15 +71,6 @@ awaitable<std::error_code> open_session(client& c, const test::server_info& s, s
   co_return co_await c.login(user, testbed().users.at(user));
 }
 
-awaitable<std::error_code> mailbox_cmd(client& c, std::string head, std::string utf8,
-                                       command_result& r) {
-  std::string tag = c.next_tag();
-  command_builder b(tag, head, c.capabilities().has("LITERAL+"));
-  b.mailbox(utf8);
-  std::vector<std::string> parts = std::move(b).finish();
-  co_return co_await c.execute(tag, std::move(parts), r);
-}
-
 // What must not change on legacy: UIDVALIDITY, count, UIDs and flags.
 struct snapshot {
   std::uint32_t uidvalidity = 0, exists = 0;
@@ -90,7 +81,7 @@ struct snapshot {
 awaitable<snapshot> take_snapshot(client& c, std::string folder) {
   snapshot s;
   command_result r;
-  if (co_await mailbox_cmd(c, "EXAMINE", folder, r) || r.status != status::ok) co_return s;
+  if (co_await c.mailbox_command("EXAMINE", folder, r) || r.status != status::ok) co_return s;
   for (auto& u : r.untagged) {
     if (auto v = decode_uidvalidity(u)) s.uidvalidity = *v;
     if (u.keyword == "EXISTS" && u.number) s.exists = *u.number;
@@ -141,7 +132,7 @@ class body_collector : public response_handler {
 awaitable<std::vector<new_message>> fetch_new(client& c, std::string folder) {
   std::vector<new_message> out;
   command_result r;
-  if (co_await mailbox_cmd(c, "EXAMINE", folder, r) || r.status != status::ok) co_return out;
+  if (co_await c.mailbox_command("EXAMINE", folder, r) || r.status != status::ok) co_return out;
   std::uint32_t exists = 0;
   for (auto& u : r.untagged)
     if (u.keyword == "EXISTS" && u.number) exists = *u.number;
@@ -327,7 +318,7 @@ TEST_CASE("copy_folder: a message added to legacy later is the only one the next
     REQUIRE_MESSAGE(!e2, e2.message());
     REQUIRE_MESSAGE(!e3, e3.message());
     command_result r;
-    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    co_await alice.mailbox_command("CREATE", scratch, r);
     REQUIRE(r.status == status::ok);
 
     auto append_legacy = [&](std::size_t i, std::vector<std::string> flags,
@@ -376,9 +367,9 @@ TEST_CASE("copy_folder: a message added to legacy later is the only one the next
     // Recreated on legacy with the same messages (a new UIDVALIDITY) plus one:
     // re-matched by signature, only the extra one is copied.
     co_await legacy.simple("EXAMINE INBOX", r);  // the engine's session lets go of it first
-    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    co_await alice.mailbox_command("DELETE", scratch, r);
     REQUIRE(r.status == status::ok);
-    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    co_await alice.mailbox_command("CREATE", scratch, r);
     REQUIRE(r.status == status::ok);
     ok = co_await append_legacy(0, seen, "01-Feb-2003 04:05:06 +0200");
     REQUIRE(ok);
@@ -416,7 +407,7 @@ TEST_CASE("copy_folder: a message added to legacy later is the only one the next
     CHECK((co_await fetch_new(fresh, target)).size() == 4);
 
     co_await legacy.simple("EXAMINE INBOX", r);
-    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    co_await alice.mailbox_command("DELETE", scratch, r);
     CHECK(r.status == status::ok);
     co_await delete_tree(fresh, prefix);
     co_await legacy.logout();
@@ -490,7 +481,7 @@ TEST_CASE("copy_folder: after a crash between APPEND and record, the unrecorded 
     REQUIRE_MESSAGE(!e2, e2.message());
     REQUIRE_MESSAGE(!e3, e3.message());
     command_result r;
-    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    co_await alice.mailbox_command("CREATE", scratch, r);
     REQUIRE(r.status == status::ok);
     for (std::size_t i = 0; i < 2; ++i) {
       bool ok = co_await append_to(alice, scratch, msgs[i].first, msgs[i].second);
@@ -565,7 +556,7 @@ TEST_CASE("copy_folder: after a crash between APPEND and record, the unrecorded 
     CHECK((co_await fetch_new(fresh, target)).size() == msgs.size());
 
     co_await legacy.simple("EXAMINE INBOX", r);
-    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    co_await alice.mailbox_command("DELETE", scratch, r);
     CHECK(r.status == status::ok);
     co_await delete_tree(fresh, prefix);
     co_await legacy.logout();
@@ -604,7 +595,7 @@ TEST_CASE("copy_folder: the user's own message on the new server above the check
     REQUIRE_MESSAGE(!e3, e3.message());
     REQUIRE_MESSAGE(!e4, e4.message());
     command_result r;
-    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    co_await alice.mailbox_command("CREATE", scratch, r);
     REQUIRE(r.status == status::ok);
     bool ok = co_await append_to(alice, scratch, first, date);
     REQUIRE(ok);
@@ -645,7 +636,7 @@ TEST_CASE("copy_folder: the user's own message on the new server above the check
     CHECK((co_await fetch_new(fresh, target)).size() == 3);
 
     co_await legacy.simple("EXAMINE INBOX", r);
-    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    co_await alice.mailbox_command("DELETE", scratch, r);
     CHECK(r.status == status::ok);
     co_await delete_tree(fresh, prefix);
     co_await legacy.logout();
@@ -685,13 +676,13 @@ TEST_CASE("copy_folder: flags three-way: legacy changes carried over, the user's
     REQUIRE_MESSAGE(!e3, e3.message());
     REQUIRE_MESSAGE(!e4, e4.message());
     command_result r;
-    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    co_await alice.mailbox_command("CREATE", scratch, r);
     REQUIRE(r.status == status::ok);
     for (auto& b : bodies) {
       bool ok = co_await append_to(alice, scratch, b, date);
       REQUIRE(ok);
     }
-    co_await mailbox_cmd(alice, "SELECT", scratch, r);
+    co_await alice.mailbox_command("SELECT", scratch, r);
     REQUIRE(r.status == status::ok);
     auto before = co_await take_snapshot(legacy, scratch);
     REQUIRE(before.messages.size() == 4);
@@ -717,7 +708,7 @@ TEST_CASE("copy_folder: flags three-way: legacy changes carried over, the user's
     REQUIRE(r.status == status::ok);
     // The user on the new server: (b) removes \Flagged from message 2, (c) adds
     // \Answered to message 4, (d) deletes message 3.
-    co_await mailbox_cmd(bob, "SELECT", target, r);
+    co_await bob.mailbox_command("SELECT", target, r);
     REQUIRE(r.status == status::ok);
     co_await bob.simple("UID STORE " + std::to_string(n2) + " -FLAGS.SILENT (\\Flagged)", r);
     REQUIRE(r.status == status::ok);
@@ -768,7 +759,7 @@ TEST_CASE("copy_folder: flags three-way: legacy changes carried over, the user's
 
     co_await legacy.simple("EXAMINE INBOX", r);
     co_await alice.simple("SELECT INBOX", r);
-    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    co_await alice.mailbox_command("DELETE", scratch, r);
     CHECK(r.status == status::ok);
     co_await delete_tree(fresh, prefix);
     co_await legacy.logout();
@@ -1038,7 +1029,7 @@ TEST_CASE("copy_folder: a 50 MB message is streamed from FETCH into APPEND under
     REQUIRE_MESSAGE(!e2, e2.message());
     REQUIRE_MESSAGE(!e3, e3.message());
     command_result r;
-    co_await mailbox_cmd(alice, "CREATE", scratch, r);
+    co_await alice.mailbox_command("CREATE", scratch, r);
     REQUIRE(r.status == status::ok);
     {
       std::string body = "From: big@example.org\r\nSubject: fifty megabytes\r\n\r\n";
@@ -1071,13 +1062,13 @@ TEST_CASE("copy_folder: a 50 MB message is streamed from FETCH into APPEND under
     out.peak_kib = peak_rss_kib();
 
     sha_collector got;
-    co_await mailbox_cmd(fresh, "EXAMINE", target, r);
+    co_await fresh.mailbox_command("EXAMINE", target, r);
     co_await fresh.simple("UID FETCH 1:* (UID BODY.PEEK[])", r, &got);
     out.new_sha = got.hex();
     out.new_size = got.size;
 
     co_await legacy.simple("EXAMINE INBOX", r);
-    co_await mailbox_cmd(alice, "DELETE", scratch, r);
+    co_await alice.mailbox_command("DELETE", scratch, r);
     CHECK(r.status == status::ok);
     co_await delete_tree(fresh, prefix);
     co_await legacy.logout();

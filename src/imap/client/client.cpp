@@ -1,5 +1,6 @@
 #include "imap/client/client.hpp"
 
+#include "imap/client/secure_wipe.hpp"
 #include "imap/client/stream.hpp"
 
 #include <boost/asio/connect.hpp>
@@ -9,7 +10,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
 #include <list>
@@ -89,11 +89,6 @@ std::vector<std::string> one_part(std::string s) {
   std::vector<std::string> v;
   v.push_back(std::move(s));
   return v;
-}
-
-void wipe(std::string& s) {
-  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
-  s.clear();
 }
 
 }  // namespace
@@ -281,7 +276,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
       }
       continuation = false;
       auto ec = co_await write_all(parts[i]);
-      wipe(parts[i]);  // commands may carry credentials
+      secure_wipe(parts[i]);  // commands may carry credentials
       if (ec) co_return ec;
     }
     co_return std::error_code{};
@@ -472,7 +467,7 @@ awaitable<std::error_code> client::authenticate_plain(std::string_view user,
   std::string payload;
   payload.append(authzid).append(1, '\0').append(user).append(1, '\0').append(password);
   std::string encoded = base64_encode(payload);
-  wipe(payload);
+  secure_wipe(payload);
   if (encoded.empty()) encoded = "=";
   std::string tag = s.next_tag();
   std::vector<std::string> parts;
@@ -482,7 +477,7 @@ awaitable<std::error_code> client::authenticate_plain(std::string_view user,
     parts.push_back(tag + " AUTHENTICATE PLAIN\r\n");
     parts.push_back(encoded + "\r\n");
   }
-  wipe(encoded);
+  secure_wipe(encoded);
   command_result r;
   if (auto ec = co_await s.run(tag, std::move(parts), r, nullptr)) co_return ec;
   auto ec = co_await s.after_login(r);
@@ -512,6 +507,16 @@ awaitable<std::error_code> client::simple(std::string_view text, command_result&
   std::string tag = next_tag();
   std::string line = tag + " " + std::string(text) + "\r\n";
   co_return co_await execute(std::move(tag), one_part(std::move(line)), out, handler);
+}
+
+awaitable<std::error_code> client::mailbox_command(std::string_view head, std::string_view mailbox_utf8,
+                                                   command_result& out, std::string_view tail) {
+  std::string tag = next_tag();
+  command_builder b(tag, head, impl_->non_sync_literals());
+  if (!b.mailbox(mailbox_utf8)) co_return errc::bad_mailbox_name;
+  if (!tail.empty()) b.atom(tail);
+  std::vector<std::string> parts = std::move(b).finish();
+  co_return co_await execute(std::move(tag), std::move(parts), out);
 }
 
 awaitable<std::error_code> client::append(std::string_view mailbox_utf8,

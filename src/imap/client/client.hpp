@@ -149,6 +149,13 @@ class client {
   awaitable<std::error_code> simple(std::string_view text, command_result& out,
                                     response_handler* handler = nullptr);
 
+  // A command whose argument is a mailbox (SELECT, EXAMINE, CREATE, DELETE,
+  // SUBSCRIBE, STATUS ...): the name, given in UTF-8, is encoded and quoted as
+  // needed; `tail` follows it as is, e.g. "(MESSAGES UIDNEXT)". A name that is
+  // not valid UTF-8 is errc::bad_mailbox_name. A NO/BAD is in out.status.
+  awaitable<std::error_code> mailbox_command(std::string_view head, std::string_view mailbox_utf8,
+                                             command_result& out, std::string_view tail = {});
+
   // APPEND, or MULTIAPPEND when items holds more than one message; literal
   // bodies are streamed from their sources, never held whole.
   awaitable<std::error_code> append(std::string_view mailbox_utf8, std::span<append_item> items,

@@ -1,0 +1,11 @@
+// Overwrites a secret in memory (OPENSSL_cleanse: not optimized away) and
+// empties it. For passwords and anything that carried one.
+#pragma once
+
+#include <string>
+
+namespace suction::imap {
+
+void secure_wipe(std::string& secret);
+
+}  // namespace suction::imap
