@@ -35,7 +35,7 @@ SUCTION_BIN = os.environ.get("SUCTION_BIN") or os.path.join(SOURCE_DIR, "build",
                                                             "suction")
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "testbed"))
 
-from testbed import Testbed, TestbedError, mutf7_encode, qmailbox, quote  # noqa: E402
+from testbed import Testbed, TestbedError, free_ports, mutf7_encode, qmailbox, quote  # noqa: E402
 
 __all__ = ["SOURCE_DIR", "SUCTION_BIN", "Testbed", "TestbedError", "mutf7_encode", "qmailbox", "quote",
            "start_bed", "bed", "tmp_root", "free_ports", "Proxy", "RawClient", "ProxyError",
@@ -111,20 +111,6 @@ def bed() -> Testbed:
 
 # ----------------------------------------------------------------------------------------------
 # Small helpers
-
-def free_ports(n: int, host: str = HOST) -> list[int]:
-    """n distinct ports that were free a moment ago."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
 
 def b64(data: bytes | str) -> str:
     if isinstance(data, str):

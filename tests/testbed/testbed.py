@@ -538,12 +538,13 @@ def _paths(d: str, role: str) -> dict[str, str]:
     }
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int, host: str = HOST) -> list[int]:
+    """n distinct ports that were free a moment ago."""
     socks = []
     try:
         for _ in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
+            s.bind((host, 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -892,7 +893,7 @@ def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
                 caps = " ".join(c for c in caps if c.upper() != "SPECIAL-USE")
             last_err: Exception | None = None
             for attempt in range(3):       # a port may be taken between picking and binding
-                imap_port, imaps_port = _free_ports(2)
+                imap_port, imaps_port = free_ports(2)
                 info = {"host": HOST, "imap_port": imap_port, "imaps_port": imaps_port,
                         "log_path": p["log"], "config_path": p["config"], "pid": 0,
                         "pid_starttime": None, "base_dir": p["base_dir"],
