@@ -296,9 +296,13 @@ const std::vector<key_spec<S>> sync_keys = {
     // 0: no recent-first pass.
     {"recent_first_days", [](const field& f, S& s) { s.recent_first_days = f.count(0); }},
     {"max_concurrent_users", [](const field& f, S& s) { s.max_concurrent_users = f.count(1); }},
-    {"resync_interval", [](const field& f, S& s) { s.resync_interval = f.seconds(1); }},
+    // 0: every login starts an incremental pass.
+    {"resync_interval", [](const field& f, S& s) { s.resync_interval = f.seconds(0); }},
     // 0: credentials are not kept for later resyncs.
     {"credential_ttl", [](const field& f, S& s) { s.credential_ttl = f.seconds(0); }},
+    {"batch_messages", [](const field& f, S& s) { s.batch_messages = f.count(1); }},
+    // At least 64 KiB: below that every message would be streamed alone.
+    {"batch_bytes", [](const field& f, S& s) { s.batch_bytes = f.count(65536); }},
 };
 
 const std::vector<key_spec<folder_rename>> rename_keys = {

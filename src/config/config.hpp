@@ -79,6 +79,8 @@ struct sync_section {
   std::uint32_t max_concurrent_users = 4;
   std::chrono::seconds resync_interval{600};
   std::chrono::seconds credential_ttl{3600};
+  std::uint32_t batch_messages = 100;       // messages per MULTIAPPEND
+  std::uint32_t batch_bytes = 16u << 20;    // bytes per MULTIAPPEND; a larger message is streamed
 
   bool operator==(const sync_section&) const = default;
 };

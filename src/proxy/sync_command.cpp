@@ -80,6 +80,8 @@ sync::user_sync_options to_options(const config::config& c) {
   o.fresh = to_server(c.fresh);
   for (auto& r : c.folders.rename) o.rules.rename.emplace_back(r.from, r.to);
   o.rules.exclude = c.folders.exclude;
+  o.copy.batch_messages = c.sync.batch_messages;
+  o.copy.batch_bytes = c.sync.batch_bytes;
   return o;
 }
 

@@ -204,6 +204,8 @@ recent_first_days = 0
 max_concurrent_users = 2
 resync_interval = 60
 credential_ttl = 0
+batch_messages = 1
+batch_bytes = 65536
 [folders]
 rename = [{from = "^INBOX\\.(.*)$", to = "$1"}, {from = "^Sent Items$", to = "Sent"}]
 exclude = ["^Trash$", "^Public/"]
@@ -247,7 +249,8 @@ level = "debug"
                                         .shutdown_grace = 0s});
   CHECK(c.sync == cfg::sync_section{.state_db = "/tmp/s.db", .connections_per_user = 1,
                                     .recent_first_days = 0, .max_concurrent_users = 2,
-                                    .resync_interval = 60s, .credential_ttl = 0s});
+                                    .resync_interval = 60s, .credential_ttl = 0s,
+                                    .batch_messages = 1, .batch_bytes = 65536});
   CHECK(c.folders.rename ==
         std::vector<cfg::folder_rename>{{"^INBOX\\.(.*)$", "$1"}, {"^Sent Items$", "Sent"}});
   CHECK(c.folders.exclude == std::vector<std::string>{"^Trash$", "^Public/"});
@@ -450,8 +453,12 @@ TEST_CASE("errors: numbers out of range") {
        "test.toml:2: [sync] connections_per_user: must be at least 1 (got 0)"},
       {"[sync]\nmax_concurrent_users = 0\n",
        "test.toml:2: [sync] max_concurrent_users: must be at least 1 (got 0)"},
-      {"[sync]\nresync_interval = 0\n",
-       "test.toml:2: [sync] resync_interval: must be at least 1 (got 0)"},
+      {"[sync]\nresync_interval = -1\n",
+       "test.toml:2: [sync] resync_interval: must not be negative (got -1)"},
+      {"[sync]\nbatch_messages = 0\n",
+       "test.toml:2: [sync] batch_messages: must be at least 1 (got 0)"},
+      {"[sync]\nbatch_bytes = 1000\n",
+       "test.toml:2: [sync] batch_bytes: must be at least 65536 (got 1000)"},
       {"[limits]\nshutdown_grace = -1\n",
        "test.toml:2: [limits] shutdown_grace: must not be negative (got -1)"},
       {"[limits]\nmax_bad_commands = -1\n",
