@@ -8,6 +8,7 @@
 
 #include "config/config.hpp"
 #include "proxy/daemon.hpp"
+#include "proxy/status_command.hpp"
 #include "proxy/sync_command.hpp"
 
 namespace {
@@ -94,6 +95,9 @@ int main(int argc, char** argv) {
                  "Print the folder plan and counts; copy nothing, create nothing");
   sync->add_flag("--json", sync_args.json, "Print the report as one JSON object");
 
+  suction::proxy::status_command_args status_args;
+  auto* status = suction::proxy::add_status_subcommand(app, status_args);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -109,6 +113,7 @@ int main(int argc, char** argv) {
     }
     return suction::proxy::run_sync_command(sync_args);
   }
+  if (*status) return suction::proxy::run_status_command(status_args);
   std::fputs(app.help().c_str(), stdout);
   return 0;
 }
