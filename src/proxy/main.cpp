@@ -94,6 +94,11 @@ int main(int argc, char** argv) {
   sync->add_flag("--dry-run", sync_args.dry_run,
                  "Print the folder plan and counts; copy nothing, create nothing");
   sync->add_flag("--json", sync_args.json, "Print the report as one JSON object");
+  sync->add_option("--retries", sync_args.retries,
+                   "Times to try again after a transient failure (server unreachable, "
+                   "connection lost), waiting 1, 2, 4, ... s (max 60 s) in between")
+      ->check(CLI::Range(0u, 100u))
+      ->capture_default_str();
 
   suction::proxy::status_command_args status_args;
   auto* status = suction::proxy::add_status_subcommand(app, status_args);

@@ -11,6 +11,9 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <thread>
+#include <algorithm>
+#include <chrono>
 
 #include "config/config.hpp"
 #include "imap/client/secure_wipe.hpp"
@@ -82,6 +85,9 @@ sync::user_sync_options to_options(const config::config& c) {
   o.rules.exclude = c.folders.exclude;
   o.copy.batch_messages = c.sync.batch_messages;
   o.copy.batch_bytes = c.sync.batch_bytes;
+  o.connections = std::max<std::uint32_t>(
+      1, std::min(c.sync.connections_per_user, c.legacy.max_connections));
+  o.recent_first_days = c.sync.recent_first_days;
   return o;
 }
 
@@ -194,18 +200,45 @@ int run_sync_command(const sync_command_args& a) {
     if (db.has_parent_path()) std::filesystem::create_directories(db.parent_path());
     sync::state_store state(db);
     state.mark_interrupted(static_cast<std::int64_t>(std::time(nullptr)));
-    boost::asio::io_context io(1);
     std::string_view user = a.user, password = pw.value;
-    boost::asio::co_spawn(
-        io,
-        [&]() -> boost::asio::awaitable<void> {
-          report = co_await sync::sync_user(io.get_executor(), opts, user, password, state,
-                                            a.dry_run);
-        },
-        [&](std::exception_ptr e) {
-          if (e) failure = e;
-        });
-    io.run();
+    // Transient failures are tried again with a growing pause; the runs are
+    // incremental, so a retry goes on where the last one stopped. The report
+    // adds up what every attempt copied.
+    std::uint64_t copied = 0, bytes = 0;
+    std::chrono::milliseconds spent{0};
+    for (unsigned attempt = 0;; ++attempt) {
+      boost::asio::io_context io(1);
+      boost::asio::co_spawn(
+          io,
+          [&]() -> boost::asio::awaitable<void> {
+            report = co_await sync::sync_user(io.get_executor(), opts, user, password, state,
+                                              a.dry_run);
+          },
+          [&](std::exception_ptr e) {
+            if (e) failure = e;
+          });
+      io.run();
+      if (failure || !report) break;
+      std::fprintf(stderr, "suction: %s\n", sync::describe_run(*report).c_str());
+      copied += report->messages_copied;
+      bytes += report->bytes;
+      spent += report->duration;
+      const bool again = report->transient && report->outcome != sync::sync_outcome::ok &&
+                         report->outcome != sync::sync_outcome::login_failed &&
+                         attempt < a.retries;
+      if (!again) break;
+      const auto pause = std::chrono::seconds(std::min(60u, 1u << std::min(attempt, 6u)));
+      std::fprintf(stderr, "suction sync: attempt %u of %u failed (%s); trying again in %lld s\n",
+                   attempt + 1, a.retries + 1,
+                   report->errors.empty() ? "?" : report->errors.front().c_str(),
+                   static_cast<long long>(pause.count()));
+      std::this_thread::sleep_for(pause);
+    }
+    if (report) {
+      report->messages_copied = copied;
+      report->bytes = bytes;
+      report->duration = spent;
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "suction sync: %s\n", e.what());
     return 1;

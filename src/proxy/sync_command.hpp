@@ -12,6 +12,9 @@ struct sync_command_args {
   std::string password_file;
   bool dry_run = false;
   bool json = false;
+  // A run that failed for a transient reason (a server unreachable, a
+  // connection lost) is tried again this many times, after 1, 2, 4, ... s.
+  unsigned retries = 3;
 };
 
 // Exit codes: 0 everything copied; 1 other failures (a server unreachable, state

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <memory>
 #include <span>
 #include <string>
@@ -328,6 +329,8 @@ constexpr std::string_view kSignatureItems =
 
 struct signed_message {
   std::uint32_t uid = 0;
+  std::uint64_t size = 0;
+  std::int64_t when = 0;  // INTERNALDATE as an instant
   std::string signature;
   std::vector<std::string> flags;  // without \Recent
 };
@@ -359,7 +362,9 @@ class signature_collector final : public imap::response_handler {
     auto when = imap::parse_date_time(*f->internaldate);
     signed_message m;
     m.uid = *f->uid;
-    m.signature = content_signature(*f->rfc822_size, when ? when->epoch_seconds : 0, headers);
+    m.size = *f->rfc822_size;
+    m.when = when ? when->epoch_seconds : 0;
+    m.signature = content_signature(m.size, m.when, headers);
     for (auto& fl : f->flags.value_or(std::vector<std::string>{}))
       if (!iequals(fl, "\\Recent")) m.flags.push_back(fl);
     out.push_back(std::move(m));
@@ -390,6 +395,13 @@ awaitable<std::error_code> fetch_signatures(imap::client& c, const std::string& 
   co_return std::error_code{};
 }
 
+// An INTERNALDATE as an instant (0 when it does not parse): zones differ
+// between servers, instants do not.
+std::int64_t instant_of(std::string_view internaldate) {
+  auto when = imap::parse_date_time(internaldate);
+  return when ? when->epoch_seconds : 0;
+}
+
 std::vector<std::pair<std::uint32_t, std::string>> uid_signatures(
     const std::vector<signed_message>& v) {
   std::vector<std::pair<std::uint32_t, std::string>> out;
@@ -416,13 +428,22 @@ awaitable<std::error_code> sync_flags(imap::client& legacy, imap::client& fresh,
   std::erase_if(recs, [](const message_record& m) { return m.new_uid == 0; });
   if (recs.empty()) co_return std::error_code{};
 
+  // With CONDSTORE (RFC 7162) and the HIGHESTMODSEQ of the last complete run,
+  // legacy names only the messages whose flags changed since: a message it
+  // does not name still has the flags last agreed, and merge_flags would
+  // change nothing for it. Without, every copied message is looked at.
   std::string cmd = "UID FETCH 1:" + std::to_string(st.last_legacy_uid) + " (UID FLAGS)";
+  const bool changedsince = st.highest_modseq != 0 && legacy.capabilities().has("CONDSTORE");
+  if (changedsince) cmd += " (CHANGEDSINCE " + std::to_string(st.highest_modseq) + ")";
   if (auto ec = co_await legacy.simple(cmd, r)) co_return ec;
   if (r.status != imap::status::ok) {
     report.errors.push_back(mapping.legacy_name + ": " + cmd + ": " + r.text);
     co_return make_error_code(copy_errc::fetch_failed);
   }
   auto legacy_flags = flags_by_uid(r);
+  if (changedsince)
+    std::erase_if(recs, [&](const message_record& m) { return !legacy_flags.contains(m.legacy_uid); });
+  if (recs.empty()) co_return std::error_code{};
   std::vector<std::uint32_t> new_uids;
   new_uids.reserve(recs.size());
   for (auto& m : recs) new_uids.push_back(m.new_uid);
@@ -658,12 +679,13 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   // Crash reconciliation (issue 4 item 6). A kill between an APPEND and its
   // record_batch leaves copies on the new server above last_new_uid that the
   // store does not know, while their legacy originals are still above
-  // last_legacy_uid. Without this they would be appended a second time. So:
-  // when the new folder has UIDs above last_new_uid (its UIDNEXT says so,
-  // cheaply), fetch their signatures, and those of as many legacy messages
-  // above the checkpoint as there are such new messages (the interrupted
-  // batches held the lowest pending legacy UIDs, each with at most one
-  // copy), pair them by content signature and record the pairs. Anything
+  // last_legacy_uid (or above it and not in the message map, when INBOX's
+  // recent mail went first). Without this they would be appended a second
+  // time. So: when the new folder has UIDs above last_new_uid (its UIDNEXT
+  // says so, cheaply), fetch their signatures, then those of the pending
+  // legacy messages with the same size and INTERNALDATE as one of them (the
+  // scan already has both: the candidates are found without a fetch), pair
+  // them by content signature and record the pairs. Anything
   // on the new server that pairs with nothing is the user's own (mail
   // delivered to the new server, a message the user appended) and is left
   // alone, but last_new_uid moves past it so it is not looked at again. A
@@ -677,10 +699,12 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
       co_return ec == copy_errc::fetch_failed
           ? fail(copy_errc::fetch_failed, "UID FETCH (new server, reconcile): " + r.text)
           : ec;
-    if (!fresh_sigs.empty()) {
-      std::vector<std::uint32_t> uids;
-      for (std::size_t i = 0; i < todo.size() && i < fresh_sigs.size(); ++i)
-        uids.push_back(todo[i].uid);
+    std::set<std::pair<std::uint64_t, std::int64_t>> shapes;  // (size, instant)
+    for (auto& m : fresh_sigs) shapes.emplace(m.size, m.when);
+    std::vector<std::uint32_t> uids;
+    for (auto& p : todo)
+      if (shapes.contains({p.size, instant_of(p.internaldate)})) uids.push_back(p.uid);
+    if (!uids.empty()) {
       if (auto ec = co_await fetch_signatures(legacy, imap::format_sequence_set(uids),
                                               st.last_legacy_uid, legacy_sigs, r))
         co_return ec == copy_errc::fetch_failed
@@ -703,6 +727,10 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
       state.record_batch(user, st, recs);
       report.reconciled += recs.size();
       if (!recs.empty()) had_state = true;
+    } else if (!fresh_sigs.empty()) {
+      // Only the user's own mail: look no more at it.
+      st.last_new_uid = std::max(st.last_new_uid, fresh_sigs.back().uid);
+      state.save_folder(user, st);
     }
   }
   // Skip what is already recorded above the checkpoint (matched just now, or
@@ -712,12 +740,45 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
       return p.uid <= st.last_legacy_uid || state.message(user, mapping.legacy_name, p.uid);
     });
 
+  // The checkpoint moves over a legacy UID only when it and every pending UID
+  // below it are settled (copied, refused and reported, or gone from legacy):
+  // with the recent-first order below, later UIDs settle before earlier ones.
+  // Those copied above the checkpoint are in the message map, which the next
+  // run skips (the erase_if above).
+  std::set<std::uint32_t> unsettled;
+  for (auto& p : todo) unsettled.insert(p.uid);
+  const std::uint32_t todo_last = todo.empty() ? 0 : todo.back().uid;  // todo is in UID order here
+  auto settle = [&](std::span<const std::uint32_t> uids) {
+    for (auto u : uids) unsettled.erase(u);
+    const std::uint32_t covered = unsettled.empty() ? todo_last : *unsettled.begin() - 1;
+    st.last_legacy_uid = std::max(st.last_legacy_uid, covered);
+  };
+
+  // Recent first (issue 4 item 9, for INBOX): the messages of the last days,
+  // newest INTERNALDATE first, then the rest in UID order, so the mail a user looks for
+  // first is there first.
+  if (opts.recent_since != 0) {
+    auto old_end = std::stable_partition(todo.begin(), todo.end(), [&](const pending& p) {
+      return instant_of(p.internaldate) >= opts.recent_since;
+    });
+    std::sort(todo.begin(), old_end, [](const pending& a, const pending& b) {
+      const auto wa = instant_of(a.internaldate), wb = instant_of(b.internaldate);
+      return wa != wb ? wa > wb : a.uid > b.uid;
+    });
+  }
+  if (opts.on_scanned) {
+    std::uint64_t bytes = 0;
+    for (auto& p : todo) bytes += p.size;
+    opts.on_scanned(todo.size(), bytes);
+  }
+
   const bool multiappend = fresh.capabilities().has("MULTIAPPEND");
   const std::size_t max_messages = std::max<std::size_t>(1, opts.batch_messages);
 
-  // Records messages the new server accepted (r holds its answer), accounting
-  // for every legacy UID up to `upto`.
-  auto record = [&](std::span<message* const> done, std::uint32_t upto) {
+  // Records messages the new server accepted (r holds its answer) and settles
+  // the legacy UIDs `settled` (the messages and those of their batch that
+  // vanished from legacy).
+  auto record = [&](std::span<message* const> done, std::span<const std::uint32_t> settled) {
     std::vector<std::uint32_t> new_uids;
     std::optional<imap::appenduid_data> appenduid;
     if (r.code) appenduid = imap::decode_appenduid(*r.code);
@@ -733,21 +794,24 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     }
     std::vector<message_record> recs;
     recs.reserve(done.size());
+    std::uint64_t bytes = 0;
     for (std::size_t i = 0; i < done.size(); ++i) {
       message_record rec;
       rec.legacy_uid = done[i]->uid;
       rec.new_uid = new_uids.empty() ? 0 : new_uids[i];
       rec.flags = flags_text(done[i]->flags);
       st.last_new_uid = std::max(st.last_new_uid, rec.new_uid);
-      report.bytes += done[i]->body.size();
+      bytes += done[i]->body.size();
       recs.push_back(std::move(rec));
     }
-    st.last_legacy_uid = std::max(st.last_legacy_uid, upto);
+    settle(settled);
     state.record_batch(user, st, recs);
     report.copied += done.size();
+    report.bytes += bytes;
+    if (opts.on_copied) opts.on_copied(done.size(), bytes);
   };
-  auto account_only = [&](std::uint32_t upto) {
-    st.last_legacy_uid = std::max(st.last_legacy_uid, upto);
+  auto account_only = [&](std::span<const std::uint32_t> settled) {
+    settle(settled);
     state.record_batch(user, st, std::span<const message_record>{});
   };
 
@@ -791,13 +855,15 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
       const pending& p = todo[u.begin];
       auto so = co_await stream_message(legacy, fresh, mapping.new_name, p.uid, p.flags,
                                         p.internaldate, r);
+      const std::uint32_t uid[1] = {p.uid};
       if (so.appended && r.status == imap::status::ok) {
         message m;
         m.uid = p.uid;
         m.flags = p.flags;
         message* one[1] = {&m};
-        record(one, p.uid);
+        record(one, uid);
         report.bytes += so.size;  // record() counted the (empty) buffered body
+        if (opts.on_copied) opts.on_copied(0, so.size);
       } else if (so.ec) {
       } else if (so.fetch_refused) {
         final_ec = fail(copy_errc::fetch_failed,
@@ -805,7 +871,7 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
         goto finish;
       } else if (so.vanished) {
         ++report.skipped;
-        account_only(p.uid);
+        account_only(uid);
       } else if (transient_refusal(r)) {
         final_ec = fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
         goto finish;
@@ -813,7 +879,7 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
         ++report.failed;
         report.errors.push_back(mapping.legacy_name + ": legacy UID " + std::to_string(p.uid) +
                                 " refused by the new server: " + r.text);
-        account_only(p.uid);
+        account_only(uid);
       }
       if (so.ec) {
         final_ec = so.ec;
@@ -842,25 +908,30 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
       goto finish;
     }
 
-    const std::uint32_t batch_last = todo[u.end - 1].uid;
     std::map<std::uint32_t, message*> by_uid;
     for (auto& [seq, m] : cur->got.by_seq)
       if (m.uid != 0 && m.have_body) by_uid[m.uid] = &m;
     std::vector<message*> ready;
+    std::vector<std::uint32_t> unit_uids, vanished;
     for (std::size_t i = u.begin; i < u.end; ++i) {
+      unit_uids.push_back(todo[i].uid);
       auto it = by_uid.find(todo[i].uid);
-      if (it == by_uid.end()) ++report.skipped;  // expunged on legacy meanwhile
-      else ready.push_back(it->second);
+      if (it == by_uid.end()) {
+        ++report.skipped;  // expunged on legacy meanwhile
+        vanished.push_back(todo[i].uid);
+      } else {
+        ready.push_back(it->second);
+      }
     }
     if (ready.empty()) {
-      account_only(batch_last);
+      account_only(unit_uids);
       continue;
     }
 
     if (multiappend && ready.size() > 1) {
       if ((final_ec = co_await append_messages(fresh, mapping.new_name, ready, r))) goto finish;
       if (r.status == imap::status::ok) {
-        record(ready, batch_last);
+        record(ready, unit_uids);
         continue;
       }
       if (transient_refusal(r)) {
@@ -871,11 +942,13 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     }
     for (std::size_t j = 0; j < ready.size(); ++j) {
       message* m = ready[j];
-      const std::uint32_t upto = j + 1 == ready.size() ? batch_last : m->uid;
+      // The batch's vanished UIDs settle with its last message.
+      std::vector<std::uint32_t> settled{m->uid};
+      if (j + 1 == ready.size()) settled.insert(settled.end(), vanished.begin(), vanished.end());
       std::span<message* const> one(&ready[j], 1);
       if ((final_ec = co_await append_messages(fresh, mapping.new_name, one, r))) goto finish;
       if (r.status == imap::status::ok) {
-        record(one, upto);
+        record(one, settled);
         continue;
       }
       if (transient_refusal(r)) {
@@ -885,7 +958,7 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
       ++report.failed;
       report.errors.push_back(mapping.legacy_name + ": legacy UID " + std::to_string(m->uid) +
                               " refused by the new server: " + r.text);
-      account_only(upto);
+      account_only(settled);
     }
   }
 finish:

@@ -48,6 +48,18 @@
 // identical change; report.flags_updated counts the messages changed. A copy
 // the user deleted on the new server is neither touched nor copied again.
 //
+// Order: UID order, except with recent_since (INBOX): the messages of the last
+// days first, newest INTERNALDATE first. The checkpoint (last_legacy_uid) only
+// moves over UIDs that are settled together with every pending UID below
+// them; copies above it are in the message map and skipped by the next run.
+// Crash reconciliation therefore pairs the unrecorded new copies with any
+// pending legacy messages of the same size and INTERNALDATE, not only the
+// lowest ones. A message refused out of order is retried by a run that stops
+// before the checkpoint reaches it.
+//
+// CONDSTORE: with a HIGHESTMODSEQ stored by the last complete run, the flag
+// step asks legacy only for the flags changed since (CHANGEDSINCE).
+//
 // Without UIDPLUS (no APPENDUID) a batch is recorded with new_uid 0.
 //
 // Both clients must be driven by nothing else while this runs. If the state
@@ -58,6 +70,7 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -72,6 +85,12 @@ namespace suction::sync {
 struct copy_options {
   std::size_t batch_messages = 100;
   std::uint64_t batch_bytes = 16u << 20;
+  // Recent first (INBOX): messages with an INTERNALDATE at or after this
+  // instant (unix seconds) are copied first, newest first; 0: UID order.
+  std::int64_t recent_since = 0;
+  // Progress for the status socket: once the folder is scanned, what it will
+  // copy; after each recorded APPEND, what was copied. Either may be empty.
+  std::function<void(std::uint64_t messages, std::uint64_t bytes)> on_scanned, on_copied;
 };
 
 struct folder_copy_report {

@@ -2,9 +2,14 @@
 
 #include "imap/mutf7.hpp"
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <cstdio>
 #include <ctime>
 #include <memory>
 #include <optional>
@@ -55,6 +60,7 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
     rep.outcome = sync_outcome::failed;
     rep.errors.push_back("cannot reach the " + std::string(which) + " server " + where(so) +
                          ": " + ec.message());
+    rep.transient = true;
     co_return false;
   }
   command_result r;
@@ -68,6 +74,7 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
       rep.outcome = sync_outcome::failed;
       rep.errors.push_back("login on the " + std::string(which) + " server " + where(so) +
                            " failed: " + ec.message());
+      rep.transient = true;
     }
     s.c->close();
     co_return false;
@@ -130,6 +137,171 @@ std::uint32_t approx_to_copy(const imap::status_data& st, const std::optional<fo
   return std::min(messages, uidnext - 1 - cp->last_legacy_uid);
 }
 
+// One selectable folder for copy_folder: its place in the report, its mapping,
+// the HIGHESTMODSEQ its legacy STATUS gave.
+struct folder_job {
+  std::size_t report_index;
+  const folder_mapping* mapping;
+  std::optional<std::uint64_t> legacy_modseq;
+};
+
+bool is_inbox(std::string_view legacy_name) {
+  return legacy_name.size() == 5 && std::equal(legacy_name.begin(), legacy_name.end(), "INBOX",
+                                               [](char a, char b) { return (a & ~0x20) == b; });
+}
+
+// What the workers of one run share. One thread: no locks.
+struct copy_run {
+  const user_sync_options& opts;
+  std::string_view user;
+  state_store& state;
+  sync_progress* progress;
+  user_sync_report& rep;
+  std::vector<folder_job> jobs;
+  std::size_t next = 0;  // the next job to take
+};
+
+// Takes folders off the shared list until none is left or its connection breaks.
+boost::asio::awaitable<void> copy_worker(copy_run& run, session& legacy, session& fresh) {
+  while (run.next < run.jobs.size()) {
+    const folder_job& j = run.jobs[run.next++];
+    const folder_mapping& m = *j.mapping;
+    folder_report& fr = run.rep.folders[j.report_index];
+    ++run.rep.folders_examined;
+    copy_options co = run.opts.copy;
+    if (is_inbox(m.legacy_name) && run.opts.recent_first_days > 0)
+      co.recent_since = static_cast<std::int64_t>(std::time(nullptr)) -
+                        static_cast<std::int64_t>(run.opts.recent_first_days) * 86400;
+    // The STATUS estimate stands in the progress total until the scan knows better.
+    bool scanned = false;
+    sync_progress* progress = run.progress;
+    const std::uint64_t estimate = fr.to_copy;
+    if (progress) {
+      co.on_scanned = [&scanned, progress, estimate](std::uint64_t n, std::uint64_t bytes) {
+        scanned = true;
+        progress->messages_total += n;
+        progress->messages_total -= estimate;
+        progress->bytes_total += bytes;
+      };
+      co.on_copied = [progress](std::uint64_t n, std::uint64_t bytes) {
+        progress->messages_copied += n;
+        progress->bytes_copied += bytes;
+      };
+    }
+    folder_copy_report cr;
+    auto ec = co_await copy_folder(*legacy.c, *fresh.c, run.state, run.user, m, co, cr);
+    if (progress && !scanned) progress->messages_total -= estimate;
+    fr.copied = cr.copied;
+    fr.bytes = cr.bytes;
+    fr.skipped = cr.skipped;
+    fr.failed = cr.failed;
+    fr.reconciled = cr.reconciled;
+    fr.rematched = cr.rematched;
+    fr.flags_updated = cr.flags_updated;
+    for (auto& e : cr.errors) run.rep.errors.push_back(m.legacy_name + ": " + e);
+    if (ec) {
+      fr.error = ec.message();
+      fr.error_is_connection = ec.category() != copy_category() &&
+                               ec != make_error_code(imap::errc::command_no) &&
+                               ec != make_error_code(imap::errc::command_bad);
+      if (cr.errors.empty()) run.rep.errors.push_back(m.legacy_name + ": " + ec.message());
+    } else {
+      fr.done = true;
+      if (progress) ++progress->folders_done;
+      // The HIGHESTMODSEQ seen before this complete run: a later change
+      // raises it, so the next run looks again.
+      if (j.legacy_modseq && *j.legacy_modseq != 0 && cr.errors.empty())
+        if (auto cp = run.state.folder(run.user, m.legacy_name);
+            cp && cp->highest_modseq != *j.legacy_modseq) {
+          cp->highest_modseq = *j.legacy_modseq;
+          run.state.save_folder(run.user, *cp);
+        }
+    }
+    // A broken connection ends this worker: nothing more can be done on it.
+    if (fr.error_is_connection) {
+      run.rep.transient = true;
+      run.rep.errors.push_back("connection lost while copying " + m.legacy_name);
+      co_return;
+    }
+  }
+}
+
+// Opens one more pair of connections for a worker and runs it. A pair that
+// cannot be opened (the legacy server's per-user connection limit, say) only
+// means fewer folders at once: a note, not an error.
+boost::asio::awaitable<void> extra_worker(copy_run& run, boost::asio::any_io_executor ex,
+                                          std::string_view password) {
+  session legacy, fresh;
+  user_sync_report scratch;
+  if (co_await open(legacy, ex, run.opts.legacy, "legacy", run.user, password, scratch) &&
+      co_await open(fresh, ex, run.opts.fresh, "new", run.user, password, scratch)) {
+    co_await copy_worker(run, legacy, fresh);
+  } else if (!scratch.errors.empty()) {
+    run.rep.problems.push_back("one connection pair fewer: " + scratch.errors.front());
+  }
+  if (legacy.logged_in) co_await legacy.c->logout();
+  if (fresh.logged_in) co_await fresh.c->logout();
+}
+
+// Copies the folders of `jobs` over up to opts.connections pairs of
+// connections (the first pair is the run's own), INBOX first, then the
+// largest first so one big folder does not end the run alone.
+boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
+                                          const user_sync_options& opts, std::string_view user,
+                                          std::string_view password, state_store& state,
+                                          session& legacy, session& fresh,
+                                          std::vector<folder_job> jobs, sync_progress* progress,
+                                          user_sync_report& rep) {
+  std::stable_sort(jobs.begin(), jobs.end(), [&](const folder_job& a, const folder_job& b) {
+    const bool ai = is_inbox(a.mapping->legacy_name), bi = is_inbox(b.mapping->legacy_name);
+    if (ai != bi) return ai;
+    return rep.folders[a.report_index].to_copy > rep.folders[b.report_index].to_copy;
+  });
+  copy_run run{opts, user, state, progress, rep, std::move(jobs)};
+  const std::size_t workers =
+      std::max<std::size_t>(1, std::min<std::size_t>(opts.connections, run.jobs.size()));
+  boost::asio::steady_timer all_done(ex, std::chrono::steady_clock::time_point::max());
+  std::size_t running = workers;
+  std::exception_ptr failure;
+  auto finished = [&](std::exception_ptr e) {
+    if (e && !failure) failure = e;
+    if (--running == 0) all_done.cancel();
+  };
+  boost::asio::co_spawn(ex, copy_worker(run, legacy, fresh), finished);
+  for (std::size_t i = 1; i < workers; ++i)
+    boost::asio::co_spawn(ex, extra_worker(run, ex, password), finished);
+  boost::system::error_code ignored;
+  if (running > 0)
+    co_await all_done.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ignored));
+  if (failure) std::rethrow_exception(failure);  // the state store failed
+  if (run.next < run.jobs.size())
+    rep.errors.push_back(std::to_string(run.jobs.size() - run.next) +
+                         " folders not copied: every connection was lost");
+}
+
+// A value for a log line: as is when plain, else quoted with control bytes,
+// quotes and backslashes escaped (a user name must not forge log lines).
+std::string quoted_for_log(std::string_view s) {
+  const bool plain = !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) {
+    return c > 0x20 && c != '"' && c != '\\' && c != 0x7f;
+  });
+  if (plain) return std::string(s);
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", c);
+      out += hex;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
 }  // namespace
 
 const char* to_string(sync_outcome o) {
@@ -142,11 +314,26 @@ const char* to_string(sync_outcome o) {
   return "failed";
 }
 
+std::string describe_run(const user_sync_report& r) {
+  std::string line = "sync user=" + quoted_for_log(r.user) + " result=" + to_string(r.outcome) +
+                     (r.dry_run ? " dry_run=yes" : "") +
+                     " folders=" + std::to_string(r.folders_copied) + "/" +
+                     std::to_string(r.folders_planned) +
+                     " copied=" + std::to_string(r.messages_copied) +
+                     " bytes=" + std::to_string(r.bytes) +
+                     " failed=" + std::to_string(r.messages_failed);
+  char duration[32];
+  std::snprintf(duration, sizeof duration, " duration=%.3fs", r.duration.count() / 1000.0);
+  line += duration;
+  if (!r.errors.empty()) line += " error=" + quoted_for_log(r.errors.front());
+  return line;
+}
+
 boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor ex,
                                                    const user_sync_options& opts,
                                                    std::string_view user,
                                                    std::string_view password, state_store& state,
-                                                   bool dry_run) {
+                                                   bool dry_run, sync_progress* progress) {
   user_sync_report rep;
   rep.user = std::string(user);
   rep.dry_run = dry_run;
@@ -193,6 +380,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
         rep.problems = plan.problems;
         for (auto& s : plan.subscribe_only) rep.subscribe_only.push_back(s.new_name);
         std::set<std::string> created;
+        std::vector<folder_job> jobs;
         for (auto& m : plan.folders) {
           folder_report fr;
           fr.legacy_name = m.legacy_name;
@@ -268,54 +456,39 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
             else rep.errors.push_back("SUBSCRIBE " + m.new_name + " refused" +
                                       (ec ? ": " + ec.message() : ": " + r.text));
           }
-          if (fr.error.empty() && m.selectable && unchanged) {
-            fr.done = true;  // nothing new, no flag changed on legacy
-          } else if (fr.error.empty() && m.selectable) {
-            ++rep.folders_examined;
-            folder_copy_report cr;
-            auto ec = co_await copy_folder(*legacy.c, *fresh.c, state, user, m, opts.copy, cr);
-            fr.copied = cr.copied;
-            fr.bytes = cr.bytes;
-            fr.skipped = cr.skipped;
-            fr.failed = cr.failed;
-            fr.reconciled = cr.reconciled;
-            fr.rematched = cr.rematched;
-            fr.flags_updated = cr.flags_updated;
-            for (auto& e : cr.errors) rep.errors.push_back(m.legacy_name + ": " + e);
-            if (ec) {
-              if (fr.error.empty()) fr.error = ec.message();
-              fr.error_is_connection = ec.category() != copy_category() &&
-                                       ec != make_error_code(imap::errc::command_no) &&
-                                       ec != make_error_code(imap::errc::command_bad);
-              if (cr.errors.empty()) rep.errors.push_back(m.legacy_name + ": " + ec.message());
-            } else {
-              fr.done = true;
-              // The HIGHESTMODSEQ seen before this complete run: a later change
-              // raises it, so the next run looks again.
-              if (legacy_modseq && *legacy_modseq != 0 && cr.errors.empty())
-                if (auto cp = state.folder(user, m.legacy_name);
-                    cp && cp->highest_modseq != *legacy_modseq) {
-                  cp->highest_modseq = *legacy_modseq;
-                  state.save_folder(user, *cp);
-                }
-            }
+          const bool broken = !fr.error.empty() && fr.error_is_connection;
+          if (fr.error.empty() && m.selectable && !unchanged) {
+            jobs.push_back({rep.folders.size(), &m, legacy_modseq});
           } else if (fr.error.empty()) {
-            fr.done = true;
+            fr.done = true;  // a \Noselect parent, or nothing new and no flag changed on legacy
           } else {
             rep.errors.push_back(m.legacy_name + ": " + fr.error);
           }
+          rep.folders.push_back(std::move(fr));
+          // A broken connection ends the planning: nothing more can be done on it.
+          if (broken) {
+            rep.transient = true;
+            rep.errors.push_back("run stopped after " + m.legacy_name + ": connection lost");
+            jobs.clear();
+            break;
+          }
+        }
+        if (progress) {
+          progress->folders_total = static_cast<std::uint32_t>(rep.folders.size());
+          std::uint32_t done = 0;
+          for (auto& fr : rep.folders) done += fr.done ? 1 : 0;
+          progress->folders_done = done;
+          for (auto& j : jobs) progress->messages_total += rep.folders[j.report_index].to_copy;
+        }
+        if (!dry_run && !jobs.empty())
+          co_await copy_folders(ex, opts, user, password, state, legacy, fresh, std::move(jobs),
+                                progress, rep);
+        for (auto& fr : rep.folders) {
           if (fr.done) ++rep.folders_copied;
           rep.messages_copied += fr.copied;
           rep.bytes += fr.bytes;
           rep.messages_skipped += fr.skipped;
           rep.messages_failed += fr.failed;
-          bool broken = !fr.error.empty() && fr.error_is_connection;
-          rep.folders.push_back(std::move(fr));
-          // A broken connection ends the run: nothing more can be done on it.
-          if (broken) {
-            rep.errors.push_back("run stopped after " + m.legacy_name + ": connection lost");
-            break;
-          }
         }
         if (!dry_run)
           for (auto& s : plan.subscribe_only) {

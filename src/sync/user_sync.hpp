@@ -1,7 +1,11 @@
 // One user's whole run (issue 4; DESIGN.md "The sync engine, per user"): connect
 // and log in to both servers, plan the folders, create them (\Noselect parents and
 // empty folders too), subscribe as planned, then copy every selectable folder with
-// copy_folder in the plan's order (INBOX first), recording the run in the state store.
+// copy_folder, recording the run in the state store. Folders are copied
+// several at once (issue 4 item 9), each worker over its own pair of
+// connections ([sync] connections_per_user), INBOX first and then the largest
+// first; INBOX's recent mail goes first within it (recent_first_days). A
+// worker whose connection breaks stops; the others go on.
 //
 // No-change runs (issue 4 item 4): each selectable folder's legacy STATUS (with
 // HIGHESTMODSEQ when legacy offers CONDSTORE) comes with the LIST when legacy
@@ -19,6 +23,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -44,6 +49,20 @@ struct user_sync_options {
   server_options fresh;  // the new server
   folder_rules rules;
   copy_options copy;
+  // Folders copied at once, each over its own pair of connections (one to
+  // each server): [sync] connections_per_user. The run never opens more.
+  std::uint32_t connections = 2;
+  // INBOX's mail of the last N days goes first, newest first; 0: UID order.
+  std::uint32_t recent_first_days = 14;
+};
+
+// A run's progress, written by the run, read from any thread (the status
+// socket). Totals grow as folders are scanned: before its scan a folder
+// counts with its STATUS estimate.
+struct sync_progress {
+  std::atomic<std::uint32_t> folders_total{0}, folders_done{0};
+  std::atomic<std::uint64_t> messages_total{0}, messages_copied{0};
+  std::atomic<std::uint64_t> bytes_total{0}, bytes_copied{0};
 };
 
 enum class sync_outcome : std::uint8_t {
@@ -93,7 +112,15 @@ struct user_sync_report {
   std::vector<std::string> excluded;
   std::vector<std::string> problems;         // the plan's notes (merges, renames)
   std::vector<std::string> errors;           // first one is the run's error
+  // A server could not be reached or a connection broke: trying again later
+  // may succeed (a refused login or a refused message is not transient).
+  bool transient = false;
 };
+
+// The run in one log line a sysadmin can grep: "sync user=alice result=ok
+// folders=12/12 copied=345 bytes=... failed=0 duration=1.234s" and the first
+// error, if any (quoted, control bytes escaped).
+std::string describe_run(const user_sync_report& r);
 
 // Never throws for an expected failure (those are in the report); a state store
 // failure (state_error) propagates.
@@ -101,6 +128,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
                                                    const user_sync_options& opts,
                                                    std::string_view user,
                                                    std::string_view password, state_store& state,
-                                                   bool dry_run);
+                                                   bool dry_run,
+                                                   sync_progress* progress = nullptr);
 
 }  // namespace suction::sync

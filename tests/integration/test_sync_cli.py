@@ -205,7 +205,7 @@ class SyncCli(unittest.TestCase):
     def test_5_unreachable_legacy_exits_1(self):
         port = free_ports(1)[0]
         cfg = write_config({"legacy": {"port": port}})
-        p = run(cfg)
+        p = run(cfg, extra=["--retries", "0"])  # retries: test_sync_engine
         self.assertEqual(p.returncode, 1, p.stderr + p.stdout)
         self.assertIn(f"127.0.0.1:{port}".encode(), p.stderr)
         self.assertNoPassword()
