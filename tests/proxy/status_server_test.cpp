@@ -380,7 +380,7 @@ TEST_CASE("status server: a request line over the limit gets an error, then the 
   }
 }
 
-TEST_CASE("status server: an idle connection is closed; a busy one is not") {
+TEST_CASE("status server: an idle connection is closed but a busy one is not") {
   temp_dir dir;
   fake_backend b;
   status_limits limits;
@@ -484,7 +484,7 @@ TEST_CASE("status server: socket file mode, group, parent directory") {
   }
 }
 
-TEST_CASE("status server: a stale socket file is replaced; a live one and a regular file are refused") {
+TEST_CASE("status server: a stale socket file is replaced but a live one or a regular file is refused") {
   temp_dir dir;
   fake_backend b;
   SUBCASE("stale socket") {
