@@ -19,11 +19,6 @@ namespace suction::proxy {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
-void log_only_trigger::on_login(login_event event) {
-  spdlog::info("migration trigger user={} client={} session={} (no scheduler yet: nothing is migrated)",
-               printable(event.creds.user), event.client_address, event.session_id);
-}
-
 std::shared_ptr<asio::ssl::context> make_server_tls(const config::config& cfg) {
   const auto& l = cfg.listen;
   if (l.tls_cert.empty()) return nullptr;
@@ -143,8 +138,22 @@ imap::tls_mode to_imap(config::tls_mode m) {
 
 }  // namespace
 
-daemon::daemon(asio::io_context& io, config::config cfg, std::unique_ptr<login_trigger> trigger)
-    : state_(std::make_shared<state>(io, std::move(cfg), std::move(trigger))) {}
+daemon::daemon(asio::io_context& io, config::config cfg, std::shared_ptr<login_trigger> trigger,
+               status_backend* status)
+    : state_(std::make_shared<state>(io, std::move(cfg), std::move(trigger), status)) {}
+
+proxy_stats daemon::stats() const {
+  const state& st = *state_;
+  proxy_stats p;
+  p.uptime_s = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() -
+                                                                st.started)
+                   .count();
+  p.active_sessions = st.sessions.size();
+  p.logins_ok = st.logins_ok;
+  p.logins_failed = st.logins_failed;
+  p.backend_errors = st.backend_errors;
+  return p;
+}
 
 daemon::~daemon() = default;
 
@@ -204,6 +213,13 @@ void daemon::start() {
     spdlog::info("listening imaps={} (implicit TLS)", cfg.listen.imaps);
   }
 
+  if (st.status && !cfg.status.socket.empty()) {
+    st.status_socket = std::make_unique<status_server>(st.io, cfg.status.socket, cfg.status.mode,
+                                                       cfg.status.group, *st.status);
+    st.status_socket->start();
+    spdlog::info("status socket {}", cfg.status.socket);
+  }
+
   st.signals.add(SIGTERM);
   st.signals.add(SIGINT);
   st.signals.add(SIGHUP);
@@ -240,6 +256,7 @@ void daemon::stop() {
     boost::system::error_code ignored;
     a->close(ignored);
   }
+  if (st.status_socket) st.status_socket->stop();
   std::size_t relays = 0;
   for (auto& [id, h] : st.sessions) {
     if (h->phase == session_phase::preauth) {

@@ -19,15 +19,27 @@ class startup_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The proxy's side of the status socket's {"cmd":"status"}.
+struct proxy_stats {
+  std::int64_t uptime_s = 0;
+  std::uint64_t active_sessions = 0, logins_ok = 0, logins_failed = 0, backend_errors = 0;
+};
+
+class status_backend;
+
 class daemon {
  public:
-  daemon(boost::asio::io_context& io, config::config cfg, std::unique_ptr<login_trigger> trigger);
+  // `status`, when given, is served on [status] socket (if set) from start()
+  // to stop().
+  daemon(boost::asio::io_context& io, config::config cfg, std::shared_ptr<login_trigger> trigger,
+         status_backend* status = nullptr);
   ~daemon();
   // Loads TLS material, binds the listeners, probes the backend, handles
   // SIGTERM/SIGINT (graceful stop) and SIGHUP (reload the certificate).
   // Throws startup_error.
   void start();
   void stop();  // what SIGTERM does
+  proxy_stats stats() const;  // on the io_context's thread
 
   struct state;
 

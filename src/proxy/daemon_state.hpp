@@ -19,6 +19,7 @@
 #include "proxy/backend_login.hpp"
 #include "proxy/daemon.hpp"
 #include "proxy/relay.hpp"
+#include "proxy/status_server.hpp"
 #include "proxy/trigger.hpp"
 
 namespace suction::proxy {
@@ -35,12 +36,16 @@ struct session_handle {
 };
 
 struct daemon::state : std::enable_shared_from_this<daemon::state> {
-  state(boost::asio::io_context& io, config::config c, std::unique_ptr<login_trigger> t)
-      : io(io), cfg(std::move(c)), trigger(std::move(t)), signals(io), grace_timer(io) {}
+  state(boost::asio::io_context& io, config::config c, std::shared_ptr<login_trigger> t,
+        status_backend* sb)
+      : io(io), cfg(std::move(c)), trigger(std::move(t)), status(sb), signals(io), grace_timer(io) {}
 
   boost::asio::io_context& io;
   config::config cfg;
-  std::unique_ptr<login_trigger> trigger;
+  std::shared_ptr<login_trigger> trigger;
+  status_backend* status = nullptr;
+  std::unique_ptr<status_server> status_socket;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
   std::shared_ptr<boost::asio::ssl::context> server_tls;  // null without a certificate
   backend_settings backend;

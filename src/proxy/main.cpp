@@ -8,6 +8,7 @@
 
 #include "config/config.hpp"
 #include "proxy/daemon.hpp"
+#include "proxy/migration.hpp"
 #include "proxy/status_command.hpp"
 #include "proxy/sync_command.hpp"
 
@@ -48,8 +49,18 @@ int run_proxy(const std::string& config_path) {
   spdlog::set_level(to_spdlog(cfg->log.level));
   spdlog::flush_on(spdlog::level::trace);
 
+  // Migration at login: the scheduler (its own thread) behind the login
+  // trigger and the status socket.
+  std::shared_ptr<suction::proxy::migration> migration;
+  try {
+    migration = std::make_shared<suction::proxy::migration>(*cfg);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "suction: %s: [sync] state_db: %s\n", cfg->source.c_str(), e.what());
+    return 1;
+  }
   boost::asio::io_context io(1);
-  suction::proxy::daemon d(io, *cfg, std::make_unique<suction::proxy::log_only_trigger>());
+  suction::proxy::daemon d(io, *cfg, migration, migration.get());
+  migration->set_proxy_stats([&d] { return d.stats(); });
   try {
     d.start();
   } catch (const suction::proxy::startup_error& e) {
@@ -57,6 +68,7 @@ int run_proxy(const std::string& config_path) {
     return 1;
   }
   io.run();
+  migration->stop();  // running jobs end as "interrupted" and resume at the next login
   spdlog::info("stopped");
   return 0;
 }

@@ -17,6 +17,7 @@
 
 #include "config/config.hpp"
 #include "imap/client/secure_wipe.hpp"
+#include "proxy/migration.hpp"
 #include "sync/user_sync.hpp"
 
 namespace suction::proxy {
@@ -57,38 +58,6 @@ bool read_password(const sync_command_args& a, secret& pw) {
     return false;
   }
   return true;
-}
-
-imap::tls_mode to_imap(config::tls_mode m) {
-  switch (m) {
-    case config::tls_mode::none: return imap::tls_mode::none;
-    case config::tls_mode::starttls: return imap::tls_mode::starttls;
-    case config::tls_mode::implicit: return imap::tls_mode::implicit;
-  }
-  return imap::tls_mode::none;
-}
-
-sync::server_options to_server(const config::server_section& s) {
-  sync::server_options o;
-  o.endpoint = imap::endpoint{s.host, s.port, to_imap(s.tls)};
-  o.tls = imap::tls_settings{s.ca_file, s.verify_certificate};
-  o.connect_timeout = s.connect_timeout;
-  o.command_timeout = s.command_timeout;
-  return o;
-}
-
-sync::user_sync_options to_options(const config::config& c) {
-  sync::user_sync_options o;
-  o.legacy = to_server(c.legacy);
-  o.fresh = to_server(c.fresh);
-  for (auto& r : c.folders.rename) o.rules.rename.emplace_back(r.from, r.to);
-  o.rules.exclude = c.folders.exclude;
-  o.copy.batch_messages = c.sync.batch_messages;
-  o.copy.batch_bytes = c.sync.batch_bytes;
-  o.connections = std::max<std::uint32_t>(
-      1, std::min(c.sync.connections_per_user, c.legacy.max_connections));
-  o.recent_first_days = c.sync.recent_first_days;
-  return o;
 }
 
 nlohmann::json to_json(const sync::user_sync_report& r) {
@@ -192,7 +161,7 @@ int run_sync_command(const sync_command_args& a) {
   secret pw;
   if (!read_password(a, pw)) return 2;
 
-  sync::user_sync_options opts = to_options(*cfg);
+  sync::user_sync_options opts = sync_options_from(*cfg);
   std::optional<sync::user_sync_report> report;
   std::exception_ptr failure;
   try {
@@ -219,7 +188,7 @@ int run_sync_command(const sync_command_args& a) {
           });
       io.run();
       if (failure || !report) break;
-      std::fprintf(stderr, "suction: %s\n", sync::describe_run(*report).c_str());
+      std::fprintf(stderr, "suction: sync %s\n", sync::describe_run(*report).c_str());
       copied += report->messages_copied;
       bytes += report->bytes;
       spent += report->duration;

@@ -1,6 +1,6 @@
-// What a successful login sets off. The scheduler implements it (migration
-// issue); until then log_only_trigger logs the user. Implementations must
-// return at once: the login never waits on them.
+// What a successful login sets off: proxy::migration (the scheduler)
+// implements it. Implementations must return at once: the login never waits
+// on them.
 #pragma once
 
 #include <string>
@@ -19,11 +19,6 @@ class login_trigger {
  public:
   virtual ~login_trigger() = default;
   virtual void on_login(login_event event) = 0;
-};
-
-class log_only_trigger final : public login_trigger {
- public:
-  void on_login(login_event event) override;
 };
 
 }  // namespace suction::proxy

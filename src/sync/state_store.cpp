@@ -318,11 +318,38 @@ void state_store::finish_run(const run_record& r) {
   st.run();
 }
 
+namespace {
+constexpr const char* kRunColumns =
+    "id, user, started_at, finished_at, result, messages_copied, bytes_copied, messages_failed, error";
+}  // namespace
+
 std::vector<run_record> state_store::runs(std::string_view user, std::size_t limit) const {
-  statement st(db_,
-               "SELECT id, user, started_at, finished_at, result, messages_copied, bytes_copied,"
-               " messages_failed, error FROM runs WHERE user = ?1 ORDER BY id DESC LIMIT ?2");
+  statement st(db_, (std::string("SELECT ") + kRunColumns +
+                     " FROM runs WHERE user = ?1 ORDER BY id DESC LIMIT ?2").c_str());
   st.bind(1, user).bind(2, static_cast<std::int64_t>(limit));
+  return read_runs(st);
+}
+
+std::vector<run_record> state_store::latest_runs() const {
+  statement st(db_, (std::string("SELECT ") + kRunColumns +
+                     " FROM runs WHERE id IN (SELECT MAX(id) FROM runs GROUP BY user) ORDER BY user")
+                        .c_str());
+  return read_runs(st);
+}
+
+run_totals state_store::totals() const {
+  statement st(db_, "SELECT COUNT(*), COALESCE(SUM(messages_copied), 0), COALESCE(SUM(bytes_copied), 0)"
+                    " FROM runs");
+  run_totals t;
+  if (st.step()) {
+    t.runs = static_cast<std::uint64_t>(st.integer(0));
+    t.messages_copied = static_cast<std::uint64_t>(st.integer(1));
+    t.bytes_copied = static_cast<std::uint64_t>(st.integer(2));
+  }
+  return t;
+}
+
+std::vector<run_record> state_store::read_runs(statement& st) {
   std::vector<run_record> out;
   while (st.step()) {
     run_record r;

@@ -58,6 +58,10 @@ struct run_record {
   std::string error;
 };
 
+struct run_totals {
+  std::uint64_t runs = 0, messages_copied = 0, bytes_copied = 0;
+};
+
 class state_store {
  public:
   static constexpr int kSchemaVersion = 1;
@@ -89,12 +93,15 @@ class state_store {
 
   std::int64_t begin_run(std::string_view user, std::int64_t now);
   void finish_run(const run_record& r);
-  std::vector<run_record> runs(std::string_view user, std::size_t limit) const;
+  std::vector<run_record> runs(std::string_view user, std::size_t limit) const;  // newest first
+  std::vector<run_record> latest_runs() const;  // every user's newest run, by user
+  run_totals totals() const;                    // over every run recorded
   // At start-up: runs left "running" by a crash or a kill become "interrupted".
   std::size_t mark_interrupted(std::int64_t now);
 
  private:
   class statement;
+  static std::vector<run_record> read_runs(statement& st);
   void exec(const char* sql);
   void migrate();
   sqlite3* db_ = nullptr;

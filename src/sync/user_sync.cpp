@@ -315,7 +315,7 @@ const char* to_string(sync_outcome o) {
 }
 
 std::string describe_run(const user_sync_report& r) {
-  std::string line = "sync user=" + quoted_for_log(r.user) + " result=" + to_string(r.outcome) +
+  std::string line = "user=" + quoted_for_log(r.user) + " result=" + to_string(r.outcome) +
                      (r.dry_run ? " dry_run=yes" : "") +
                      " folders=" + std::to_string(r.folders_copied) + "/" +
                      std::to_string(r.folders_planned) +

@@ -117,7 +117,7 @@ struct user_sync_report {
   bool transient = false;
 };
 
-// The run in one log line a sysadmin can grep: "sync user=alice result=ok
+// The run as key=value pairs for a log line: "user=alice result=ok
 // folders=12/12 copied=345 bytes=... failed=0 duration=1.234s" and the first
 // error, if any (quoted, control bytes escaped).
 std::string describe_run(const user_sync_report& r);

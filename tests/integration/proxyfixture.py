@@ -81,7 +81,7 @@ def _cleanup_module() -> None:
         _ROOT = None
 
 
-def start_bed(seed: bool = False, large_mb: float = 0) -> Testbed:
+def start_bed(seed: bool = False, large_mb: float = 0, extra_users: int = 0) -> Testbed:
     """Call from setUpModule: starts the bed; it is stopped (and the temp dir removed) when the
     module is done, also when setUpModule or the tests fail."""
     global _BED
@@ -93,7 +93,8 @@ def start_bed(seed: bool = False, large_mb: float = 0) -> Testbed:
                                 "the suction target)")
     if os.geteuid() != 0:
         raise unittest.SkipTest("the Dovecot test bed needs root")
-    tb = Testbed(os.path.join(tmp_root(), "bed"), seed=seed, large_mb=large_mb)
+    tb = Testbed(os.path.join(tmp_root(), "bed"), seed=seed, large_mb=large_mb,
+                 extra_users=extra_users)
     try:
         tb.start()
     except BaseException:
@@ -194,6 +195,10 @@ class Proxy:
             "legacy": {"host": self.tb.legacy.host, "port": self.tb.legacy.imap_port,
                        "tls": "none"},
             "limits": {"shutdown_grace": 1},
+            # Migration at login runs against the bed's legacy server; its state and the
+            # status socket live in the proxy's own directory.
+            "sync": {"state_db": os.path.join(self.dir, "state.db")},
+            "status": {"socket": os.path.join(self.dir, "status.sock")},
             "log": {"level": "debug"},
         }
         for section, keys in (overrides or {}).items():

@@ -13,10 +13,10 @@ import json
 import os
 import re
 import socket
-import threading
 import time
 import unittest
 
+from netfault import Forwarder
 from proxyfixture import bed, qmailbox, start_bed
 from syncfixture import messages, run_sync, write_config
 
@@ -83,73 +83,6 @@ def snapshot(server, user: str, names: list[str]) -> dict[str, list]:
         return {n: sorted(m[:3] for m in messages(imap, n)) for n in names}
     finally:
         imap.logout()
-
-
-class Forwarder:
-    """A TCP forwarder to the legacy server that cuts the first `cut` connections once the
-    server has sent `after` bytes on them: a network failure in the middle of a copy."""
-
-    def __init__(self, target: tuple[str, int], cut: int, after: int):
-        self.target, self.cut, self.after = target, cut, after
-        self.accepted = 0
-        self.cuts = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while not self.stopping:
-            try:
-                client, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            limit = self.after if self.accepted <= self.cut else None
-            threading.Thread(target=self._pipe_pair, args=(client, limit), daemon=True).start()
-
-    def _pipe_pair(self, client: socket.socket, limit: int | None):
-        server = socket.create_connection(self.target, timeout=10)
-        done = threading.Event()
-
-        def pump(src, dst, budget):
-            sent = 0
-            try:
-                while not done.is_set():
-                    data = src.recv(65536)
-                    if not data:
-                        break
-                    if budget is not None and sent + len(data) > budget:
-                        self.cuts += 1
-                        break
-                    dst.sendall(data)
-                    sent += len(data)
-            except OSError:
-                pass
-            done.set()
-            for s in (client, server):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        t = threading.Thread(target=pump, args=(client, server, None), daemon=True)
-        t.start()
-        pump(server, client, limit)
-        t.join(10)
-        client.close()
-        server.close()
-
-    def close(self):
-        self.stopping = True
-        self.sock.close()
-        self.thread.join(5)
 
 
 class SyncEngine(unittest.TestCase):

@@ -346,8 +346,10 @@ class Testbed:
     """
 
     def __init__(self, dir: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
-                 start_timeout: float = DEFAULT_START_TIMEOUT, auth_penalty: bool = False):
+                 start_timeout: float = DEFAULT_START_TIMEOUT, auth_penalty: bool = False,
+                 extra_users: int = 0):
         self.dir = os.path.abspath(dir)
+        self.extra_users = extra_users
         self.auth_penalty = auth_penalty
         self.seed = seed
         self.large_mb = large_mb
@@ -376,7 +378,8 @@ class Testbed:
     def start(self) -> "Testbed":
         self._owned = True
         self._load(up(self.dir, seed=self.seed, large_mb=self.large_mb,
-                      timeout=self.start_timeout, auth_penalty=self.auth_penalty))
+                      timeout=self.start_timeout, auth_penalty=self.auth_penalty,
+                      extra_users=self.extra_users))
         return self
 
     def stop(self) -> None:
@@ -721,7 +724,7 @@ def _is_generated(conf: str) -> bool:
         return False
 
 
-def _prepare_role(d: str, role: str) -> dict[str, str]:
+def _prepare_role(d: str, role: str, users: dict[str, str]) -> dict[str, str]:
     p = _paths(d, role)
     os.makedirs(p["root"], exist_ok=True)
     os.chmod(p["root"], 0o755)
@@ -729,12 +732,12 @@ def _prepare_role(d: str, role: str) -> dict[str, str]:
     os.makedirs(p["home"], exist_ok=True)
     os.chmod(p["home"], 0o755)
     dv = pwd.getpwnam("dovecot")
-    for user in USERS:
+    for user in users:
         h = os.path.join(p["home"], user)
         os.makedirs(h, exist_ok=True)
         os.chown(h, dv.pw_uid, dv.pw_gid)
         os.chmod(h, 0o700)
-    _write_users(p["users"], USERS)
+    _write_users(p["users"], users)
     # pre-created so that it stays readable (Dovecot's log process would create it 0600)
     with open(p["log"], "a"):
         pass
@@ -833,9 +836,17 @@ def load_state(d: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 # up / down
 
+def extra_user_names(n: int) -> dict[str, str]:
+    """The bed's extra users (for login storms): user001 .. userNNN, password "pw-userNNN"."""
+    return {f"user{i:03d}": f"pw-user{i:03d}" for i in range(1, n + 1)}
+
+
 def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
-       timeout: float = DEFAULT_START_TIMEOUT, auth_penalty: bool = False) -> dict:
+       timeout: float = DEFAULT_START_TIMEOUT, auth_penalty: bool = False,
+       extra_users: int = 0) -> dict:
     """Start both servers, seed legacy, write DIR/testbed.json. Returns its content.
+
+    extra_users: that many more users (extra_user_names), with empty mailboxes.
 
     On any failure, whatever was started is stopped again before the error propagates.
     """
@@ -863,6 +874,7 @@ def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
             os.unlink(path)
     os.chmod(d, 0o755)
 
+    users = dict(USERS) | extra_user_names(extra_users)
     marker = _marker_for(d)
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
     if "TZ" in os.environ:
@@ -870,7 +882,7 @@ def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
     cert, key = _make_cert(os.path.join(d, "tls"))
     state: dict = {
         "ca_file": cert,
-        "users": dict(USERS),
+        "users": users,
         "legacy": None,
         "new": None,
         "dir": d,
@@ -882,11 +894,11 @@ def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
     json_path = os.path.join(d, "testbed.json")
     try:
         for role in ("new", "legacy"):     # new first: legacy's capability list is probed on it
-            p = _prepare_role(d, role)
+            p = _prepare_role(d, role, users)
             caps = None
             if role == "legacy":
                 try:
-                    caps = Server("new", state["new"], cert, USERS).capabilities()
+                    caps = Server("new", state["new"], cert, users).capabilities()
                 except Exception as e:   # noqa: BLE001 -- fall back, but say so
                     _log(f"probing new's CAPABILITY failed ({e}); using the 2.3.19 list")
                     caps = FALLBACK_CAPS.split()
@@ -917,7 +929,7 @@ def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
             _write_json(json_path, state)
         t_started = time.monotonic()
         if seed:
-            corpus = seed_legacy(Server("legacy", state["legacy"], cert, USERS),
+            corpus = seed_legacy(Server("legacy", state["legacy"], cert, users),
                                  large_mb=large_mb)
             corpus_path = os.path.join(d, "corpus.json")
             _write_json(corpus_path, corpus)

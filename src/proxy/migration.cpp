@@ -1,0 +1,158 @@
+#include "proxy/migration.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace suction::proxy {
+
+namespace {
+
+imap::tls_mode engine_tls(config::tls_mode m) {
+  switch (m) {
+    case config::tls_mode::none: return imap::tls_mode::none;
+    case config::tls_mode::starttls: return imap::tls_mode::starttls;
+    case config::tls_mode::implicit: return imap::tls_mode::implicit;
+  }
+  return imap::tls_mode::none;
+}
+
+sync::server_options to_server(const config::server_section& s) {
+  sync::server_options o;
+  o.endpoint = imap::endpoint{s.host, s.port, engine_tls(s.tls)};
+  o.tls = imap::tls_settings{s.ca_file, s.verify_certificate};
+  o.connect_timeout = s.connect_timeout;
+  o.command_timeout = s.command_timeout;
+  return o;
+}
+
+}  // namespace
+
+sync::user_sync_options sync_options_from(const config::config& c) {
+  sync::user_sync_options o;
+  o.legacy = to_server(c.legacy);
+  o.fresh = to_server(c.fresh);
+  for (auto& r : c.folders.rename) o.rules.rename.emplace_back(r.from, r.to);
+  o.rules.exclude = c.folders.exclude;
+  o.copy.batch_messages = c.sync.batch_messages;
+  o.copy.batch_bytes = c.sync.batch_bytes;
+  o.connections = std::max<std::uint32_t>(
+      1, std::min(c.sync.connections_per_user, c.legacy.max_connections));
+  o.recent_first_days = c.sync.recent_first_days;
+  return o;
+}
+
+namespace {
+
+sync::scheduler_options scheduler_options_from(const config::config& cfg) {
+  sync::scheduler_options o;
+  o.sync = sync_options_from(cfg);
+  o.state_db = cfg.sync.state_db;
+  o.max_concurrent_users = cfg.sync.max_concurrent_users;
+  o.legacy_max_connections = cfg.legacy.max_connections;
+  o.resync_interval = cfg.sync.resync_interval;
+  o.credential_ttl = cfg.sync.credential_ttl;
+  o.log = [](const std::string& line) { spdlog::info("{}", line); };
+  return o;
+}
+
+nlohmann::json optional_time(const std::optional<std::int64_t>& t) {
+  return t ? nlohmann::json(*t) : nlohmann::json(nullptr);
+}
+
+nlohmann::json optional_text(const std::string& s) {
+  return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s);
+}
+
+nlohmann::json to_json(const sync::user_view& v) {
+  return {
+      {"user", v.user},
+      {"state", sync::to_string(v.state)},
+      {"progress",
+       {{"folders_done", v.progress.folders_done},
+        {"folders_total", v.progress.folders_total},
+        {"messages_copied", v.progress.messages_copied},
+        {"messages_total", v.progress.messages_total},
+        {"bytes_copied", v.progress.bytes_copied},
+        {"bytes_total", v.progress.bytes_total}}},
+      {"started_at", optional_time(v.started_at)},
+      {"finished_at", optional_time(v.finished_at)},
+      {"last_error", optional_text(v.last_error)},
+      {"credentials_held", v.credentials_held},
+      {"attempts", v.attempts},
+      {"retry_at", optional_time(v.retry_at)},
+  };
+}
+
+nlohmann::json to_json(const sync::run_record& r) {
+  return {
+      {"id", r.id},
+      {"started_at", r.started_at},
+      {"finished_at", r.finished_at ? nlohmann::json(r.finished_at) : nlohmann::json(nullptr)},
+      {"result", sync::to_string(r.result)},
+      {"messages_copied", r.messages_copied},
+      {"bytes_copied", r.bytes_copied},
+      {"messages_failed", r.messages_failed},
+      {"error", optional_text(r.error)},
+  };
+}
+
+}  // namespace
+
+migration::migration(const config::config& cfg) : scheduler_(scheduler_options_from(cfg)) {
+  scheduler_.start();
+}
+
+migration::~migration() { scheduler_.stop(); }
+
+void migration::on_login(login_event event) {
+  // The scheduler takes copies; the event's credentials are wiped when it goes.
+  scheduler_.on_login(event.creds.user, event.creds.password, event.client_address);
+}
+
+nlohmann::json migration::status() {
+  proxy_stats p = proxy_stats_ ? proxy_stats_() : proxy_stats{};
+  sync::scheduler_totals t = scheduler_.totals();
+  return {
+      {"proxy",
+       {{"uptime_s", p.uptime_s},
+        {"active_sessions", p.active_sessions},
+        {"logins_ok", p.logins_ok},
+        {"logins_failed", p.logins_failed},
+        {"backend_errors", p.backend_errors}}},
+      {"migration",
+       {{"paused", t.paused},
+        {"draining", t.draining},
+        {"users_queued", t.queued},
+        {"users_running", t.running},
+        {"users_done", t.done},
+        {"users_failed", t.failed},
+        {"users_interrupted", t.interrupted},
+        {"messages_copied", t.messages_copied},
+        {"bytes_copied", t.bytes_copied},
+        {"legacy_connections", t.legacy_connections}}},
+  };
+}
+
+nlohmann::json migration::users() {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& v : scheduler_.users()) list.push_back(to_json(v));
+  return {{"users", std::move(list)}};
+}
+
+std::optional<nlohmann::json> migration::user(std::string_view name) {
+  auto v = scheduler_.user(name);
+  if (!v) return std::nullopt;
+  nlohmann::json j = to_json(*v);
+  nlohmann::json runs = nlohmann::json::array();
+  for (const auto& r : scheduler_.runs(name, 20)) runs.push_back(to_json(r));
+  j["runs"] = std::move(runs);
+  return j;
+}
+
+std::string migration::resync(std::string_view name) { return scheduler_.resync(name); }
+void migration::pause() { scheduler_.pause(); }
+void migration::resume() { scheduler_.resume(); }
+void migration::drain() { scheduler_.drain(); }
+
+}  // namespace suction::proxy

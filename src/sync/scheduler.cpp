@@ -1,0 +1,403 @@
+#include "sync/scheduler.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "imap/client/secure_wipe.hpp"
+
+namespace suction::sync {
+
+namespace asio = boost::asio;
+
+namespace {
+
+std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); }
+
+// A password that is wiped whatever way its holder goes.
+struct secret {
+  std::string value;
+  secret() = default;
+  explicit secret(std::string v) : value(std::move(v)) {}
+  secret(const secret&) = delete;
+  secret& operator=(const secret&) = delete;
+  ~secret() { imap::secure_wipe(value); }
+};
+
+struct entry {
+  user_state state = user_state::pending;
+  bool queued = false, running = false;
+  std::string password;  // wiped by drop_credentials
+  bool has_password = false;
+  std::chrono::steady_clock::time_point credentials_until{};
+  std::string client_address;  // of the last login
+  std::optional<std::int64_t> started_at, finished_at, completed_at;
+  std::string last_error;
+  std::shared_ptr<sync_progress> progress;
+  std::uint32_t attempts = 0;
+  std::optional<std::int64_t> retry_at;
+
+  void drop_credentials() {
+    imap::secure_wipe(password);
+    password.clear();
+    has_password = false;
+  }
+};
+
+user_state from_run(run_result r) {
+  switch (r) {
+    case run_result::done: return user_state::done;
+    case run_result::failed: return user_state::failed;
+    case run_result::running:  // not after mark_interrupted; and a crash is an interruption
+    case run_result::interrupted: return user_state::interrupted;
+  }
+  return user_state::interrupted;
+}
+
+std::string where(const server_options& s) {
+  return s.endpoint.host + ":" + std::to_string(s.endpoint.port);
+}
+
+}  // namespace
+
+std::string_view to_string(user_state s) {
+  switch (s) {
+    case user_state::pending: return "pending";
+    case user_state::running: return "running";
+    case user_state::done: return "done";
+    case user_state::failed: return "failed";
+    case user_state::interrupted: return "interrupted";
+  }
+  return "pending";
+}
+
+struct scheduler::impl {
+  explicit impl(scheduler_options o)
+      : opts(std::move(o)),
+        store(opts.state_db),
+        reader(opts.state_db),
+        work(asio::make_work_guard(io)),
+        sweeper(io) {
+    store.mark_interrupted(unix_now());
+    for (auto& r : reader.latest_runs()) {
+      entry& e = users[r.user];
+      e.state = from_run(r.result);
+      e.started_at = r.started_at;
+      if (r.finished_at != 0) e.finished_at = r.finished_at;
+      if (r.result == run_result::done) e.completed_at = r.finished_at;
+      e.last_error = r.error;
+    }
+  }
+
+  scheduler_options opts;
+  state_store store;   // the jobs', on the worker thread only
+  mutable std::mutex reader_m;  // guards `reader`, apart: logins never wait on SQLite
+  mutable state_store reader;   // queries from other threads
+  mutable std::mutex m;         // guards everything below
+  std::map<std::string, entry, std::less<>> users;
+  std::deque<std::string> queue;
+  bool paused = false, draining = false, stopped = false;
+  std::uint32_t running = 0, legacy_in_use = 0;
+
+  asio::io_context io{1};
+  asio::executor_work_guard<asio::io_context::executor_type> work;
+  asio::steady_timer sweeper;
+  std::thread thread;
+
+  std::uint32_t reservation() const {
+    return std::max<std::uint32_t>(1, std::min(opts.sync.connections, opts.legacy_max_connections));
+  }
+
+  void log(const std::string& line) {
+    if (opts.log) opts.log(line);
+  }
+
+  // Under m.
+  void enqueue(const std::string& name, entry& e) {
+    e.queued = true;
+    e.state = user_state::pending;
+    e.retry_at.reset();
+    queue.push_back(name);
+    asio::post(io, [this] { kick(); });
+  }
+
+  // Starts queued jobs while the caps allow. On the worker thread.
+  void kick() {
+    std::lock_guard lock(m);
+    while (!stopped && !paused && !draining && !queue.empty() &&
+           running < opts.max_concurrent_users &&
+           legacy_in_use + reservation() <= opts.legacy_max_connections) {
+      std::string name = std::move(queue.front());
+      queue.pop_front();
+      entry& e = users[name];
+      e.queued = false;
+      if (!e.has_password) {
+        e.state = user_state::failed;
+        e.last_error = "no credentials held any more (credential_ttl): waiting for the next login";
+        log("migration user=" + name + " result=failed error=\"" + e.last_error + "\"");
+        continue;
+      }
+      e.running = true;
+      e.state = user_state::running;
+      e.started_at = unix_now();
+      e.finished_at.reset();
+      e.progress = std::make_shared<sync_progress>();
+      ++running;
+      legacy_in_use += reservation();
+      asio::co_spawn(io, run_job(name, e.password, e.progress), asio::detached);
+    }
+  }
+
+  asio::awaitable<void> run_job(std::string name, std::string password,
+                                std::shared_ptr<sync_progress> progress) {
+    secret pw(password);
+    imap::secure_wipe(password);
+    user_sync_report rep;
+    try {
+      rep = co_await sync_user(io.get_executor(), opts.sync, name, pw.value, store, false,
+                               progress.get());
+    } catch (const std::exception& e) {
+      rep.user = name;
+      rep.outcome = sync_outcome::failed;
+      rep.errors.push_back(std::string("state store: ") + e.what());
+    }
+    finish(name, rep);
+  }
+
+  // A job ended. On the worker thread.
+  void finish(const std::string& name, const user_sync_report& rep) {
+    std::string retry_note;
+    {
+      std::lock_guard lock(m);
+      entry& e = users[name];
+      e.running = false;
+      --running;
+      legacy_in_use -= reservation();
+      e.finished_at = unix_now();
+      e.last_error = rep.errors.empty() ? std::string() : rep.errors.front();
+      if (rep.outcome == sync_outcome::ok) {
+        e.state = user_state::done;
+        e.completed_at = e.finished_at;
+        e.attempts = 0;
+      } else if (rep.transient && rep.outcome != sync_outcome::login_failed) {
+        ++e.attempts;
+        if (stopped) {
+          e.state = user_state::interrupted;
+        } else if (e.attempts >= opts.max_attempts) {
+          e.state = user_state::failed;
+          retry_note = " retry=no (" + std::to_string(e.attempts) + " attempts)";
+        } else if (!e.has_password) {
+          e.state = user_state::failed;
+          retry_note = " retry=no (no credentials held)";
+        } else {
+          auto delay = opts.retry_initial * (1u << std::min<std::uint32_t>(e.attempts - 1, 16));
+          delay = std::min<std::chrono::milliseconds>(delay, opts.retry_max);
+          e.state = user_state::pending;
+          e.retry_at = unix_now() + std::chrono::ceil<std::chrono::seconds>(delay).count();
+          char buf[48];
+          std::snprintf(buf, sizeof buf, " retry_in=%.1fs", delay.count() / 1000.0);
+          retry_note = buf;
+          asio::co_spawn(io, retry_later(name, delay), asio::detached);
+        }
+      } else {
+        // A refused login (legacy or new) is not retried: the credentials are
+        // dropped; refused messages are reported and were accounted for.
+        e.state = user_state::failed;
+        e.attempts = 0;
+        if (rep.outcome == sync_outcome::login_failed) e.drop_credentials();
+      }
+      if (opts.credential_ttl.count() == 0 && !e.retry_at) e.drop_credentials();
+      log("migration " + describe_run(rep) + " client=" + e.client_address + " legacy=" +
+          where(opts.sync.legacy) + " new=" + where(opts.sync.fresh) +
+          " attempt=" + std::to_string(std::max<std::uint32_t>(e.attempts, 1)) + retry_note);
+    }
+    kick();
+  }
+
+  asio::awaitable<void> retry_later(std::string name, std::chrono::milliseconds delay) {
+    asio::steady_timer t(io, delay);
+    boost::system::error_code ec;
+    co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    std::lock_guard lock(m);
+    auto it = users.find(name);
+    if (stopped || it == users.end() || !it->second.retry_at || it->second.running ||
+        it->second.queued)
+      co_return;
+    enqueue(name, it->second);
+  }
+
+  // Drops credentials older than credential_ttl, once a second.
+  asio::awaitable<void> sweep() {
+    for (;;) {
+      sweeper.expires_after(std::chrono::seconds(1));
+      boost::system::error_code ec;
+      co_await sweeper.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return;
+      std::lock_guard lock(m);
+      const auto now = std::chrono::steady_clock::now();
+      for (auto& [name, e] : users)
+        if (e.has_password && !e.running && opts.credential_ttl.count() > 0 &&
+            now >= e.credentials_until) {
+          e.drop_credentials();
+          log("credentials dropped user=" + name + " (credential_ttl " +
+              std::to_string(opts.credential_ttl.count()) + "s)");
+        }
+    }
+  }
+
+  user_view view(const std::string& name, const entry& e) const {
+    user_view v;
+    v.user = name;
+    v.state = e.state;
+    if (e.progress) {
+      const sync_progress& p = *e.progress;
+      v.progress = {p.folders_done.load(), p.folders_total.load(), p.messages_copied.load(),
+                    p.messages_total.load(), p.bytes_copied.load(), p.bytes_total.load()};
+    }
+    v.started_at = e.started_at;
+    v.finished_at = e.finished_at;
+    v.last_error = e.last_error;
+    v.credentials_held = e.has_password;
+    v.attempts = e.attempts;
+    v.retry_at = e.retry_at;
+    return v;
+  }
+};
+
+scheduler::scheduler(scheduler_options opts) : impl_(std::make_unique<impl>(std::move(opts))) {}
+
+scheduler::~scheduler() { stop(); }
+
+void scheduler::start() {
+  asio::co_spawn(impl_->io, impl_->sweep(), asio::detached);
+  impl_->thread = std::thread([this] { impl_->io.run(); });
+}
+
+void scheduler::stop() {
+  {
+    std::lock_guard lock(impl_->m);
+    if (impl_->stopped) return;
+    impl_->stopped = true;
+    for (auto& [name, e] : impl_->users) {
+      e.drop_credentials();
+      if (e.running) e.state = user_state::interrupted;
+      e.queued = false;
+      e.retry_at.reset();
+    }
+    impl_->queue.clear();
+  }
+  impl_->io.stop();
+  if (impl_->thread.joinable()) impl_->thread.join();
+  // The jobs' coroutines are suspended for good: their runs were cut off.
+  impl_->store.mark_interrupted(unix_now());
+}
+
+void scheduler::on_login(std::string user, std::string password, std::string client_address) {
+  secret pw(std::move(password));  // wiped on every way out
+  std::lock_guard lock(impl_->m);
+  if (impl_->stopped) return;
+  entry& e = impl_->users[user];
+  imap::secure_wipe(e.password);
+  e.password = pw.value;
+  e.has_password = true;
+  e.credentials_until = std::chrono::steady_clock::now() + impl_->opts.credential_ttl;
+  e.client_address = std::move(client_address);
+  if (e.running || e.queued || e.retry_at) return;  // one job per user
+  if (e.state == user_state::done && e.completed_at &&
+      unix_now() - *e.completed_at < impl_->opts.resync_interval.count())
+    return;
+  impl_->enqueue(user, e);
+}
+
+std::string scheduler::resync(std::string_view user) {
+  std::lock_guard lock(impl_->m);
+  auto it = impl_->users.find(user);
+  if (it == impl_->users.end()) return "unknown user " + std::string(user);
+  entry& e = it->second;
+  if (e.running || e.queued)
+    return "a migration of " + std::string(user) + " is already queued or running";
+  if (!e.has_password)
+    return "no credentials held for " + std::string(user) +
+           ": they are kept only for credential_ttl after a login; the user must log in again";
+  impl_->enqueue(it->first, e);
+  return "";
+}
+
+void scheduler::pause() {
+  std::lock_guard lock(impl_->m);
+  impl_->paused = true;
+}
+
+void scheduler::resume() {
+  std::lock_guard lock(impl_->m);
+  impl_->paused = impl_->draining = false;
+  asio::post(impl_->io, [i = impl_.get()] { i->kick(); });
+}
+
+void scheduler::drain() {
+  std::lock_guard lock(impl_->m);
+  impl_->draining = true;
+}
+
+scheduler_totals scheduler::totals() const {
+  std::unique_lock lock(impl_->m);
+  scheduler_totals t;
+  t.paused = impl_->paused;
+  t.draining = impl_->draining;
+  for (auto& [name, e] : impl_->users) {
+    switch (e.state) {
+      case user_state::pending: ++t.queued; break;
+      case user_state::running: ++t.running; break;
+      case user_state::done: ++t.done; break;
+      case user_state::failed: ++t.failed; break;
+      case user_state::interrupted: ++t.interrupted; break;
+    }
+    // A running job's run is recorded with its counts only when it ends.
+    if (e.running && e.progress) {
+      t.messages_copied += e.progress->messages_copied.load();
+      t.bytes_copied += e.progress->bytes_copied.load();
+    }
+  }
+  t.legacy_connections = impl_->legacy_in_use;
+  lock.unlock();
+  std::lock_guard reader_lock(impl_->reader_m);
+  run_totals recorded = impl_->reader.totals();
+  t.messages_copied += recorded.messages_copied;
+  t.bytes_copied += recorded.bytes_copied;
+  return t;
+}
+
+std::vector<user_view> scheduler::users() const {
+  std::lock_guard lock(impl_->m);
+  std::vector<user_view> out;
+  out.reserve(impl_->users.size());
+  for (auto& [name, e] : impl_->users) out.push_back(impl_->view(name, e));
+  return out;
+}
+
+std::optional<user_view> scheduler::user(std::string_view name) const {
+  std::lock_guard lock(impl_->m);
+  auto it = impl_->users.find(name);
+  if (it == impl_->users.end()) return std::nullopt;
+  return impl_->view(it->first, it->second);
+}
+
+std::vector<run_record> scheduler::runs(std::string_view name, std::size_t limit) const {
+  std::lock_guard lock(impl_->reader_m);
+  return impl_->reader.runs(name, limit);
+}
+
+}  // namespace suction::sync

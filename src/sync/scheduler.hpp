@@ -1,0 +1,122 @@
+// The migration scheduler (issue 5; DESIGN.md "Scheduler"): every successful
+// login through the proxy hands (user, password) here and returns at once; the
+// scheduler runs sync_user for that user in the background on its own thread.
+//
+// Rules:
+// - One job per user at a time: a login while the user's job is queued or
+//   running starts nothing new. After a complete run, a login starts another
+//   incremental pass at most once per resync_interval (0: every login). After a
+//   failed or interrupted run, the next login starts one at once.
+// - Caps: at most max_concurrent_users jobs run at once, and the connections
+//   they may open to legacy (each reserves min(connections_per_user,
+//   legacy_max_connections)) never exceed legacy_max_connections. Queued jobs
+//   start in login order as room frees up.
+// - A transient failure (legacy or new server unreachable, a connection lost)
+//   is tried again after retry_initial, doubling up to retry_max, at most
+//   max_attempts times in a row; a refused legacy login is not retried and is
+//   reported ("failed" with the server's words).
+// - Credentials live in memory only: kept for credential_ttl after the login
+//   (for retries and operator resyncs), then wiped (OPENSSL_cleanse); a job's
+//   own copy is wiped when it ends. With credential_ttl 0 they are wiped when
+//   the job ends.
+// - Every run is in the state store's history (sync_user records it). At
+//   start, runs left "running" by a crash become "interrupted"; the users come
+//   back with their last state and resume incrementally at their next login.
+//
+// Thread safety: every public member may be called from any thread (the proxy's
+// io_context thread calls on_login and the status socket's queries).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sync/state_store.hpp"
+#include "sync/user_sync.hpp"
+
+namespace suction::sync {
+
+struct scheduler_options {
+  user_sync_options sync;                      // sync.connections: per user
+  std::filesystem::path state_db;
+  std::uint32_t max_concurrent_users = 4;
+  std::uint32_t legacy_max_connections = 16;
+  std::chrono::seconds resync_interval{600};
+  std::chrono::seconds credential_ttl{3600};
+  std::chrono::milliseconds retry_initial{std::chrono::seconds(5)};
+  std::chrono::milliseconds retry_max{std::chrono::minutes(10)};
+  std::uint32_t max_attempts = 10;             // transient failures in a row before "failed"
+  // One line per run and per notable event (credentials expired, a retry
+  // scheduled). Never given a credential. Called on the scheduler's thread.
+  std::function<void(const std::string&)> log;
+};
+
+enum class user_state : std::uint8_t { pending, running, done, failed, interrupted };
+std::string_view to_string(user_state s);
+
+struct progress_view {
+  std::uint32_t folders_done = 0, folders_total = 0;
+  std::uint64_t messages_copied = 0, messages_total = 0, bytes_copied = 0, bytes_total = 0;
+};
+
+struct user_view {
+  std::string user;
+  user_state state = user_state::pending;
+  progress_view progress;                 // of the running or the last run of this process
+  std::optional<std::int64_t> started_at;   // unix seconds, of the current or last run
+  std::optional<std::int64_t> finished_at;
+  std::string last_error;
+  bool credentials_held = false;
+  std::uint32_t attempts = 0;             // transient failures in a row
+  std::optional<std::int64_t> retry_at;   // unix seconds of the next retry, if one is set
+};
+
+struct scheduler_totals {
+  bool paused = false, draining = false;
+  std::uint64_t queued = 0, running = 0, done = 0, failed = 0, interrupted = 0;
+  std::uint64_t messages_copied = 0, bytes_copied = 0;  // every run recorded, running ones too
+  std::uint32_t legacy_connections = 0;                 // reserved by running jobs
+};
+
+class scheduler {
+ public:
+  // Opens the state store (marking crashed runs interrupted) and loads the
+  // users it knows. Throws state_error when the store cannot be opened.
+  explicit scheduler(scheduler_options opts);
+  ~scheduler();  // stop()
+  scheduler(const scheduler&) = delete;
+  scheduler& operator=(const scheduler&) = delete;
+
+  void start();  // the worker thread
+  // Ends running jobs at once (their runs become "interrupted"), wipes every
+  // credential, joins the thread. Idempotent.
+  void stop();
+
+  // A successful login: returns at once. Copies the password and wipes the
+  // argument. client_address goes into the run's log line.
+  void on_login(std::string user, std::string password, std::string client_address);
+
+  // Operator commands. resync: "" when queued, else why not (unknown user, no
+  // credentials held, already queued or running).
+  std::string resync(std::string_view user);
+  void pause();   // start no job until resume()
+  void resume();  // undo pause() and drain()
+  void drain();   // let running jobs finish, start no other
+
+  scheduler_totals totals() const;
+  std::vector<user_view> users() const;  // by user name
+  std::optional<user_view> user(std::string_view name) const;
+  std::vector<run_record> runs(std::string_view name, std::size_t limit) const;  // newest first
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace suction::sync
