@@ -217,7 +217,6 @@ void daemon::start() {
     st.status_socket = std::make_unique<status_server>(st.io, cfg.status.socket, cfg.status.mode,
                                                        cfg.status.group, *st.status);
     st.status_socket->start();
-    spdlog::info("status socket {}", cfg.status.socket);
   }
 
   st.signals.add(SIGTERM);

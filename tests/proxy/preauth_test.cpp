@@ -33,7 +33,7 @@ imap::command parse(std::string_view line) {
 
 }  // namespace
 
-TEST_CASE("capabilities: only mechanisms that carry the password; STARTTLS and LOGINDISABLED as configured") {
+TEST_CASE("capabilities: only mechanisms that carry the password, STARTTLS and LOGINDISABLED as configured") {
   preauth plain(settings(), false);
   CHECK(plain.capabilities() ==
         "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS AUTH=PLAIN AUTH=LOGIN");

@@ -48,7 +48,7 @@ TEST_CASE("three-way merge: the user's work on the new server wins") {
   CHECK_FALSE(merge_flags(flags{"\\seen"}, flags{"\\SEEN"}, flags{"\\Seen"}).changes());
 }
 
-TEST_CASE("content signatures: same content, same signature; anything else differs") {
+TEST_CASE("content signatures: same content, same signature, anything else differs") {
   std::string h1 = "Message-ID: <a@example.org>\r\nSubject: Hello\r\n  world\r\nDate: Mon, 1 Jan 2024\r\n\r\n";
   std::string h1_folded = "subject: Hello world\r\nmessage-id:   <a@example.org>\r\nDATE: Mon, 1 Jan 2024\r\n";
   CHECK(content_signature(100, 5, h1) == content_signature(100, 5, h1_folded));

@@ -133,7 +133,7 @@ TEST_CASE("state store: a batch's UID map and its checkpoint are recorded togeth
   CHECK(s.messages("alice", f.legacy_name).empty());
 }
 
-TEST_CASE("state store: runs, newest first; a crash's 'running' becomes 'interrupted'") {
+TEST_CASE("state store: runs, newest first, and a crash's 'running' becomes 'interrupted'") {
   temp_dir t;
   fs::path db = t.path / "state.db";
   {
