@@ -2,8 +2,8 @@
 # suction quick start on a fresh Debian 12 machine: installs dependencies,
 # builds, starts a local "legacy" and a local "new" Dovecot server on loopback
 # with a seeded sample mailbox, starts suction in front of the new one, logs a
-# sample user in through it, and shows what to try next. (Migration at login
-# joins this script with the migration issue.)
+# sample user in through it, and shows `suction status` until that user's
+# mailbox has been copied from legacy to new; then both servers side by side.
 #
 #   deploy/quickstart.sh         # start and show
 #   deploy/quickstart.sh stop    # stop the servers and remove the state
@@ -37,6 +37,7 @@ else
   python3 tests/testbed/testbed.py up --dir "$state" >/dev/null
 fi
 
+show_mailboxes() {
 python3 - "$state/testbed.json" "$root/tests/testbed" <<'PY'
 import sys
 sys.path.insert(0, sys.argv[2])
@@ -62,6 +63,9 @@ for role, server in (("legacy", bed.legacy), ("new", bed.new)):
     print(f"  {'total':32s} {total:5d} messages")
     c.logout()
 PY
+}
+echo "== alice's mailbox before she logs in through suction"
+show_mailboxes
 
 json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); [d:=d[k] for k in sys.argv[2:]]; print(d)' "$state/testbed.json" "$@"; }
 new_port=$(json_get new imap_port)
@@ -99,6 +103,9 @@ ca_file = "$ca_file"
 [sync]
 state_db = "$state/state.db"
 
+[status]
+socket = "$state/status.sock"
+
 [log]
 level = "info"
 EOC
@@ -125,7 +132,22 @@ print("  folders on the new server:", ", ".join(b.decode().rsplit(" ", 1)[1] for
 c.logout()
 PY
 echo "  suction's log:"
-grep -E "login ok|migration trigger" "$state/suction.log" | tail -2 | sed 's/^/    /'
+grep -E "login ok" "$state/suction.log" | tail -1 | sed 's/^/    /'
+
+echo "== her login queued her migration; suction status until it is done"
+status=(./build/src/proxy/suction status --socket "$state/status.sock")
+for _ in $(seq 120); do
+  out=$("${status[@]}" 2>&1) || true
+  printf '%s\n\n' "$out"
+  if printf '%s\n' "$out" | grep -Eq '^ *alice +(done|failed)'; then break; fi
+  sleep 1
+done
+"${status[@]}" --user alice
+echo "  suction's log:"
+grep -E "migration user=alice" "$state/suction.log" | tail -1 | sed 's/^/    /'
+
+echo "== both servers now (the same messages, folders mapped to the new server's names)"
+show_mailboxes
 
 cat <<EOT
 
@@ -134,6 +156,7 @@ $state/testbed.json). Through suction:
   curl --user alice:wonderland 'imap://127.0.0.1:$proxy_port/'
   openssl s_client -quiet -connect 127.0.0.1:$proxy_tls_port -CAfile $ca_file
   tail -f $state/suction.log
+  ./build/src/proxy/suction status --socket $state/status.sock [--user alice] [--json]
 
 Stop everything with:  $0 stop
 EOT
