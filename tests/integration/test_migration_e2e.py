@@ -324,6 +324,31 @@ class MigrationE2E(unittest.TestCase):
         self.assertEqual(mailbox(bed().new, user, ["Big"])["Big"],
                          mailbox(bed().legacy, user, ["INBOX.Big"])["INBOX.Big"])
 
+        # SIGTERM during a job: a clean exit (0), the run interrupted, resumed next time.
+        seed(user, {"INBOX.More": 150}, size=60000, tag="-more")
+        overrides = {"sync": {"state_db": state_db, "batch_messages": 1, "resync_interval": 0,
+                              "connections_per_user": 1},
+                     "status": {"socket": sock}}
+        p3 = Proxy(overrides=overrides).start()
+        try:
+            login(p3, user)
+            self.assertTrue(wait_until(
+                lambda: (ask(p3, {"cmd": "user", "user": user})["state"] == "running" and
+                         ask(p3, {"cmd": "user", "user": user})["progress"]["messages_copied"] >= 5),
+                60, step=0.02))
+        finally:
+            code = p3.stop()
+        self.assertEqual(code, 0, p3.log_tail())
+        self.assertFalse(p3.killed)
+        with Proxy(overrides=overrides) as p4:
+            u = ask(p4, {"cmd": "user", "user": user})
+            self.assertEqual(u["state"], "interrupted", u)
+            self.assertEqual(u["runs"][0]["result"], "interrupted")
+            login(p4, user)
+            wait_state(p4, user, ("done",), 90, runs=4)
+        self.assertEqual(mailbox(bed().new, user, ["More"])["More"],
+                         mailbox(bed().legacy, user, ["INBOX.More"])["INBOX.More"])
+
 
 if __name__ == "__main__":
     unittest.main()
