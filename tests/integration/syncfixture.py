@@ -98,6 +98,43 @@ def messages(imap: imaplib.IMAP4, name: str) -> list[tuple[str, tuple[str, ...],
     return out
 
 
+def mailbox(server, user: str, names: list[str]) -> dict[str, list]:
+    """{folder: sorted (sha256, flags, INTERNALDATE instant)} of the user's folders `names`."""
+    imap = server.connect(user)
+    try:
+        return {n: sorted(m[:3] for m in messages(imap, n)) for n in names}
+    finally:
+        imap.logout()
+
+
+# Where the bed's legacy special-use folders land on the new server.
+SPECIAL = {"INBOX.Sent Items": "Sent", "INBOX.Éléments envoyés": "Sent",
+           "INBOX.Deleted Items": "Trash", "INBOX.Junk E-mail": "Junk",
+           "INBOX.Drafts": "Drafts", "INBOX.Entwürfe": "Drafts"}
+
+
+def expected_name(legacy: str) -> str:
+    """The new server's name for a legacy folder of the bed's corpus."""
+    if legacy == "INBOX":
+        return "INBOX"
+    if legacy in SPECIAL:
+        return SPECIAL[legacy]
+    assert legacy.startswith("INBOX."), legacy
+    return legacy[len("INBOX."):].replace(".", "/")
+
+
+def expected_corpus() -> dict[str, list]:
+    """The seeded corpus as it must be on the new server: {new folder: [(sha256, flags,
+    instant)]} (folders merged by the special-use mapping hold both lists)."""
+    expected: dict[str, list] = {}
+    for legacy, info in bed().corpus()["folders"].items():
+        lst = expected.setdefault(expected_name(legacy), [])
+        for m in info["messages"]:
+            lst.append((m["sha256"], tuple(sorted(f for f in m["flags"] if f != "\\Recent")),
+                        instant(m["internaldate"])))
+    return expected
+
+
 def legacy_state(imap: imaplib.IMAP4) -> dict:
     """What must not change on legacy: per folder UIDVALIDITY, count, uid -> flags."""
     out = {}

@@ -19,8 +19,7 @@ import unittest
 
 from netfault import Forwarder
 from proxyfixture import SUCTION_BIN, Proxy, bed, qmailbox, start_bed, wait_until
-from syncfixture import instant, legacy_state, messages
-from test_sync_cli import expected_name
+from syncfixture import expected_corpus, legacy_state, mailbox
 from testbed import extra_user_names
 
 STORM = 50
@@ -81,14 +80,6 @@ def login(proxy: Proxy, user: str) -> None:
         raise
 
 
-def mailbox(server, user: str, names: list[str]) -> dict[str, list]:
-    imap = server.connect(user)
-    try:
-        return {n: sorted(m[:3] for m in messages(imap, n)) for n in names}
-    finally:
-        imap.logout()
-
-
 def seed(user: str, per_folder: dict[str, int], size: int = 3000, tag: str = "") -> None:
     imap = bed().legacy.connect(user)
     try:
@@ -108,13 +99,7 @@ def seed(user: str, per_folder: dict[str, int], size: int = 3000, tag: str = "")
 
 
 def assert_exact_corpus(tc: unittest.TestCase, user: str = "alice") -> None:
-    corpus = bed().corpus()
-    expected: dict[str, list] = {}
-    for legacy, info in corpus["folders"].items():
-        lst = expected.setdefault(expected_name(legacy), [])
-        for m in info["messages"]:
-            lst.append((m["sha256"], tuple(sorted(f for f in m["flags"] if f != "\\Recent")),
-                        instant(m["internaldate"])))
+    expected = expected_corpus()
     got = mailbox(bed().new, user, list(expected))
     for name, want in expected.items():
         tc.assertEqual(got[name], sorted(want), name)

@@ -11,25 +11,11 @@ import os
 import unittest
 
 from proxyfixture import bed, free_ports, start_bed, tmp_root
-from syncfixture import (folders, legacy_state, messages, run_sync, subscriptions, write_config,
-                         instant)
+from syncfixture import (expected_corpus, expected_name, folders, instant, legacy_state, messages,
+                         run_sync, subscriptions, write_config)
 
 PASSWORD = "wonderland"  # alice's password on the bed (checked in setUpModule)
 OUTPUTS: list[bytes] = []  # every stdout/stderr of suction: none may hold the password
-
-SPECIAL = {"INBOX.Sent Items": "Sent", "INBOX.Éléments envoyés": "Sent",
-           "INBOX.Deleted Items": "Trash", "INBOX.Junk E-mail": "Junk",
-           "INBOX.Drafts": "Drafts", "INBOX.Entwürfe": "Drafts"}
-
-
-def expected_name(legacy: str) -> str:
-    if legacy == "INBOX":
-        return "INBOX"
-    if legacy in SPECIAL:
-        return SPECIAL[legacy]
-    assert legacy.startswith("INBOX."), legacy
-    return legacy[len("INBOX."):].replace(".", "/")
-
 
 def setUpModule():
     tb = start_bed(seed=True)
@@ -105,12 +91,7 @@ class SyncCli(unittest.TestCase):
         for legacy in corpus["folders"]:
             self.assertEqual(mapping.get(legacy), expected_name(legacy), legacy)
 
-        expected: dict[str, list] = {}
-        for legacy, info in corpus["folders"].items():
-            lst = expected.setdefault(expected_name(legacy), [])
-            for m in info["messages"]:
-                lst.append((m["sha256"], tuple(sorted(f for f in m["flags"] if f != "\\Recent")),
-                            instant(m["internaldate"])))
+        expected = expected_corpus()
         imap = bed().new.connect("alice")
         try:
             listed = {f["name"]: f for f in folders(imap)}

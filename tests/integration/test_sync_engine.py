@@ -8,9 +8,7 @@ log. Users: carol (order and connections), bob (retries); alice is left to other
 from __future__ import annotations
 
 import datetime as _dt
-import imaplib
 import json
-import os
 import re
 import socket
 import time
@@ -18,7 +16,7 @@ import unittest
 
 from netfault import Forwarder
 from proxyfixture import bed, qmailbox, start_bed
-from syncfixture import messages, run_sync, write_config
+from syncfixture import mailbox, messages, run_sync, write_config
 
 DAY = 86400
 
@@ -77,14 +75,6 @@ def legacy_logins(user: str) -> int:
     return len(re.findall(rf"imap-login: (?:Info: )?Login: user=<{user}>", bed().legacy.read_log()))
 
 
-def snapshot(server, user: str, names: list[str]) -> dict[str, list]:
-    imap = server.connect(user)
-    try:
-        return {n: sorted(m[:3] for m in messages(imap, n)) for n in names}
-    finally:
-        imap.logout()
-
-
 class SyncEngine(unittest.TestCase):
 
     def test_connections_per_user_and_recent_first(self):
@@ -100,7 +90,7 @@ class SyncEngine(unittest.TestCase):
                                         for i in range(5)]
         seed("carol", folders)
         names = ["INBOX"] + [f"Box{f}" for f in range(4)]
-        legacy = snapshot(bed().legacy, "carol", ["INBOX"] + [f"INBOX.Box{f}" for f in range(4)])
+        legacy = mailbox(bed().legacy, "carol", ["INBOX"] + [f"INBOX.Box{f}" for f in range(4)])
 
         # 1. max_connections caps connections_per_user: one pair only.
         cfg = write_config({"sync": {"connections_per_user": 3, "batch_messages": 1},
@@ -120,7 +110,7 @@ class SyncEngine(unittest.TestCase):
         self.assertEqual(legacy_logins("carol") - before, 3)
         rep = json.loads(p.stdout)
         self.assertEqual(rep["messages_copied"], 12 + 4 * 5)
-        got = snapshot(bed().new, "carol", names)
+        got = mailbox(bed().new, "carol", names)
         self.assertEqual([got[n] for n in names],
                          [legacy[n] for n in ["INBOX"] + [f"INBOX.Box{f}" for f in range(4)]])
 
@@ -149,7 +139,7 @@ class SyncEngine(unittest.TestCase):
                                for i in range(30)],
                      "INBOX.Old": [(time.time() - 90 * DAY + i, _body("bob", 50 + i, 20000))
                                    for i in range(10)]})
-        legacy = snapshot(bed().legacy, "bob", ["INBOX", "INBOX.Old"])
+        legacy = mailbox(bed().legacy, "bob", ["INBOX", "INBOX.Old"])
         tb = bed()
         fwd = Forwarder((tb.legacy.host, tb.legacy.imap_port), cut=2, after=150_000)
         try:
@@ -166,7 +156,7 @@ class SyncEngine(unittest.TestCase):
         self.assertRegex(err, r"sync user=bob result=ok ")
         rep = json.loads(p.stdout)
         self.assertEqual(rep["messages_copied"], 40)  # all attempts together, none twice
-        self.assertEqual(snapshot(bed().new, "bob", ["INBOX", "Old"]),
+        self.assertEqual(mailbox(bed().new, "bob", ["INBOX", "Old"]),
                          {"INBOX": legacy["INBOX"], "Old": legacy["INBOX.Old"]})
 
     def test_unreachable_legacy_gives_up_after_the_retries(self):
