@@ -9,6 +9,7 @@ password in any answer or log."""
 
 from __future__ import annotations
 
+import imaplib
 import json
 import os
 import socket
@@ -333,6 +334,53 @@ class MigrationE2E(unittest.TestCase):
             wait_state(p4, user, ("done",), 90, runs=4)
         self.assertEqual(mailbox(bed().new, user, ["More"])["More"],
                          mailbox(bed().legacy, user, ["INBOX.More"])["INBOX.More"])
+
+    # ---- 6: a refused legacy login is reported and not retried; credentials dropped
+    def test_6_legacy_refusing_the_login_is_not_retried(self):
+        user = "user003"
+        users_file = os.path.join(os.path.dirname(bed().legacy.config_path), "users.passwd")
+        with open(users_file, "rb") as f:
+            original = f.read()
+        changed = original.replace(b"user003:{PLAIN}pw-user003:", b"user003:{PLAIN}changed:")
+        self.assertNotEqual(changed, original)
+        try:
+            with open(users_file, "wb") as f:  # the legacy password is no longer the new one
+                f.write(changed)
+
+            def legacy_refuses():  # Dovecot looks at the file again after a second or so
+                try:
+                    bed().legacy.connect(user).logout()
+                    return False
+                except imaplib.IMAP4.error:
+                    return True
+            self.assertTrue(wait_until(legacy_refuses, 10, step=0.5))
+            with Proxy() as p:
+                login(p, user)  # the new server accepts: the login works
+                u = wait_state(p, user, ("failed",), 30)
+                self.assertIn(f"legacy server 127.0.0.1:{bed().legacy.imap_port} refused the login"
+                              f" for {user}", u["last_error"])
+                self.assertEqual(u["attempts"], 0)
+                self.assertIsNone(u["retry_at"])
+                self.assertFalse(u["credentials_held"])
+                self.assertEqual(u["runs"][0]["result"], "failed")
+                p.wait_log(rf"migration user={user} result=login_failed ")
+                time.sleep(6)  # longer than the first retry's delay: nothing else ran
+                self.assertEqual(len(ask(p, {"cmd": "user", "user": user})["runs"]), 1)
+                self.assertIn("no credentials held", ask(p, {"cmd": "resync", "user": user})["error"])
+                self.assertNoSecrets(p)
+        finally:
+            with open(users_file, "wb") as f:
+                f.write(original)
+
+    # ---- 7: a state store that cannot be opened stops the start with one line
+    def test_7_unusable_state_db_is_a_clear_start_error(self):
+        p = Proxy(overrides={"sync": {"state_db": "/proc/suction-no-such-dir/state.db"}})
+        p.write_config()
+        r = subprocess.run([SUCTION_BIN, "proxy", "--config", p.config_path],
+                           capture_output=True, timeout=30)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr.decode(), r"^suction: \S+suction\.toml: \[sync\] state_db: ")
+        self.assertEqual(r.stderr.decode().count("\n"), 1, r.stderr)
 
 
 if __name__ == "__main__":
