@@ -2,7 +2,11 @@
 
 #include <sqlite3.h>
 
+#include <cerrno>
+#include <csignal>
 #include <system_error>
+
+#include <unistd.h>
 
 namespace suction::sync {
 
@@ -45,8 +49,18 @@ constexpr const char* kMigrations[] = {
     );
     CREATE INDEX runs_by_user ON runs (user, id);
     )sql",
+    // 1 -> 2: the process running a run, for one run per user across processes
+    R"sql(
+    ALTER TABLE runs ADD COLUMN pid INTEGER NOT NULL DEFAULT 0;
+    )sql",
 };
 static_assert(std::size(kMigrations) == state_store::kSchemaVersion);
+
+// Whether a process with this id exists (on this machine: the store is a local file).
+bool process_alive(std::int64_t pid) {
+  if (pid <= 0) return false;
+  return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
+}
 
 run_result parse_result(std::string_view s) {
   if (s == "done") return run_result::done;
@@ -297,11 +311,37 @@ void state_store::update_flags(std::string_view user, std::string_view legacy_na
   st.run();
 }
 
-std::int64_t state_store::begin_run(std::string_view user, std::int64_t now) {
-  statement st(db_, "INSERT INTO runs (user, started_at, result) VALUES (?1, ?2, 'running')");
-  st.bind(1, user).bind(2, now);
-  st.run();
-  return sqlite3_last_insert_rowid(db_);
+std::int64_t state_store::begin_run(std::string_view user, std::int64_t now, std::int64_t pid) {
+  if (pid == 0) pid = ::getpid();
+  // Check and insert in one write transaction: two processes cannot both pass.
+  exec("BEGIN IMMEDIATE");
+  try {
+    statement running(db_, "SELECT id, pid FROM runs WHERE user = ?1 AND result = 'running'");
+    running.bind(1, user);
+    std::vector<std::int64_t> dead;
+    while (running.step()) {
+      const std::int64_t other = running.integer(1);
+      if (process_alive(other))
+        throw run_busy("a migration of " + std::string(user) + " is running in process " +
+                           std::to_string(other),
+                       other);
+      dead.push_back(running.integer(0));
+    }
+    for (auto id : dead) {
+      statement cut(db_, "UPDATE runs SET result = 'interrupted', finished_at = ?2 WHERE id = ?1");
+      cut.bind(1, id).bind(2, now);
+      cut.run();
+    }
+    statement st(db_, "INSERT INTO runs (user, started_at, result, pid) VALUES (?1, ?2, 'running', ?3)");
+    st.bind(1, user).bind(2, now).bind(3, pid);
+    st.run();
+    const std::int64_t id = sqlite3_last_insert_rowid(db_);
+    exec("COMMIT");
+    return id;
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
 }
 
 void state_store::finish_run(const run_record& r) {
@@ -368,10 +408,20 @@ std::vector<run_record> state_store::read_runs(statement& st) {
 }
 
 std::size_t state_store::mark_interrupted(std::int64_t now) {
-  statement st(db_, "UPDATE runs SET result = 'interrupted', finished_at = ?1 WHERE result = 'running'");
-  st.bind(1, now);
-  st.run();
-  return static_cast<std::size_t>(sqlite3_changes(db_));
+  // Runs of this process (it is stopping) and of processes gone; not those of
+  // another live suction (a `suction sync` beside the daemon).
+  statement running(db_, "SELECT id, pid FROM runs WHERE result = 'running'");
+  std::vector<std::int64_t> cut;
+  while (running.step()) {
+    const std::int64_t pid = running.integer(1);
+    if (pid == ::getpid() || !process_alive(pid)) cut.push_back(running.integer(0));
+  }
+  for (auto id : cut) {
+    statement st(db_, "UPDATE runs SET result = 'interrupted', finished_at = ?2 WHERE id = ?1");
+    st.bind(1, id).bind(2, now);
+    st.run();
+  }
+  return cut.size();
 }
 
 }  // namespace suction::sync

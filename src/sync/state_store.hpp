@@ -26,6 +26,13 @@ class state_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// begin_run: another live process is migrating this user.
+class run_busy : public state_error {
+ public:
+  run_busy(const std::string& what, std::int64_t pid) : state_error(what), pid(pid) {}
+  std::int64_t pid;
+};
+
 // Where one legacy folder stands (dsync's mailbox state, plus the new side).
 struct folder_state {
   std::string legacy_name;                 // UTF-8, as on legacy
@@ -64,7 +71,7 @@ struct run_totals {
 
 class state_store {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   // Opens (creating the file and its folder if needed), sets WAL, migrates.
   explicit state_store(const std::filesystem::path& path);
@@ -91,12 +98,17 @@ class state_store {
   void update_flags(std::string_view user, std::string_view legacy_name, std::uint32_t legacy_uid,
                     std::string_view flags);
 
-  std::int64_t begin_run(std::string_view user, std::int64_t now);
+  // One run per user at a time, across processes sharing the file: throws
+  // run_busy while another live process has a run of this user "running"
+  // (one of a process gone is marked interrupted first). pid 0: this process.
+  std::int64_t begin_run(std::string_view user, std::int64_t now, std::int64_t pid = 0);
   void finish_run(const run_record& r);
   std::vector<run_record> runs(std::string_view user, std::size_t limit) const;  // newest first
   std::vector<run_record> latest_runs() const;  // every user's newest run, by user
   run_totals totals() const;                    // over every run recorded
-  // At start-up: runs left "running" by a crash or a kill become "interrupted".
+  // Runs left "running" by this process (it is stopping) or by a process that
+  // is gone (a crash, a kill) become "interrupted"; those of another live
+  // process stay. At start-up and at stop.
   std::size_t mark_interrupted(std::int64_t now);
 
  private:

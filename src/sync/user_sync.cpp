@@ -339,7 +339,18 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
   rep.dry_run = dry_run;
   auto t0 = std::chrono::steady_clock::now();
   std::int64_t run_id = 0;
-  if (!dry_run) run_id = state.begin_run(user, static_cast<std::int64_t>(std::time(nullptr)));
+  if (!dry_run) {
+    try {
+      run_id = state.begin_run(user, static_cast<std::int64_t>(std::time(nullptr)));
+    } catch (const run_busy& e) {
+      // One migration per user, also across processes (`suction sync` beside
+      // the daemon): try again later.
+      rep.outcome = sync_outcome::failed;
+      rep.transient = true;
+      rep.errors.push_back(e.what());
+      co_return rep;
+    }
+  }
 
   session legacy, fresh;
   bool ok = co_await open(legacy, ex, opts.legacy, "legacy", user, password, rep);

@@ -20,7 +20,7 @@ import unittest
 
 from netfault import Forwarder
 from proxyfixture import SUCTION_BIN, Proxy, bed, qmailbox, start_bed, wait_until
-from syncfixture import expected_corpus, legacy_state, mailbox
+from syncfixture import expected_corpus, legacy_state, mailbox, run_sync, write_config
 from testbed import extra_user_names
 
 STORM = 50
@@ -298,6 +298,12 @@ class MigrationE2E(unittest.TestCase):
             self.assertTrue(wait_until(
                 lambda: ask(p, {"cmd": "user", "user": user})["progress"]["messages_copied"] >= 5,
                 60, step=0.02))
+            # One migration per user, also across processes: `suction sync` beside the daemon.
+            r = run_sync(write_config(state_db=p.config["sync"]["state_db"]), user=user,
+                         extra=["--retries", "0"])
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(f"a migration of {user} is running in process {p.proc.pid}",
+                          r.stderr.decode())
             p.proc.kill()
             p.proc.wait(10)
             state_db, sock = p.config["sync"]["state_db"], p.config["status"]["socket"]

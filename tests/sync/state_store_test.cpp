@@ -162,6 +162,45 @@ TEST_CASE("state store: runs, newest first, and a crash's 'running' becomes 'int
   CHECK(s.mark_interrupted(4000) == 0);
 }
 
+TEST_CASE("state store: one running run per user across processes") {
+  temp_dir t;
+  fs::path db = t.path / "state.db";
+  state_store s(db);
+  // Another live process (a child that waits) has a run of alice going.
+  pid_t other = fork();
+  REQUIRE(other >= 0);
+  if (other == 0) {
+    ::sleep(30);  // bounded; killed below
+    ::_exit(0);
+  }
+  const auto theirs = s.begin_run("alice", 100, other);
+  try {
+    s.begin_run("alice", 101);
+    FAIL("a second run of alice began while process " << other << " runs one");
+  } catch (const run_busy& e) {
+    CHECK(e.pid == other);
+    CHECK(std::string(e.what()) == "a migration of alice is running in process " + std::to_string(other));
+  }
+  s.finish_run(run_record{.id = s.begin_run("bob", 102), .finished_at = 103, .result = run_result::done});
+  CHECK(s.mark_interrupted(104) == 0);  // the other process lives: its run stays "running"
+  CHECK(s.runs("alice", 1).at(0).result == run_result::running);
+
+  ::kill(other, SIGKILL);
+  int status = 0;
+  REQUIRE(::waitpid(other, &status, 0) == other);
+  // Its process gone, the run was cut off: the next begin marks it and goes on.
+  const auto mine = s.begin_run("alice", 105);
+  auto runs = s.runs("alice", 10);
+  REQUIRE(runs.size() == 2);
+  CHECK(runs[0].id == mine);
+  CHECK(runs[0].result == run_result::running);
+  CHECK(runs[1].id == theirs);
+  CHECK(runs[1].result == run_result::interrupted);
+  CHECK(runs[1].finished_at == 105);
+  // This process stopping: its own run is interrupted too.
+  CHECK(s.mark_interrupted(106) == 1);
+}
+
 TEST_CASE("state store: SIGKILL at any instant leaves map and checkpoint in agreement") {
   temp_dir t;
   fs::path db = t.path / "state.db";
