@@ -31,7 +31,7 @@ std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); 
 struct secret {
   std::string value;
   secret() = default;
-  explicit secret(std::string v) : value(std::move(v)) {}
+  explicit secret(const std::string& v) : value(v) {}
   secret(const secret&) = delete;
   secret& operator=(const secret&) = delete;
   ~secret() { imap::secure_wipe(value); }
@@ -306,7 +306,8 @@ void scheduler::stop() {
 }
 
 void scheduler::on_login(std::string user, std::string password, std::string client_address) {
-  secret pw(std::move(password));  // wiped on every way out
+  secret pw(password);  // copies, never moves: a moved-from string keeps its bytes
+  imap::secure_wipe(password);
   std::lock_guard lock(impl_->m);
   if (impl_->stopped) return;
   entry& e = impl_->users[user];

@@ -5,7 +5,10 @@
 namespace suction::imap {
 
 void secure_wipe(std::string& secret) {
-  if (!secret.empty()) OPENSSL_cleanse(secret.data(), secret.size());
+  // The whole buffer, not only size(): a string that was shortened or moved
+  // from (its small-string buffer keeps the bytes) still holds them there.
+  secret.resize(secret.capacity());
+  OPENSSL_cleanse(secret.data(), secret.size());
   secret.clear();
 }
 

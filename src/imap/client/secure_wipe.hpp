@@ -1,5 +1,5 @@
-// Overwrites a secret in memory (OPENSSL_cleanse: not optimized away) and
-// empties it. For passwords and anything that carried one.
+// Overwrites a secret in memory (OPENSSL_cleanse: not optimized away), its
+// whole buffer up to capacity(), and empties it. For passwords and anything that carried one.
 #pragma once
 
 #include <string>
