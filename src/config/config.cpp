@@ -303,6 +303,8 @@ const std::vector<key_spec<S>> sync_keys = {
     {"batch_messages", [](const field& f, S& s) { s.batch_messages = f.count(1); }},
     // At least 64 KiB: below that every message would be streamed alone.
     {"batch_bytes", [](const field& f, S& s) { s.batch_bytes = f.count(65536); }},
+    // 0: always connections_per_user pairs.
+    {"parallel_threshold", [](const field& f, S& s) { s.parallel_threshold = f.count(0); }},
 };
 
 const std::vector<key_spec<folder_rename>> rename_keys = {

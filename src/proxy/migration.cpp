@@ -39,6 +39,7 @@ sync::user_sync_options sync_options_from(const config::config& c) {
   o.connections = std::max<std::uint32_t>(
       1, std::min(c.sync.connections_per_user, c.legacy.max_connections));
   o.recent_first_days = c.sync.recent_first_days;
+  o.parallel_min_messages = c.sync.parallel_threshold;
   return o;
 }
 

@@ -257,9 +257,15 @@ boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
     if (ai != bi) return ai;
     return rep.folders[a.report_index].to_copy > rep.folders[b.report_index].to_copy;
   });
+  // A small mailbox is copied before another pair of connections would be
+  // logged in: more pairs only when there is enough to copy. (Each pair is two
+  // more logins, on servers busy with users' own logins in a storm.)
+  std::uint64_t to_copy = 0;
+  for (auto& j : jobs) to_copy += rep.folders[j.report_index].to_copy;
+  const std::size_t wanted = to_copy >= opts.parallel_min_messages ? opts.connections : 1;
   copy_run run{opts, user, state, progress, rep, std::move(jobs)};
   const std::size_t workers =
-      std::max<std::size_t>(1, std::min<std::size_t>(opts.connections, run.jobs.size()));
+      std::max<std::size_t>(1, std::min<std::size_t>(wanted, run.jobs.size()));
   boost::asio::steady_timer all_done(ex, std::chrono::steady_clock::time_point::max());
   std::size_t running = workers;
   std::exception_ptr failure;

@@ -52,6 +52,9 @@ struct user_sync_options {
   // Folders copied at once, each over its own pair of connections (one to
   // each server): [sync] connections_per_user. The run never opens more.
   std::uint32_t connections = 2;
+  // ... but only when the folders to copy hold at least this many messages
+  // (STATUS estimate); below, one pair does it all.
+  std::uint64_t parallel_min_messages = 200;
   // INBOX's mail of the last N days goes first, newest first; 0: UID order.
   std::uint32_t recent_first_days = 14;
 };

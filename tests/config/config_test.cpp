@@ -206,6 +206,7 @@ resync_interval = 60
 credential_ttl = 0
 batch_messages = 1
 batch_bytes = 65536
+parallel_threshold = 0
 [folders]
 rename = [{from = "^INBOX\\.(.*)$", to = "$1"}, {from = "^Sent Items$", to = "Sent"}]
 exclude = ["^Trash$", "^Public/"]
@@ -250,7 +251,8 @@ level = "debug"
   CHECK(c.sync == cfg::sync_section{.state_db = "/tmp/s.db", .connections_per_user = 1,
                                     .recent_first_days = 0, .max_concurrent_users = 2,
                                     .resync_interval = 60s, .credential_ttl = 0s,
-                                    .batch_messages = 1, .batch_bytes = 65536});
+                                    .batch_messages = 1, .batch_bytes = 65536,
+                                    .parallel_threshold = 0});
   CHECK(c.folders.rename ==
         std::vector<cfg::folder_rename>{{"^INBOX\\.(.*)$", "$1"}, {"^Sent Items$", "Sent"}});
   CHECK(c.folders.exclude == std::vector<std::string>{"^Trash$", "^Public/"});

@@ -690,7 +690,9 @@ class SyncCrash(unittest.TestCase):
         self.addCleanup(relay.close)
         sync = {"batch_messages": 1, "batch_bytes": 65536}
         if connections is not None:
+            # Every pair used even for alice's 150 messages (parallel_threshold 0).
             sync["connections_per_user"] = connections
+            sync["parallel_threshold"] = 0
         config, db = self.fresh_case(user, {"sync": sync, "new": {"port": relay.port}})
         last = (0, 0)
         for target, mode in points:

@@ -85,9 +85,10 @@ class SyncEngine(unittest.TestCase):
             when = now - (3 + n) * 3600 if n % 2 else now - (400 + n) * DAY
             inbox.append((when, _body("carol", n)))
         folders = {"INBOX": inbox}
+        # Enough mail (252 messages) for more than one pair of connections.
         for f in range(4):
-            folders[f"INBOX.Box{f}"] = [(now - 500 * DAY + i, _body("carol", 100 * (f + 1) + i))
-                                        for i in range(5)]
+            folders[f"INBOX.Box{f}"] = [(now - 500 * DAY + i, _body("carol", 100 * (f + 1) + i, 500))
+                                        for i in range(60)]
         seed("carol", folders)
         names = ["INBOX"] + [f"Box{f}" for f in range(4)]
         legacy = mailbox(bed().legacy, "carol", ["INBOX"] + [f"INBOX.Box{f}" for f in range(4)])
@@ -109,7 +110,7 @@ class SyncEngine(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(legacy_logins("carol") - before, 3)
         rep = json.loads(p.stdout)
-        self.assertEqual(rep["messages_copied"], 12 + 4 * 5)
+        self.assertEqual(rep["messages_copied"], 12 + 4 * 60)
         got = mailbox(bed().new, "carol", names)
         self.assertEqual([got[n] for n in names],
                          [legacy[n] for n in ["INBOX"] + [f"INBOX.Box{f}" for f in range(4)]])
@@ -127,12 +128,24 @@ class SyncEngine(unittest.TestCase):
 
         # The run's log line.
         self.assertRegex(p.stderr.decode(), r"sync user=carol result=ok folders=\d+/\d+ "
-                         r"copied=32 bytes=\d+ failed=0 duration=\d+\.\d+s")
+                         r"copied=252 bytes=\d+ failed=0 duration=\d+\.\d+s")
 
         # Again, no change: nothing copied, the order of a second run changes nothing.
         p = run_sync(cfg, user="carol", extra=["--json"])
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(json.loads(p.stdout)["messages_copied"], 0)
+
+        # A little new mail in two folders: one pair copies it (a second pair would cost
+        # two more logins than the copy is worth).
+        seed("carol", {"INBOX.Box0": [(now - 3 * DAY, _body("carol", 900))],
+                       "INBOX.Box1": [(now - 3 * DAY, _body("carol", 901))]})
+        before = legacy_logins("carol")
+        p = run_sync(cfg, user="carol", extra=["--json"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        rep = json.loads(p.stdout)
+        self.assertEqual(rep["messages_copied"], 2)
+        self.assertEqual(rep["folders_examined"], 2)
+        self.assertEqual(legacy_logins("carol") - before, 1)
 
     def test_network_errors_are_retried_with_backoff(self):
         seed("bob", {"INBOX": [(time.time() - 30 * DAY + i, _body("bob", i, 20000))
