@@ -49,6 +49,7 @@ struct entry {
   std::shared_ptr<sync_progress> progress;
   std::uint32_t attempts = 0;
   std::optional<std::int64_t> retry_at;
+  std::uint32_t extra_connections = 0;  // granted beyond the first pair, while running
 
   void drop_credentials() {
     imap::secure_wipe(password);
@@ -117,8 +118,14 @@ struct scheduler::impl {
   asio::steady_timer sweeper;
   std::thread thread;
 
-  std::uint32_t reservation() const {
-    return std::max<std::uint32_t>(1, std::min(opts.sync.connections, opts.legacy_max_connections));
+  // Under m: more legacy connections for a running job, within the cap.
+  std::uint32_t grant(const std::string& name, std::uint32_t wanted) {
+    const std::uint32_t room =
+        legacy_in_use < opts.legacy_max_connections ? opts.legacy_max_connections - legacy_in_use : 0;
+    const std::uint32_t g = std::min(wanted, room);
+    legacy_in_use += g;
+    users[name].extra_connections += g;
+    return g;
   }
 
   void log(const std::string& line) {
@@ -139,7 +146,7 @@ struct scheduler::impl {
     std::lock_guard lock(m);
     while (!stopped && !paused && !draining && !queue.empty() &&
            running < opts.max_concurrent_users &&
-           legacy_in_use + reservation() <= opts.legacy_max_connections) {
+           legacy_in_use + 1 <= opts.legacy_max_connections) {
       std::string name = std::move(queue.front());
       queue.pop_front();
       entry& e = users[name];
@@ -156,7 +163,7 @@ struct scheduler::impl {
       e.finished_at.reset();
       e.progress = std::make_shared<sync_progress>();
       ++running;
-      legacy_in_use += reservation();
+      legacy_in_use += 1;  // the job's first pair; more through grant()
       asio::co_spawn(io, run_job(name, e.password, e.progress), asio::detached);
     }
   }
@@ -165,9 +172,22 @@ struct scheduler::impl {
                                 std::shared_ptr<sync_progress> progress) {
     secret pw(password);
     imap::secure_wipe(password);
+    // More pairs of connections only as the legacy cap allows, counted per job.
+    user_sync_options job = opts.sync;
+    job.acquire_connections = [this, name](std::uint32_t n) {
+      std::lock_guard lock(m);
+      return grant(name, n);
+    };
+    job.release_connections = [this, name](std::uint32_t n) {
+      std::lock_guard lock(m);
+      entry& e = users[name];
+      n = std::min(n, e.extra_connections);
+      e.extra_connections -= n;
+      legacy_in_use -= n;
+    };
     user_sync_report rep;
     try {
-      rep = co_await sync_user(io.get_executor(), opts.sync, name, pw.value, store, false,
+      rep = co_await sync_user(io.get_executor(), job, name, pw.value, store, false,
                                progress.get());
     } catch (const std::exception& e) {
       rep.user = name;
@@ -185,7 +205,8 @@ struct scheduler::impl {
       entry& e = users[name];
       e.running = false;
       --running;
-      legacy_in_use -= reservation();
+      legacy_in_use -= 1 + e.extra_connections;
+      e.extra_connections = 0;
       e.finished_at = unix_now();
       e.last_error = rep.errors.empty() ? std::string() : rep.errors.front();
       if (rep.outcome == sync_outcome::ok) {

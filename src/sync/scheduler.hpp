@@ -8,9 +8,11 @@
 //   incremental pass at most once per resync_interval (0: every login). After a
 //   failed or interrupted run, the next login starts one at once.
 // - Caps: at most max_concurrent_users jobs run at once, and the connections
-//   they may open to legacy (each reserves min(connections_per_user,
-//   legacy_max_connections)) never exceed legacy_max_connections. Queued jobs
-//   start in login order as room frees up.
+//   they open to legacy never exceed legacy_max_connections: a job starts
+//   with one (its first pair) and opens more pairs (connections_per_user, for
+//   a mailbox above parallel_threshold) only as far as the cap has room, so a
+//   few big mailboxes do not keep small ones waiting. Queued jobs start in
+//   login order as room frees up.
 // - A transient failure (legacy or new server unreachable, a connection lost)
 //   is tried again after retry_initial, doubling up to retry_max, at most
 //   max_attempts times in a row; a refused legacy login is not retried and is
@@ -81,7 +83,7 @@ struct scheduler_totals {
   bool paused = false, draining = false;
   std::uint64_t queued = 0, running = 0, done = 0, failed = 0, interrupted = 0;
   std::uint64_t messages_copied = 0, bytes_copied = 0;  // every run recorded, running ones too
-  std::uint32_t legacy_connections = 0;                 // reserved by running jobs
+  std::uint32_t legacy_connections = 0;                 // open (or opening) by running jobs
 };
 
 class scheduler {

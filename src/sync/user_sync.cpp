@@ -264,8 +264,12 @@ boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
   for (auto& j : jobs) to_copy += rep.folders[j.report_index].to_copy;
   const std::size_t wanted = to_copy >= opts.parallel_min_messages ? opts.connections : 1;
   copy_run run{opts, user, state, progress, rep, std::move(jobs)};
-  const std::size_t workers =
-      std::max<std::size_t>(1, std::min<std::size_t>(wanted, run.jobs.size()));
+  std::size_t workers = std::max<std::size_t>(1, std::min<std::size_t>(wanted, run.jobs.size()));
+  std::uint32_t granted = 0;  // extra pairs the scheduler allowed (its legacy cap)
+  if (workers > 1 && opts.acquire_connections) {
+    granted = opts.acquire_connections(static_cast<std::uint32_t>(workers - 1));
+    workers = 1 + granted;
+  }
   boost::asio::steady_timer all_done(ex, std::chrono::steady_clock::time_point::max());
   std::size_t running = workers;
   std::exception_ptr failure;
@@ -279,6 +283,7 @@ boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
   boost::system::error_code ignored;
   if (running > 0)
     co_await all_done.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ignored));
+  if (granted > 0 && opts.release_connections) opts.release_connections(granted);
   if (failure) std::rethrow_exception(failure);  // the state store failed
   if (run.next < run.jobs.size())
     rep.errors.push_back(std::to_string(run.jobs.size() - run.next) +

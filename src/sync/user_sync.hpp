@@ -26,6 +26,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -55,6 +56,12 @@ struct user_sync_options {
   // ... but only when the folders to copy hold at least this many messages
   // (STATUS estimate); below, one pair does it all.
   std::uint64_t parallel_min_messages = 200;
+  // Where more pairs need the scheduler's leave (its cap on connections to
+  // legacy): asked for n more, returns how many it grants (0..n); each granted
+  // one is handed back with release_connections when the run's copying ends.
+  // Empty: every wanted pair is opened.
+  std::function<std::uint32_t(std::uint32_t n)> acquire_connections;
+  std::function<void(std::uint32_t n)> release_connections;
   // INBOX's mail of the last N days goes first, newest first; 0: UID order.
   std::uint32_t recent_first_days = 14;
 };
