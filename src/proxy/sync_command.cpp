@@ -173,7 +173,7 @@ int run_sync_command(const sync_command_args& a) {
     // Transient failures are tried again with a growing pause; the runs are
     // incremental, so a retry goes on where the last one stopped. The report
     // adds up what every attempt copied.
-    std::uint64_t copied = 0, bytes = 0;
+    std::uint64_t copied = 0, bytes = 0, failed = 0, skipped = 0;
     std::chrono::milliseconds spent{0};
     for (unsigned attempt = 0;; ++attempt) {
       boost::asio::io_context io(1);
@@ -191,6 +191,8 @@ int run_sync_command(const sync_command_args& a) {
       std::fprintf(stderr, "suction: sync %s\n", sync::describe_run(*report).c_str());
       copied += report->messages_copied;
       bytes += report->bytes;
+      failed += report->messages_failed;
+      skipped += report->messages_skipped;
       spent += report->duration;
       const bool again = report->transient && report->outcome != sync::sync_outcome::ok &&
                          report->outcome != sync::sync_outcome::login_failed &&
@@ -206,6 +208,8 @@ int run_sync_command(const sync_command_args& a) {
     if (report) {
       report->messages_copied = copied;
       report->bytes = bytes;
+      report->messages_failed = failed;
+      report->messages_skipped = skipped;
       report->duration = spent;
     }
   } catch (const std::exception& e) {

@@ -640,8 +640,8 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   // not touched, and is never copied again either (only UIDs above the
   // checkpoint are). A message gone from legacy is left alone. Copies
   // recorded without a new UID (no UIDPLUS) cannot be addressed: skipped.
-  // Always a full FETCH FLAGS of 1:last_legacy_uid (no CONDSTORE
-  // CHANGEDSINCE yet).
+  // With CONDSTORE only the messages changed since the last complete run
+  // (CHANGEDSINCE), else a FETCH FLAGS of 1:last_legacy_uid.
   if (had_state && exists != 0 && st.last_legacy_uid > 0) {
     if (auto ec = co_await sync_flags(legacy, fresh, state, user, mapping, st, report, r))
       co_return ec;
@@ -701,9 +701,14 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
           : ec;
     std::set<std::pair<std::uint64_t, std::int64_t>> shapes;  // (size, instant)
     for (auto& m : fresh_sigs) shapes.emplace(m.size, m.when);
+    // Candidates: not those already in the map (copied earlier above the
+    // checkpoint, INBOX's recent mail): an exact duplicate of one of them
+    // must pair with its own unrecorded copy, not take the recorded one's.
     std::vector<std::uint32_t> uids;
     for (auto& p : todo)
-      if (shapes.contains({p.size, instant_of(p.internaldate)})) uids.push_back(p.uid);
+      if (shapes.contains({p.size, instant_of(p.internaldate)}) &&
+          !state.message(user, mapping.legacy_name, p.uid))
+        uids.push_back(p.uid);
     if (!uids.empty()) {
       if (auto ec = co_await fetch_signatures(legacy, imap::format_sequence_set(uids),
                                               st.last_legacy_uid, legacy_sigs, r))
@@ -734,7 +739,9 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     }
   }
   // Skip what is already recorded above the checkpoint (matched just now, or
-  // by an earlier re-match or reconciliation that could not move it over them).
+  // by an earlier re-match or reconciliation that could not move it over them,
+  // or copied first by an interrupted recent-first run). They count as settled.
+  const std::uint32_t scan_top = todo.empty() ? 0 : todo.back().uid;  // todo is in UID order here
   if (had_state && !todo.empty())
     std::erase_if(todo, [&](const pending& p) {
       return p.uid <= st.last_legacy_uid || state.message(user, mapping.legacy_name, p.uid);
@@ -747,12 +754,17 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   // run skips (the erase_if above).
   std::set<std::uint32_t> unsettled;
   for (auto& p : todo) unsettled.insert(p.uid);
-  const std::uint32_t todo_last = todo.empty() ? 0 : todo.back().uid;  // todo is in UID order here
   auto settle = [&](std::span<const std::uint32_t> uids) {
     for (auto u : uids) unsettled.erase(u);
-    const std::uint32_t covered = unsettled.empty() ? todo_last : *unsettled.begin() - 1;
+    const std::uint32_t covered = unsettled.empty() ? scan_top : *unsettled.begin() - 1;
     st.last_legacy_uid = std::max(st.last_legacy_uid, covered);
   };
+  if (todo.empty() && scan_top > st.last_legacy_uid) {
+    // Everything above the checkpoint was recorded already: it moves over it,
+    // so the no-change skip and the flag step cover those messages again.
+    settle({});
+    state.save_folder(user, st);
+  }
 
   // Recent first (issue 4 item 9, for INBOX): the messages of the last days,
   // newest INTERNALDATE first, then the rest in UID order, so the mail a user looks for

@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <tuple>
 
 #include "imap/client/secure_wipe.hpp"
 
@@ -50,6 +51,7 @@ struct entry {
   std::uint32_t attempts = 0;
   std::optional<std::int64_t> retry_at;
   std::uint32_t extra_connections = 0;  // granted beyond the first pair, while running
+  std::uint64_t retry_generation = 0;   // a retry timer counts only if it is the latest
 
   void drop_credentials() {
     imap::secure_wipe(password);
@@ -141,9 +143,14 @@ struct scheduler::impl {
     asio::post(io, [this] { kick(); });
   }
 
-  // Starts queued jobs while the caps allow. On the worker thread.
+  // Starts queued jobs while the caps allow. On the worker thread. The jobs
+  // are spawned after the lock is released: co_spawn may run a job at once,
+  // up to its first wait, and a job that ends without waiting (its run
+  // refused as busy, a CA file that cannot be read) locks m in finish().
   void kick() {
-    std::lock_guard lock(m);
+    std::vector<std::tuple<std::string, std::shared_ptr<secret>, std::shared_ptr<sync_progress>>>
+        starting;
+    std::unique_lock lock(m);
     while (!stopped && !paused && !draining && !queue.empty() &&
            running < opts.max_concurrent_users &&
            legacy_in_use + 1 <= opts.legacy_max_connections) {
@@ -154,7 +161,7 @@ struct scheduler::impl {
       if (!e.has_password) {
         e.state = user_state::failed;
         e.last_error = "no credentials held any more (credential_ttl): waiting for the next login";
-        log("migration user=" + name + " result=failed error=\"" + e.last_error + "\"");
+        log("migration user=" + log_value(name) + " result=failed error=" + log_value(e.last_error));
         continue;
       }
       e.running = true;
@@ -164,14 +171,19 @@ struct scheduler::impl {
       e.progress = std::make_shared<sync_progress>();
       ++running;
       legacy_in_use += 1;  // the job's first pair; more through grant()
-      asio::co_spawn(io, run_job(name, e.password, e.progress), asio::detached);
+      // The job's own copy of the password, made here: never a moved-from string.
+      starting.emplace_back(name, std::make_shared<secret>(e.password), e.progress);
     }
+    lock.unlock();
+    for (auto& [name, pw, progress] : starting)
+      asio::co_spawn(io, run_job(name, pw, progress), asio::detached);
   }
 
-  asio::awaitable<void> run_job(std::string name, std::string password,
+  asio::awaitable<void> run_job(std::string name, std::shared_ptr<secret> pw,
                                 std::shared_ptr<sync_progress> progress) {
-    secret pw(password);
-    imap::secure_wipe(password);
+    // Never inside kick(): a job that ends without waiting would start the
+    // next one from its finish(), recursively.
+    co_await asio::post(io, asio::use_awaitable);
     // More pairs of connections only as the legacy cap allows, counted per job.
     user_sync_options job = opts.sync;
     job.acquire_connections = [this, name](std::uint32_t n) {
@@ -187,7 +199,7 @@ struct scheduler::impl {
     };
     user_sync_report rep;
     try {
-      rep = co_await sync_user(io.get_executor(), job, name, pw.value, store, false,
+      rep = co_await sync_user(io.get_executor(), job, name, pw->value, store, false,
                                progress.get());
     } catch (const std::exception& e) {
       rep.user = name;
@@ -231,7 +243,7 @@ struct scheduler::impl {
           char buf[48];
           std::snprintf(buf, sizeof buf, " retry_in=%.1fs", delay.count() / 1000.0);
           retry_note = buf;
-          asio::co_spawn(io, retry_later(name, delay), asio::detached);
+          asio::co_spawn(io, retry_later(name, delay, ++e.retry_generation), asio::detached);
         }
       } else {
         // A refused login (legacy or new) is not retried: the credentials are
@@ -248,14 +260,16 @@ struct scheduler::impl {
     kick();
   }
 
-  asio::awaitable<void> retry_later(std::string name, std::chrono::milliseconds delay) {
+  asio::awaitable<void> retry_later(std::string name, std::chrono::milliseconds delay,
+                                    std::uint64_t generation) {
     asio::steady_timer t(io, delay);
     boost::system::error_code ec;
     co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     std::lock_guard lock(m);
     auto it = users.find(name);
+    // Not when another run came in between (a login or a resync) and set its own.
     if (stopped || it == users.end() || !it->second.retry_at || it->second.running ||
-        it->second.queued)
+        it->second.queued || it->second.retry_generation != generation)
       co_return;
     enqueue(name, it->second);
   }
@@ -270,10 +284,12 @@ struct scheduler::impl {
       std::lock_guard lock(m);
       const auto now = std::chrono::steady_clock::now();
       for (auto& [name, e] : users)
-        if (e.has_password && !e.running && opts.credential_ttl.count() > 0 &&
+        // Not while queued: the job is about to use them (a storm's queue
+        // can be longer than a short credential_ttl).
+        if (e.has_password && !e.running && !e.queued && opts.credential_ttl.count() > 0 &&
             now >= e.credentials_until) {
           e.drop_credentials();
-          log("credentials dropped user=" + name + " (credential_ttl " +
+          log("credentials dropped user=" + log_value(name) + " (credential_ttl " +
               std::to_string(opts.credential_ttl.count()) + "s)");
         }
     }

@@ -233,8 +233,11 @@ boost::asio::awaitable<void> extra_worker(copy_run& run, boost::asio::any_io_exe
                                           std::string_view password) {
   session legacy, fresh;
   user_sync_report scratch;
-  if (co_await open(legacy, ex, run.opts.legacy, "legacy", run.user, password, scratch) &&
-      co_await open(fresh, ex, run.opts.fresh, "new", run.user, password, scratch)) {
+  if (run.next >= run.jobs.size()) co_return;  // the first pair took everything already
+  // Two steps, not `co_await a && co_await b` (GCC 12, see imap/client/README.md).
+  bool opened = co_await open(legacy, ex, run.opts.legacy, "legacy", run.user, password, scratch);
+  if (opened) opened = co_await open(fresh, ex, run.opts.fresh, "new", run.user, password, scratch);
+  if (opened) {
     co_await copy_worker(run, legacy, fresh);
   } else if (!scratch.errors.empty()) {
     run.rep.problems.push_back("one connection pair fewer: " + scratch.errors.front());
@@ -290,9 +293,20 @@ boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
                          " folders not copied: every connection was lost");
 }
 
-// A value for a log line: as is when plain, else quoted with control bytes,
-// quotes and backslashes escaped (a user name must not forge log lines).
-std::string quoted_for_log(std::string_view s) {
+
+}  // namespace
+
+const char* to_string(sync_outcome o) {
+  switch (o) {
+    case sync_outcome::ok: return "ok";
+    case sync_outcome::login_failed: return "login_failed";
+    case sync_outcome::finished_with_errors: return "finished_with_errors";
+    case sync_outcome::failed: return "failed";
+  }
+  return "failed";
+}
+
+std::string log_value(std::string_view s) {
   const bool plain = !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) {
     return c > 0x20 && c != '"' && c != '\\' && c != 0x7f;
   });
@@ -313,20 +327,8 @@ std::string quoted_for_log(std::string_view s) {
   return out + "\"";
 }
 
-}  // namespace
-
-const char* to_string(sync_outcome o) {
-  switch (o) {
-    case sync_outcome::ok: return "ok";
-    case sync_outcome::login_failed: return "login_failed";
-    case sync_outcome::finished_with_errors: return "finished_with_errors";
-    case sync_outcome::failed: return "failed";
-  }
-  return "failed";
-}
-
 std::string describe_run(const user_sync_report& r) {
-  std::string line = "user=" + quoted_for_log(r.user) + " result=" + to_string(r.outcome) +
+  std::string line = "user=" + log_value(r.user) + " result=" + to_string(r.outcome) +
                      (r.dry_run ? " dry_run=yes" : "") +
                      " folders=" + std::to_string(r.folders_copied) + "/" +
                      std::to_string(r.folders_planned) +
@@ -336,33 +338,19 @@ std::string describe_run(const user_sync_report& r) {
   char duration[32];
   std::snprintf(duration, sizeof duration, " duration=%.3fs", r.duration.count() / 1000.0);
   line += duration;
-  if (!r.errors.empty()) line += " error=" + quoted_for_log(r.errors.front());
+  if (!r.errors.empty()) line += " error=" + log_value(r.errors.front());
   return line;
 }
 
-boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor ex,
-                                                   const user_sync_options& opts,
-                                                   std::string_view user,
-                                                   std::string_view password, state_store& state,
-                                                   bool dry_run, sync_progress* progress) {
-  user_sync_report rep;
-  rep.user = std::string(user);
-  rep.dry_run = dry_run;
-  auto t0 = std::chrono::steady_clock::now();
-  std::int64_t run_id = 0;
-  if (!dry_run) {
-    try {
-      run_id = state.begin_run(user, static_cast<std::int64_t>(std::time(nullptr)));
-    } catch (const run_busy& e) {
-      // One migration per user, also across processes (`suction sync` beside
-      // the daemon): try again later.
-      rep.outcome = sync_outcome::failed;
-      rep.transient = true;
-      rep.errors.push_back(e.what());
-      co_return rep;
-    }
-  }
+namespace {
 
+// One run's work between begin_run and finish_run: log in on both servers,
+// plan, create, subscribe, copy, log out. Fills `rep`; a state store failure
+// propagates (sync_user records it).
+boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
+                                      const user_sync_options& opts, std::string_view user,
+                                      std::string_view password, state_store& state, bool dry_run,
+                                      sync_progress* progress, user_sync_report& rep) {
   session legacy, fresh;
   bool ok = co_await open(legacy, ex, opts.legacy, "legacy", user, password, rep);
   if (ok) ok = co_await open(fresh, ex, opts.fresh, "new", user, password, rep);
@@ -531,6 +519,49 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
   }
   if (legacy.logged_in) co_await legacy.c->logout();
   if (fresh.logged_in) co_await fresh.c->logout();
+}
+
+}  // namespace
+
+boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor ex,
+                                                   const user_sync_options& opts,
+                                                   std::string_view user,
+                                                   std::string_view password, state_store& state,
+                                                   bool dry_run, sync_progress* progress) {
+  user_sync_report rep;
+  rep.user = std::string(user);
+  rep.dry_run = dry_run;
+  auto t0 = std::chrono::steady_clock::now();
+  std::int64_t run_id = 0;
+  if (!dry_run) {
+    try {
+      run_id = state.begin_run(user, static_cast<std::int64_t>(std::time(nullptr)));
+    } catch (const run_busy& e) {
+      // One migration per user, also across processes (`suction sync` beside
+      // the daemon): try again later.
+      rep.outcome = sync_outcome::failed;
+      rep.transient = true;
+      rep.errors.push_back(e.what());
+      co_return rep;
+    }
+  }
+
+  std::exception_ptr failure;  // the state store failed: recorded, then thrown on
+  try {
+    co_await run_body(ex, opts, user, password, state, dry_run, progress, rep);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  if (failure) {
+    rep.outcome = sync_outcome::failed;
+    try {
+      std::rethrow_exception(failure);
+    } catch (const std::exception& e) {
+      rep.errors.insert(rep.errors.begin(), std::string("state store: ") + e.what());
+    } catch (...) {
+      rep.errors.insert(rep.errors.begin(), "state store: unknown error");
+    }
+  }
   rep.duration = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - t0);
   if (!dry_run) {
@@ -543,8 +574,15 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
     rr.bytes_copied = rep.bytes;
     rr.messages_failed = rep.messages_failed;
     if (!rep.errors.empty()) rr.error = rep.errors.front();
-    state.finish_run(rr);
+    // Also after a failure of the store, so the run is not left "running"
+    // under this live process (begin_run would refuse the user as busy).
+    try {
+      state.finish_run(rr);
+    } catch (...) {
+      if (!failure) throw;
+    }
   }
+  if (failure) std::rethrow_exception(failure);
   co_return rep;
 }
 

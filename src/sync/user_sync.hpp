@@ -127,6 +127,10 @@ struct user_sync_report {
   bool transient = false;
 };
 
+// A value for a key=value log line: as is when plain, else quoted with control
+// bytes, quotes and backslashes escaped (a user name must not forge log lines).
+std::string log_value(std::string_view s);
+
 // The run as key=value pairs for a log line: "user=alice result=ok
 // folders=12/12 copied=345 bytes=... failed=0 duration=1.234s" and the first
 // error, if any (quoted, control bytes escaped).

@@ -1,11 +1,24 @@
 """A TCP forwarder on loopback for fault injection and counting: it stands between suction and
 the legacy server, so a test can cut connections mid-copy, play a server that is down, and
-count how many connections suction holds to legacy at once."""
+count how many connections suction holds to legacy at once.
+
+One thread, one selector, and in each round the closes are handled before the accepts: on
+loopback a client's close() has put its FIN in our receive queue before its next connect()
+reaches the listener, so a connection closed before another was opened is never counted as
+open beside it (threads per connection would see the two in either order)."""
 
 from __future__ import annotations
 
+import selectors
 import socket
 import threading
+
+
+class _Pair:
+    def __init__(self, client: socket.socket, server: socket.socket, limit: int | None):
+        self.client, self.server, self.limit = client, server, limit
+        self.to_client = 0  # bytes the server sent through us
+        self.closed = False
 
 
 class Forwarder:
@@ -23,76 +36,95 @@ class Forwarder:
         self.refused = 0
         self.active = 0
         self.peak = 0
-        self._lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(256)
-        self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.sock, selectors.EVENT_READ, None)
         self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
-    def _serve(self):
+    def _loop(self):
         while not self.stopping:
-            try:
-                client, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if self.down:
-                self.refused += 1
-                client.close()
-                continue
-            self.accepted += 1
-            limit = self.after if self.accepted <= self.cut else None
-            threading.Thread(target=self._pipe_pair, args=(client, limit), daemon=True).start()
+            events = self._sel.select(timeout=0.2)
+            # Data and closes first, the listener last (see the module docstring).
+            events.sort(key=lambda ev: ev[0].data is None)
+            for key, _ in events:
+                if key.data is None:
+                    self._accept()
+                else:
+                    pair, from_server = key.data
+                    if not pair.closed:
+                        self._pump(pair, from_server)
+        for key in list(self._sel.get_map().values()):
+            if key.data is not None:
+                self._close(key.data[0])
 
-    def _pipe_pair(self, client: socket.socket, limit: int | None):
+    def _accept(self):
+        try:
+            client, _ = self.sock.accept()
+        except OSError:
+            return
+        if self.down:
+            self.refused += 1
+            client.close()
+            return
+        self.accepted += 1
         try:
             server = socket.create_connection(self.target, timeout=10)
         except OSError:
             client.close()
             return
-        server.settimeout(None)
-        with self._lock:
-            self.active += 1
-            self.peak = max(self.peak, self.active)
-        done = threading.Event()
+        for s in (client, server):
+            s.settimeout(30)  # sendall to a peer that reads: bounded anyway
+        pair = _Pair(client, server, self.after if self.accepted <= self.cut else None)
+        self._sel.register(client, selectors.EVENT_READ, (pair, False))
+        self._sel.register(server, selectors.EVENT_READ, (pair, True))
+        self.active += 1
+        self.peak = max(self.peak, self.active)
 
-        def pump(src, dst, budget):
-            sent = 0
+    def _pump(self, pair: _Pair, from_server: bool):
+        src, dst = (pair.server, pair.client) if from_server else (pair.client, pair.server)
+        try:
+            data = src.recv(65536)
+            if not data:
+                self._close(pair)
+                return
+            if from_server and pair.limit is not None and pair.to_client + len(data) > pair.limit:
+                self.cuts += 1
+                self._close(pair)
+                return
+            dst.sendall(data)
+            if from_server:
+                pair.to_client += len(data)
+        except OSError:
+            self._close(pair)
+
+    def _close(self, pair: _Pair):
+        if pair.closed:
+            return
+        pair.closed = True
+        for s in (pair.client, pair.server):
             try:
-                while not done.is_set():
-                    data = src.recv(65536)
-                    if not data:
-                        break
-                    if budget is not None and sent + len(data) > budget:
-                        self.cuts += 1
-                        break
-                    dst.sendall(data)
-                    sent += len(data)
+                self._sel.unregister(s)
+            except (KeyError, ValueError):
+                pass
+            try:
+                s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            done.set()
-            for s in (client, server):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        t = threading.Thread(target=pump, args=(client, server, None), daemon=True)
-        t.start()
-        pump(server, client, limit)
-        t.join(10)
-        client.close()
-        server.close()
-        with self._lock:
-            self.active -= 1
+            s.close()
+        self.active -= 1
 
     def close(self):
         self.stopping = True
-        self.sock.close()
         self.thread.join(5)
+        try:
+            self._sel.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.sock.close()
+        self._sel.close()

@@ -391,6 +391,53 @@ class MigrationE2E(unittest.TestCase):
         self.assertRegex(r.stderr.decode(), r"^suction: \S+suction\.toml: \[sync\] state_db: ")
         self.assertEqual(r.stderr.decode().count("\n"), 1, r.stderr)
 
+    # ---- 8: the daemon's job refused at once (the user's run is held by `suction sync`):
+    # the daemon keeps answering, and the job runs when the other process is done.
+    def test_8_job_refused_as_busy_keeps_the_daemon_serving(self):
+        user = "user004"
+        seed(user, {"INBOX.Slow": 120}, size=60000, tag="-slow")
+        with Proxy() as p:
+            db = p.config["sync"]["state_db"]
+            cfg = write_config({"sync": {"batch_messages": 1, "connections_per_user": 1}},
+                               state_db=db)
+            cli = subprocess.Popen([SUCTION_BIN, "sync", "--config", cfg, "--user", user,
+                                    "--password-stdin", "--retries", "0"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            try:
+                cli.stdin.write((bed().users[user] + "\n").encode())
+                cli.stdin.close()
+                import sqlite3
+
+                def cli_running():
+                    try:
+                        con = sqlite3.connect(db, timeout=1)
+                        try:
+                            return con.execute("SELECT COUNT(*) FROM runs WHERE user = ? AND "
+                                               "result = 'running' AND pid = ?",
+                                               (user, cli.pid)).fetchone()[0] == 1
+                        finally:
+                            con.close()
+                    except sqlite3.Error:
+                        return False
+                self.assertTrue(wait_until(cli_running, 30, step=0.02))
+                login(p, user)
+                u = wait_state(p, user, ("pending",), 20)
+                self.assertTrue(wait_until(
+                    lambda: f"is running in process {cli.pid}" in
+                    (ask(p, {"cmd": "user", "user": user})["last_error"] or ""), 20), u)
+                self.assertIn("proxy", ask(p, {"cmd": "status"}))  # still serving
+                login(p, "carol")  # and logins go on
+                self.assertEqual(cli.wait(120), 0)
+            finally:
+                if cli.poll() is None:
+                    cli.kill()
+                    cli.wait(10)
+            u = wait_state(p, user, ("done",), 60)  # the retry, once the CLI is done
+            self.assertEqual(u["runs"][0]["result"], "done")
+        self.assertEqual(mailbox(bed().new, user, ["Slow"])["Slow"],
+                         mailbox(bed().legacy, user, ["INBOX.Slow"])["INBOX.Slow"])
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -567,6 +567,105 @@ TEST_CASE("copy_folder: after a crash between APPEND and record, the unrecorded 
   CHECK(done);
 }
 
+TEST_CASE("copy_folder: recent first, newest first, and after an interrupted recent-first run the checkpoint reaches the top") {
+  const auto& bed = testbed();
+  const std::string prefix = unique_prefix();
+  temp_db db(prefix);
+  const std::string scratch = "INBOX." + prefix;
+  const std::string target = prefix + "/recent";
+  const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  auto days_ago = [&](int d) {
+    return suction::imap::format_date_time({static_cast<std::int64_t>(now) - d * 86400, 0});
+  };
+  // UIDs 1..6: old, recent (2 days), old, recent (1 day), old, recent (3 days).
+  std::vector<std::pair<std::string, std::string>> msgs;
+  for (int i = 0; i < 6; ++i)
+    msgs.emplace_back("From: r@example.org\r\nSubject: m" + std::to_string(i + 1) + "\r\n\r\nbody " +
+                          std::to_string(i + 1) + "\r\n",
+                      i % 2 == 0 ? "0" + std::to_string(i + 1) + "-Jan-2003 10:00:00 +0000"
+                                 : days_ago(i == 1 ? 2 : i == 3 ? 1 : 3));
+  sync::folder_mapping m;
+  m.legacy_name = scratch;
+  m.new_name = target;
+  sync::copy_options opts;
+  opts.batch_messages = 1;
+  opts.recent_since = static_cast<std::int64_t>(now) - 14 * 86400;
+
+  auto done = run_coro<bool>([&](asio::any_io_executor ex) -> awaitable<bool> {
+    client legacy(ex), legacy2(ex), fresh(ex), alice(ex);
+    auto e1 = co_await open_session(legacy, bed.legacy, "alice");
+    auto e2 = co_await open_session(fresh, bed.fresh, "bob");
+    auto e3 = co_await open_session(alice, bed.legacy, "alice");
+    auto e4 = co_await open_session(legacy2, bed.legacy, "alice");
+    REQUIRE_MESSAGE(!e1, e1.message());
+    REQUIRE_MESSAGE(!e2, e2.message());
+    REQUIRE_MESSAGE(!e3, e3.message());
+    REQUIRE_MESSAGE(!e4, e4.message());
+    command_result r;
+    co_await alice.mailbox_command("CREATE", scratch, r);
+    REQUIRE(r.status == status::ok);
+    for (auto& [body, date] : msgs) {
+      bool ok = co_await append_to(alice, scratch, body, date);
+      REQUIRE(ok);
+    }
+    sync::state_store state(db.path);
+    {
+      // A run cut off once the three recent messages are copied and recorded.
+      sync::copy_options cut = opts;
+      std::uint64_t copied = 0;
+      cut.on_copied = [&copied](std::uint64_t n, std::uint64_t) {
+        if ((copied += n) == 3) throw std::runtime_error("cut off");
+      };
+      sync::folder_copy_report rep;
+      bool thrown = false;
+      try {
+        co_await sync::copy_folder(legacy, fresh, state, "alice", m, cut, rep);
+      } catch (const std::runtime_error&) {
+        thrown = true;
+      }
+      REQUIRE(thrown);
+    }
+    // Newest first: new UIDs in order hold legacy 4 (1 day), 2 (2 days), 6 (3 days).
+    auto got = co_await fetch_new(fresh, target);
+    REQUIRE(got.size() == 3);
+    CHECK(got[0].sha256 == sha256_hex(msgs[3].first));
+    CHECK(got[1].sha256 == sha256_hex(msgs[1].first));
+    CHECK(got[2].sha256 == sha256_hex(msgs[5].first));
+    CHECK(state.messages("alice", scratch).size() == 3);
+    CHECK(state.folder("alice", scratch)->last_legacy_uid == 0);  // UID 1 is not copied yet
+
+    // The next run copies the old ones; the checkpoint then covers the top UID
+    // (6, copied by the cut-off run), not only the highest it copied itself (5).
+    sync::folder_copy_report rep;
+    auto ec = co_await sync::copy_folder(legacy2, fresh, state, "alice", m, opts, rep);
+    CHECK_MESSAGE(!ec, ec.message());
+    CHECK(rep.copied == 3);
+    CHECK(rep.reconciled == 0);
+    snapshot legacy_now = co_await take_snapshot(alice, scratch);
+    REQUIRE(legacy_now.messages.size() == 6);
+    CHECK(state.folder("alice", scratch)->last_legacy_uid == legacy_now.messages.back().first);
+    got = co_await fetch_new(fresh, target);
+    std::multiset<std::string> expected;
+    for (auto& [body, date] : msgs) expected.insert(sha256_hex(body));
+    CHECK(hashes(got) == expected);
+    sync::folder_copy_report again;
+    ec = co_await sync::copy_folder(legacy2, fresh, state, "alice", m, opts, again);
+    CHECK(!ec);
+    CHECK(again.copied == 0);
+
+    co_await legacy2.simple("EXAMINE INBOX", r);
+    co_await alice.mailbox_command("DELETE", scratch, r);
+    CHECK(r.status == status::ok);
+    co_await delete_tree(fresh, prefix);
+    co_await legacy2.logout();
+    co_await fresh.logout();
+    co_await alice.logout();
+    legacy.close();  // its prefetch may have been cut off with the run
+    co_return true;
+  }, std::chrono::seconds(120));
+  CHECK(done);
+}
+
 TEST_CASE("copy_folder: the user's own message on the new server above the checkpoint is left alone, not matched") {
   const auto& bed = testbed();
   const std::string prefix = unique_prefix();
