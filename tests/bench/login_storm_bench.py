@@ -60,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+from benchlib import pct, proc_times as _times  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -68,7 +69,6 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 sys.path.insert(0, HERE)
 
 HOST = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_BINARY = os.path.join(ROOT, "build", "src", "proxy", "suction")
 LEGACY_FOLDERS = ["INBOX", "INBOX.Notes", "INBOX.Lists"]
 
@@ -83,15 +83,6 @@ class BenchError(RuntimeError):
 
 def log(msg: str) -> None:
     print(f"[storm {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest rank on the sorted values (as proxy_bench.py)."""
-    v = sorted(values)
-    if not v:
-        return float("nan")
-    k = min(len(v) - 1, max(0, int(round(p / 100.0 * (len(v) - 1)))))
-    return v[k]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,9 +102,7 @@ def forwarder_child(target_port: int, max_seconds: int) -> int:
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "reset":
-            with fwd._lock:
-                fwd.peak = fwd.active
-                fwd.accepted = 0
+            fwd.reset()
         print(json.dumps({"accepted": fwd.accepted, "active": fwd.active, "peak": fwd.peak}),
               flush=True)
     fwd.close()
@@ -169,19 +158,6 @@ def proc_status(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise BenchError(f"no {key} for pid {pid}")
-
-
-def _times(pid: int, children: bool = True) -> float:
-    """utime + stime (+ cutime + cstime) of pid in seconds; 0 if gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(b")") + 2:].split()
-    if fields[0] == b"Z":
-        return 0.0
-    return sum(int(x) for x in fields[11:15 if children else 13]) / CLK_TCK
 
 
 def _children(pid: int) -> list[int]:

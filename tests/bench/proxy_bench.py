@@ -54,6 +54,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "testbed"))
 sys.path.insert(0, HERE)
 from testbed import Testbed  # noqa: E402
 from fake_backend import make_payload  # noqa: E402
+from benchlib import pct, platform_cpu  # noqa: E402
 
 HOST = "127.0.0.1"
 SOCK_TIMEOUT = 30.0
@@ -437,14 +438,6 @@ class Raw:
             self.command("LOGOUT")
         with contextlib.suppress(OSError):
             self.s.close()
-
-
-def pct(values: list[float], p: float) -> float:
-    v = sorted(values)
-    if not v:
-        return float("nan")
-    k = min(len(v) - 1, max(0, int(round(p / 100.0 * (len(v) - 1)))))
-    return v[k]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -995,17 +988,6 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             log(f"work dir kept: {workdir}")
-
-
-def platform_cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
 
 
 def dovecot_version() -> str:

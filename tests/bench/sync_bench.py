@@ -61,13 +61,13 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "testbed"))
 sys.path.insert(0, HERE)
 import testbed as tbm  # noqa: E402
 import gen_corpus  # noqa: E402
+from benchlib import platform_cpu, proc_times as _proc_times  # noqa: E402
 
 HOST = "127.0.0.1"
 LEGACY_USER = "alice"
 SUCTION_USER = "alice"          # new-server user the suction copy goes to (same login as legacy)
 DSYNC_USER = "bob"              # new-server user the dsync copy goes to
 DEFAULT_BINARY = os.path.join(ROOT, "build", "src", "proxy", "suction")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TOOLS = ("suction", "dsync")
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
@@ -146,19 +146,6 @@ def kill_current() -> None:
             os.killpg(p.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-def _proc_times(pid: int) -> float:
-    """utime + stime + cutime + cstime of pid, seconds (0 if gone or a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(b")") + 2:].split()
-    if fields[0] == b"Z":
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / CLK_TCK
 
 
 def server_cpu(master: int) -> float:
@@ -474,17 +461,6 @@ def dovecot_version() -> str:
         return r.stdout.strip().split()[0]
     except (OSError, subprocess.TimeoutExpired, IndexError):
         return "?"
-
-
-def platform_cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def report(results: dict, manifest: dict, args, meta: dict) -> str:

@@ -36,6 +36,7 @@ class Forwarder:
         self.refused = 0
         self.active = 0
         self.peak = 0
+        self._lock = threading.Lock()  # the counters, for readers on other threads
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -83,8 +84,9 @@ class Forwarder:
         pair = _Pair(client, server, self.after if self.accepted <= self.cut else None)
         self._sel.register(client, selectors.EVENT_READ, (pair, False))
         self._sel.register(server, selectors.EVENT_READ, (pair, True))
-        self.active += 1
-        self.peak = max(self.peak, self.active)
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
 
     def _pump(self, pair: _Pair, from_server: bool):
         src, dst = (pair.server, pair.client) if from_server else (pair.client, pair.server)
@@ -117,7 +119,14 @@ class Forwarder:
             except OSError:
                 pass
             s.close()
-        self.active -= 1
+        with self._lock:
+            self.active -= 1
+
+    def reset(self) -> None:
+        """Starts counting anew: peak = what is open now, accepted = 0."""
+        with self._lock:
+            self.peak = self.active
+            self.accepted = 0
 
     def close(self):
         self.stopping = True

@@ -1,0 +1,43 @@
+"""Small helpers the benchmark scripts share: percentiles as proxy_bench.py defines them, the
+CPU model for a results header, and a process's CPU time from /proc."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest rank on the sorted values; nan for none."""
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    k = min(len(v) - 1, max(0, int(round(p / 100.0 * (len(v) - 1)))))
+    return v[k]
+
+
+def platform_cpu() -> str:
+    """The CPU model from /proc/cpuinfo (the machine type if it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def proc_times(pid: int, children: bool = True) -> float:
+    """utime + stime (+ cutime + cstime) of pid in seconds; 0 if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(b")") + 2:].split()
+    if fields[0] == b"Z":
+        return 0.0
+    return sum(int(x) for x in fields[11:15 if children else 13]) / CLK_TCK
