@@ -13,6 +13,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <exception>
 #include <utility>
 
 #include "imap/date.hpp"
@@ -219,8 +220,16 @@ class channel_source final : public imap::literal_source {
 // with an error (for a receiver still waiting) and signals `done`.
 awaitable<void> run_stream_fetch(imap::client& legacy, std::string command,
                                  stream_handler& handler, chunk_channel& ch, done_channel& done,
-                                 std::error_code& ec, imap::command_result& r) {
-  ec = co_await legacy.simple(command, r, &handler);
+                                 std::error_code& ec, imap::command_result& r,
+                                 std::exception_ptr& failure) {
+  // Detached: an exception would be lost and `done` never sent; it is handed
+  // to the waiter instead, which rethrows it.
+  try {
+    ec = co_await legacy.simple(command, r, &handler);
+  } catch (...) {
+    failure = std::current_exception();
+    ec = make_error_code(std::errc::io_error);
+  }
   boost::system::error_code ignored;
   if (ch.is_open())
     co_await ch.async_send(asio::error::eof, std::string(),
@@ -251,9 +260,11 @@ awaitable<stream_outcome> stream_message(imap::client& legacy, imap::client& fre
   done_channel done(ex, 1);
   stream_handler handler(ch);
   std::error_code fetch_ec;
+  std::exception_ptr fetch_failure;
   imap::command_result fr;
   std::string command = "UID FETCH " + std::to_string(uid) + " (UID BODY.PEEK[])";
-  asio::co_spawn(ex, run_stream_fetch(legacy, command, handler, ch, done, fetch_ec, fr),
+  asio::co_spawn(ex,
+                 run_stream_fetch(legacy, command, handler, ch, done, fetch_ec, fr, fetch_failure),
                  asio::detached);
 
   boost::system::error_code rec;
@@ -276,6 +287,7 @@ awaitable<stream_outcome> stream_message(imap::client& legacy, imap::client& fre
   ch.close();
   boost::system::error_code ignored;
   co_await done.async_receive(asio::redirect_error(asio::use_awaitable, ignored));
+  if (fetch_failure) std::rethrow_exception(fetch_failure);
 
   out.appended = appended && !append_ec;
   if (fetch_ec) {
@@ -305,18 +317,26 @@ struct prefetch {
   imap::command_result r;
   done_channel done;
   bool finished = false;
+  std::exception_ptr failure;  // thrown in the detached fetch: rethrown by wait()
   explicit prefetch(asio::any_io_executor ex) : done(ex, 1) {}
   awaitable<void> wait() {
-    if (finished) co_return;
-    boost::system::error_code ignored;
-    co_await done.async_receive(asio::redirect_error(asio::use_awaitable, ignored));
-    finished = true;
+    if (!finished) {
+      boost::system::error_code ignored;
+      co_await done.async_receive(asio::redirect_error(asio::use_awaitable, ignored));
+      finished = true;
+    }
+    if (failure) std::rethrow_exception(std::exchange(failure, nullptr));
   }
 };
 
 awaitable<void> run_prefetch(imap::client& legacy, std::string command,
                              std::shared_ptr<prefetch> p) {
-  p->ec = co_await legacy.simple(command, p->r, &p->got);
+  try {
+    p->ec = co_await legacy.simple(command, p->r, &p->got);
+  } catch (...) {
+    p->failure = std::current_exception();
+    p->ec = make_error_code(std::errc::io_error);
+  }
   boost::system::error_code ignored;
   co_await p->done.async_send(boost::system::error_code{},
                               asio::redirect_error(asio::use_awaitable, ignored));

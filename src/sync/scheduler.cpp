@@ -204,7 +204,7 @@ struct scheduler::impl {
     } catch (const std::exception& e) {
       rep.user = name;
       rep.outcome = sync_outcome::failed;
-      rep.errors.push_back(std::string("state store: ") + e.what());
+      rep.errors.push_back(e.what());  // sync_user recorded the run with it
     }
     finish(name, rep);
   }

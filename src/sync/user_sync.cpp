@@ -546,7 +546,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
     }
   }
 
-  std::exception_ptr failure;  // the state store failed: recorded, then thrown on
+  std::exception_ptr failure;  // the state store (or anything) threw: recorded, then thrown on
   try {
     co_await run_body(ex, opts, user, password, state, dry_run, progress, rep);
   } catch (...) {
@@ -556,10 +556,12 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
     rep.outcome = sync_outcome::failed;
     try {
       std::rethrow_exception(failure);
-    } catch (const std::exception& e) {
+    } catch (const state_error& e) {
       rep.errors.insert(rep.errors.begin(), std::string("state store: ") + e.what());
+    } catch (const std::exception& e) {
+      rep.errors.insert(rep.errors.begin(), std::string("internal error: ") + e.what());
     } catch (...) {
-      rep.errors.insert(rep.errors.begin(), "state store: unknown error");
+      rep.errors.insert(rep.errors.begin(), "internal error");
     }
   }
   rep.duration = std::chrono::duration_cast<std::chrono::milliseconds>(
