@@ -803,6 +803,21 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     for (auto& p : todo) bytes += p.size;
     opts.on_scanned(todo.size(), bytes);
   }
+  // Settled without being copied (refused, gone from legacy): out of the
+  // progress totals, so a finished folder shows 100 %.
+  std::map<std::uint32_t, std::uint64_t> size_of;
+  if (opts.on_dropped)
+    for (auto& p : todo) size_of[p.uid] = p.size;
+  auto dropped = [&](std::span<const std::uint32_t> uids, std::span<message* const> copied) {
+    if (!opts.on_dropped) return;
+    std::uint64_t n = 0, bytes = 0;
+    for (auto u : uids)
+      if (std::none_of(copied.begin(), copied.end(), [u](const message* m) { return m->uid == u; })) {
+        ++n;
+        bytes += size_of[u];
+      }
+    if (n > 0) opts.on_dropped(n, bytes);
+  };
 
   const bool multiappend = fresh.capabilities().has("MULTIAPPEND");
   const std::size_t max_messages = std::max<std::size_t>(1, opts.batch_messages);
@@ -838,6 +853,7 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     }
     settle(settled);
     state.record_batch(user, st, recs);
+    dropped(settled, done);
     report.copied += done.size();
     report.bytes += bytes;
     if (opts.on_copied) opts.on_copied(done.size(), bytes);
@@ -845,6 +861,7 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   auto account_only = [&](std::span<const std::uint32_t> settled) {
     settle(settled);
     state.record_batch(user, st, std::span<const message_record>{});
+    dropped(settled, {});
   };
 
   // The work in order: batches (at most max_messages and batch_bytes) and, alone,

@@ -89,8 +89,10 @@ struct copy_options {
   // instant (unix seconds) are copied first, newest first; 0: UID order.
   std::int64_t recent_since = 0;
   // Progress for the status socket: once the folder is scanned, what it will
-  // copy; after each recorded APPEND, what was copied. Either may be empty.
-  std::function<void(std::uint64_t messages, std::uint64_t bytes)> on_scanned, on_copied;
+  // copy; after each recorded APPEND, what was copied; what will not be
+  // copied after all (refused, gone from legacy). Any may be empty.
+  std::function<void(std::uint64_t messages, std::uint64_t bytes)> on_scanned, on_copied,
+      on_dropped;
 };
 
 struct folder_copy_report {

@@ -187,6 +187,10 @@ boost::asio::awaitable<void> copy_worker(copy_run& run, session& legacy, session
         progress->messages_copied += n;
         progress->bytes_copied += bytes;
       };
+      co.on_dropped = [progress](std::uint64_t n, std::uint64_t bytes) {
+        progress->messages_total -= n;
+        progress->bytes_total -= bytes;
+      };
     }
     folder_copy_report cr;
     auto ec = co_await copy_folder(*legacy.c, *fresh.c, run.state, run.user, m, co, cr);

@@ -950,6 +950,8 @@ struct refusal_outcome {
   std::error_code ec;
   sync::folder_copy_report report;
   std::vector<std::uint32_t> legacy_uids;
+  // The progress callbacks' sums: scanned - dropped == copied once it is done.
+  std::uint64_t scanned = 0, copied = 0, dropped = 0;
 };
 
 refusal_outcome copy_against_fake(fake_new_server& server, sync::state_store& state,
@@ -979,6 +981,9 @@ refusal_outcome copy_against_fake(fake_new_server& server, sync::state_store& st
     m.new_name = "Q1";
     sync::copy_options opts;
     opts.batch_bytes = batch_bytes;
+    opts.on_scanned = [&o](std::uint64_t n, std::uint64_t) { o.scanned += n; };
+    opts.on_copied = [&o](std::uint64_t n, std::uint64_t) { o.copied += n; };
+    opts.on_dropped = [&o](std::uint64_t n, std::uint64_t) { o.dropped += n; };
     o.ec = co_await sync::copy_folder(legacy, fresh, state, "alice", m, opts, o.report);
     co_await fresh.logout();
     co_await legacy.logout();
@@ -1010,6 +1015,10 @@ TEST_CASE("copy_folder: a refused batch is redone one by one, only the bad messa
     CHECK(server.singles == 3);
     CHECK(o.report.copied == 2);
     CHECK(o.report.failed == 1);
+    // Progress: 3 to copy, 2 copied, the refused one out of the total (100 % at the end).
+    CHECK(o.scanned == 3);
+    CHECK(o.copied == 2);
+    CHECK(o.dropped == 1);
     REQUIRE(o.report.errors.size() == 1);
     CHECK(o.report.errors[0].find("legacy UID " + std::to_string(o.legacy_uids[bad])) !=
           std::string::npos);
