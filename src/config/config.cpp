@@ -305,6 +305,7 @@ const std::vector<key_spec<S>> sync_keys = {
     {"batch_bytes", [](const field& f, S& s) { s.batch_bytes = f.count(65536); }},
     // 0: always connections_per_user pairs.
     {"parallel_threshold", [](const field& f, S& s) { s.parallel_threshold = f.count(0); }},
+    {"fold_user_case", [](const field& f, S& s) { s.fold_user_case = f.boolean(); }},
 };
 
 const std::vector<key_spec<folder_rename>> rename_keys = {

@@ -82,6 +82,7 @@ struct sync_section {
   std::uint32_t batch_messages = 100;       // messages per MULTIAPPEND
   std::uint32_t batch_bytes = 16u << 20;    // bytes per MULTIAPPEND; a larger message is streamed
   std::uint32_t parallel_threshold = 200;   // messages to copy below which one connection pair does it all
+  bool fold_user_case = true;               // "Alice" and "alice" are one user (state, jobs)
 
   bool operator==(const sync_section&) const = default;
 };

@@ -40,6 +40,7 @@ sync::user_sync_options sync_options_from(const config::config& c) {
       1, std::min(c.sync.connections_per_user, c.legacy.max_connections));
   o.recent_first_days = c.sync.recent_first_days;
   o.parallel_min_messages = c.sync.parallel_threshold;
+  o.fold_user_case = c.sync.fold_user_case;
   return o;
 }
 

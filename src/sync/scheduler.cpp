@@ -44,6 +44,7 @@ struct entry {
   std::string password;  // wiped by drop_credentials
   bool has_password = false;
   std::chrono::steady_clock::time_point credentials_until{};
+  std::string login_name;      // as typed at the last login (the map's key is user_key)
   std::string client_address;  // of the last login
   std::optional<std::int64_t> started_at, finished_at, completed_at;
   std::string last_error;
@@ -148,7 +149,8 @@ struct scheduler::impl {
   // up to its first wait, and a job that ends without waiting (its run
   // refused as busy, a CA file that cannot be read) locks m in finish().
   void kick() {
-    std::vector<std::tuple<std::string, std::shared_ptr<secret>, std::shared_ptr<sync_progress>>>
+    std::vector<std::tuple<std::string, std::string, std::shared_ptr<secret>,
+                           std::shared_ptr<sync_progress>>>
         starting;
     std::unique_lock lock(m);
     while (!stopped && !paused && !draining && !queue.empty() &&
@@ -172,14 +174,15 @@ struct scheduler::impl {
       ++running;
       legacy_in_use += 1;  // the job's first pair; more through grant()
       // The job's own copy of the password, made here: never a moved-from string.
-      starting.emplace_back(name, std::make_shared<secret>(e.password), e.progress);
+      starting.emplace_back(name, e.login_name, std::make_shared<secret>(e.password), e.progress);
     }
     lock.unlock();
-    for (auto& [name, pw, progress] : starting)
-      asio::co_spawn(io, run_job(name, pw, progress), asio::detached);
+    for (auto& [name, login, pw, progress] : starting)
+      asio::co_spawn(io, run_job(name, login, pw, progress), asio::detached);
   }
 
-  asio::awaitable<void> run_job(std::string name, std::shared_ptr<secret> pw,
+  // name: the user's key; login: the name as the user typed it (for the servers).
+  asio::awaitable<void> run_job(std::string name, std::string login, std::shared_ptr<secret> pw,
                                 std::shared_ptr<sync_progress> progress) {
     // Never inside kick(): a job that ends without waiting would start the
     // next one from its finish(), recursively.
@@ -199,7 +202,7 @@ struct scheduler::impl {
     };
     user_sync_report rep;
     try {
-      rep = co_await sync_user(io.get_executor(), job, name, pw->value, store, false,
+      rep = co_await sync_user(io.get_executor(), job, login, pw->value, store, false,
                                progress.get());
     } catch (const std::exception& e) {
       rep.user = name;
@@ -345,9 +348,11 @@ void scheduler::stop() {
 void scheduler::on_login(std::string user, std::string password, std::string client_address) {
   secret pw(password);  // copies, never moves: a moved-from string keeps its bytes
   imap::secure_wipe(password);
+  const std::string key = user_key(impl_->opts.sync, user);
   std::lock_guard lock(impl_->m);
   if (impl_->stopped) return;
-  entry& e = impl_->users[user];
+  entry& e = impl_->users[key];
+  e.login_name = std::move(user);
   imap::secure_wipe(e.password);
   e.password = pw.value;
   e.has_password = true;
@@ -357,12 +362,13 @@ void scheduler::on_login(std::string user, std::string password, std::string cli
   if (e.state == user_state::done && e.completed_at &&
       unix_now() - *e.completed_at < impl_->opts.resync_interval.count())
     return;
-  impl_->enqueue(user, e);
+  impl_->enqueue(key, e);
 }
 
 std::string scheduler::resync(std::string_view user) {
+  const std::string key = user_key(impl_->opts.sync, user);
   std::lock_guard lock(impl_->m);
-  auto it = impl_->users.find(user);
+  auto it = impl_->users.find(key);
   if (it == impl_->users.end()) return "unknown user " + std::string(user);
   entry& e = it->second;
   if (e.running || e.queued)
@@ -427,15 +433,17 @@ std::vector<user_view> scheduler::users() const {
 }
 
 std::optional<user_view> scheduler::user(std::string_view name) const {
+  const std::string key = user_key(impl_->opts.sync, name);
   std::lock_guard lock(impl_->m);
-  auto it = impl_->users.find(name);
+  auto it = impl_->users.find(key);
   if (it == impl_->users.end()) return std::nullopt;
   return impl_->view(it->first, it->second);
 }
 
 std::vector<run_record> scheduler::runs(std::string_view name, std::size_t limit) const {
+  const std::string key = user_key(impl_->opts.sync, name);
   std::lock_guard lock(impl_->reader_m);
-  return impl_->reader.runs(name, limit);
+  return impl_->reader.runs(key, limit);
 }
 
 }  // namespace suction::sync

@@ -153,7 +153,8 @@ bool is_inbox(std::string_view legacy_name) {
 // What the workers of one run share. One thread: no locks.
 struct copy_run {
   const user_sync_options& opts;
-  std::string_view user;
+  std::string_view user;  // as the servers get it
+  std::string_view key;   // in the state store (user_key)
   state_store& state;
   sync_progress* progress;
   user_sync_report& rep;
@@ -193,7 +194,7 @@ boost::asio::awaitable<void> copy_worker(copy_run& run, session& legacy, session
       };
     }
     folder_copy_report cr;
-    auto ec = co_await copy_folder(*legacy.c, *fresh.c, run.state, run.user, m, co, cr);
+    auto ec = co_await copy_folder(*legacy.c, *fresh.c, run.state, run.key, m, co, cr);
     if (progress && !scanned) progress->messages_total -= estimate;
     fr.copied = cr.copied;
     fr.bytes = cr.bytes;
@@ -215,10 +216,10 @@ boost::asio::awaitable<void> copy_worker(copy_run& run, session& legacy, session
       // The HIGHESTMODSEQ seen before this complete run: a later change
       // raises it, so the next run looks again.
       if (j.legacy_modseq && *j.legacy_modseq != 0 && cr.errors.empty())
-        if (auto cp = run.state.folder(run.user, m.legacy_name);
+        if (auto cp = run.state.folder(run.key, m.legacy_name);
             cp && cp->highest_modseq != *j.legacy_modseq) {
           cp->highest_modseq = *j.legacy_modseq;
-          run.state.save_folder(run.user, *cp);
+          run.state.save_folder(run.key, *cp);
         }
     }
     // A broken connection ends this worker: nothing more can be done on it.
@@ -255,7 +256,8 @@ boost::asio::awaitable<void> extra_worker(copy_run& run, boost::asio::any_io_exe
 // largest first so one big folder does not end the run alone.
 boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
                                           const user_sync_options& opts, std::string_view user,
-                                          std::string_view password, state_store& state,
+                                          std::string_view key, std::string_view password,
+                                          state_store& state,
                                           session& legacy, session& fresh,
                                           std::vector<folder_job> jobs, sync_progress* progress,
                                           user_sync_report& rep) {
@@ -270,7 +272,7 @@ boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
   std::uint64_t to_copy = 0;
   for (auto& j : jobs) to_copy += rep.folders[j.report_index].to_copy;
   const std::size_t wanted = to_copy >= opts.parallel_min_messages ? opts.connections : 1;
-  copy_run run{opts, user, state, progress, rep, std::move(jobs)};
+  copy_run run{opts, user, key, state, progress, rep, std::move(jobs)};
   std::size_t workers = std::max<std::size_t>(1, std::min<std::size_t>(wanted, run.jobs.size()));
   std::uint32_t granted = 0;  // extra pairs the scheduler allowed (its legacy cap)
   if (workers > 1 && opts.acquire_connections) {
@@ -331,6 +333,14 @@ std::string log_value(std::string_view s) {
   return out + "\"";
 }
 
+std::string user_key(const user_sync_options& opts, std::string_view user) {
+  std::string key(user);
+  if (opts.fold_user_case)
+    for (char& c : key)
+      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return key;
+}
+
 std::string describe_run(const user_sync_report& r) {
   std::string line = "user=" + log_value(r.user) + " result=" + to_string(r.outcome) +
                      (r.dry_run ? " dry_run=yes" : "") +
@@ -353,8 +363,9 @@ namespace {
 // propagates (sync_user records it).
 boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
                                       const user_sync_options& opts, std::string_view user,
-                                      std::string_view password, state_store& state, bool dry_run,
-                                      sync_progress* progress, user_sync_report& rep) {
+                                      std::string_view key, std::string_view password,
+                                      state_store& state, bool dry_run, sync_progress* progress,
+                                      user_sync_report& rep) {
   session legacy, fresh;
   bool ok = co_await open(legacy, ex, opts.legacy, "legacy", user, password, rep);
   if (ok) ok = co_await open(fresh, ex, opts.fresh, "new", user, password, rep);
@@ -435,7 +446,7 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
             }
             for (const imap::status_data& answer : answers) {
               const imap::status_data* st = &answer;
-              auto cp = state.folder(user, m.legacy_name);
+              auto cp = state.folder(key, m.legacy_name);
               fr.legacy_messages = st->messages.value_or(0);
               fr.to_copy = approx_to_copy(*st, cp);
               if (condstore) legacy_modseq = st->highestmodseq;
@@ -495,7 +506,7 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
           for (auto& j : jobs) progress->messages_total += rep.folders[j.report_index].to_copy;
         }
         if (!dry_run && !jobs.empty())
-          co_await copy_folders(ex, opts, user, password, state, legacy, fresh, std::move(jobs),
+          co_await copy_folders(ex, opts, user, key, password, state, legacy, fresh, std::move(jobs),
                                 progress, rep);
         for (auto& fr : rep.folders) {
           if (fr.done) ++rep.folders_copied;
@@ -536,10 +547,11 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
   rep.user = std::string(user);
   rep.dry_run = dry_run;
   auto t0 = std::chrono::steady_clock::now();
+  const std::string key = user_key(opts, user);  // the servers still get `user` as typed
   std::int64_t run_id = 0;
   if (!dry_run) {
     try {
-      run_id = state.begin_run(user, static_cast<std::int64_t>(std::time(nullptr)));
+      run_id = state.begin_run(key, static_cast<std::int64_t>(std::time(nullptr)));
     } catch (const run_busy& e) {
       // One migration per user, also across processes (`suction sync` beside
       // the daemon): try again later.
@@ -552,7 +564,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
 
   std::exception_ptr failure;  // the state store (or anything) threw: recorded, then thrown on
   try {
-    co_await run_body(ex, opts, user, password, state, dry_run, progress, rep);
+    co_await run_body(ex, opts, user, key, password, state, dry_run, progress, rep);
   } catch (...) {
     failure = std::current_exception();
   }

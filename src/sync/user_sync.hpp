@@ -56,6 +56,10 @@ struct user_sync_options {
   // ... but only when the folders to copy hold at least this many messages
   // (STATUS estimate); below, one pair does it all.
   std::uint64_t parallel_min_messages = 200;
+  // "Alice" and "alice" are one user for the state store and the scheduler
+  // (ASCII case folded), as on most mail servers; the servers still get the
+  // name as typed. False: names are keys as typed.
+  bool fold_user_case = true;
   // Where more pairs need the scheduler's leave (its cap on connections to
   // legacy): asked for n more, returns how many it grants (0..n); each granted
   // one is handed back with release_connections when the run's copying ends.
@@ -126,6 +130,9 @@ struct user_sync_report {
   // may succeed (a refused login or a refused message is not transient).
   bool transient = false;
 };
+
+// The user's key in the state store and the scheduler (fold_user_case).
+std::string user_key(const user_sync_options& opts, std::string_view user);
 
 // A value for a key=value log line: as is when plain, else quoted with control
 // bytes, quotes and backslashes escaped (a user name must not forge log lines).

@@ -207,6 +207,7 @@ credential_ttl = 0
 batch_messages = 1
 batch_bytes = 65536
 parallel_threshold = 0
+fold_user_case = false
 [folders]
 rename = [{from = "^INBOX\\.(.*)$", to = "$1"}, {from = "^Sent Items$", to = "Sent"}]
 exclude = ["^Trash$", "^Public/"]
@@ -252,7 +253,7 @@ level = "debug"
                                     .recent_first_days = 0, .max_concurrent_users = 2,
                                     .resync_interval = 60s, .credential_ttl = 0s,
                                     .batch_messages = 1, .batch_bytes = 65536,
-                                    .parallel_threshold = 0});
+                                    .parallel_threshold = 0, .fold_user_case = false});
   CHECK(c.folders.rename ==
         std::vector<cfg::folder_rename>{{"^INBOX\\.(.*)$", "$1"}, {"^Sent Items$", "Sent"}});
   CHECK(c.folders.exclude == std::vector<std::string>{"^Trash$", "^Public/"});

@@ -65,11 +65,13 @@ def wait_state(proxy: Proxy, user: str, states: tuple[str, ...], timeout: float,
     return got
 
 
-def login(proxy: Proxy, user: str) -> None:
-    """Logs in through the proxy and out again; the login must succeed."""
+def login(proxy: Proxy, user: str, typed: str | None = None) -> None:
+    """Logs in through the proxy (as `typed`, e.g. in other letter case) and out again; the
+    login must succeed."""
     imap = proxy.imap()
     try:
         password = bed().users[user]
+        user = typed or user
         if password.isascii():
             imap.login(user, password)
         else:
@@ -180,8 +182,11 @@ class MigrationE2E(unittest.TestCase):
             self.assertEqual(u["state"], "done", u)
             self.assertEqual(len(u["runs"]), 1, u)
             login(p, "bob")  # done less than resync_interval ago: nothing new
+            login(p, "bob", typed="BoB")  # the same user in other letters (fold_user_case)
             time.sleep(0.5)
             self.assertEqual(len(ask(p, {"cmd": "user", "user": "bob"})["runs"]), 1)
+            self.assertEqual(ask(p, {"cmd": "user", "user": "BOB"})["user"], "bob")
+            self.assertNotIn("BoB", [u["user"] for u in ask(p, {"cmd": "users"})["users"]])
             self.assertEqual(mailbox(bed().new, "bob", ["INBOX"]),
                              mailbox(bed().legacy, "bob", ["INBOX"]))
 
