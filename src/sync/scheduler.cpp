@@ -121,10 +121,17 @@ struct scheduler::impl {
   asio::steady_timer sweeper;
   std::thread thread;
 
-  // Under m: more legacy connections for a running job, within the cap.
+  // Under m: more legacy connections for a running job, within the cap and
+  // leaving one for each queued job that could start now (a big mailbox does
+  // not keep small ones waiting).
   std::uint32_t grant(const std::string& name, std::uint32_t wanted) {
+    const std::uint32_t free_slots =
+        running < opts.max_concurrent_users ? opts.max_concurrent_users - running : 0;
+    const std::uint32_t kept = static_cast<std::uint32_t>(
+        std::min<std::size_t>(paused || draining ? 0 : queue.size(), free_slots));
+    const std::uint32_t used = legacy_in_use + kept;
     const std::uint32_t room =
-        legacy_in_use < opts.legacy_max_connections ? opts.legacy_max_connections - legacy_in_use : 0;
+        used < opts.legacy_max_connections ? opts.legacy_max_connections - used : 0;
     const std::uint32_t g = std::min(wanted, room);
     legacy_in_use += g;
     users[name].extra_connections += g;

@@ -10,9 +10,10 @@
 // - Caps: at most max_concurrent_users jobs run at once, and the connections
 //   they open to legacy never exceed legacy_max_connections: a job starts
 //   with one (its first pair) and opens more pairs (connections_per_user, for
-//   a mailbox above parallel_threshold) only as far as the cap has room, so a
-//   few big mailboxes do not keep small ones waiting. Queued jobs start in
-//   login order as room frees up.
+//   a mailbox above parallel_threshold) only as far as the cap has room,
+//   leaving one connection for each queued job that could start, so a few
+//   big mailboxes do not keep small ones waiting. Queued jobs start in login
+//   order as room frees up.
 // - A transient failure (legacy or new server unreachable, a connection lost)
 //   is tried again after retry_initial, doubling up to retry_max, at most
 //   max_attempts times in a row; a refused legacy login is not retried and is
