@@ -8,8 +8,11 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
-#include <fstream>
-#include <iostream>
+#include <cerrno>
+#include <cstring>
+
+#include <fcntl.h>
+#include <unistd.h>
 #include <optional>
 #include <thread>
 #include <algorithm>
@@ -30,29 +33,54 @@ struct secret {
   ~secret() { imap::secure_wipe(value); }
 };
 
-void strip_eol(std::string& s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+// The first line of fd, without its end of line, read with read(2) a byte at
+// a time into a buffer reserved up front: no stdio or iostream buffer keeps a
+// copy of the password, and no reallocation leaves one behind. False when
+// the line is longer than kMaxPassword or reading fails.
+constexpr std::size_t kMaxPassword = 4096;
+bool read_first_line(int fd, std::string& out) {
+  out.reserve(kMaxPassword);
+  char c;
+  for (;;) {
+    ssize_t n = ::read(fd, &c, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    if (n == 0 || c == '\n') break;
+    if (out.size() == kMaxPassword) return false;
+    out.push_back(c);
+  }
+  if (!out.empty() && out.back() == '\r') out.pop_back();
+  c = 0;
+  return true;
 }
 
 // Reads the password; on failure prints one line and returns false.
 bool read_password(const sync_command_args& a, secret& pw) {
   if (a.password_stdin) {
-    if (!std::getline(std::cin, pw.value)) pw.value.clear();
-    strip_eol(pw.value);
+    if (!read_first_line(STDIN_FILENO, pw.value)) {
+      std::fprintf(stderr, "suction sync: cannot read a password line from stdin (at most %zu bytes)\n",
+                   kMaxPassword);
+      return false;
+    }
     if (pw.value.empty()) {
       std::fprintf(stderr, "suction sync: no password on stdin (one line expected)\n");
       return false;
     }
     return true;
   }
-  std::ifstream f(a.password_file, std::ios::binary);
-  if (!f) {
-    std::fprintf(stderr, "suction sync: cannot read the password file %s\n",
-                 a.password_file.c_str());
+  int fd = ::open(a.password_file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    std::fprintf(stderr, "suction sync: cannot read the password file %s: %s\n",
+                 a.password_file.c_str(), std::strerror(errno));
     return false;
   }
-  if (!std::getline(f, pw.value)) pw.value.clear();
-  strip_eol(pw.value);
+  const bool ok = read_first_line(fd, pw.value);
+  ::close(fd);
+  if (!ok) {
+    std::fprintf(stderr, "suction sync: cannot read a password line from %s (at most %zu bytes)\n",
+                 a.password_file.c_str(), kMaxPassword);
+    return false;
+  }
   if (pw.value.empty()) {
     std::fprintf(stderr, "suction sync: the password file %s is empty\n", a.password_file.c_str());
     return false;

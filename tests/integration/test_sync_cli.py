@@ -172,6 +172,16 @@ class SyncCli(unittest.TestCase):
         e = run(self.config, password_file=empty, extra=["--dry-run"])
         self.assertEqual(e.returncode, 2)
         self.assertIn(b"empty", e.stderr)
+        # CRLF line ends and a second line: the first line, without its CR, is the password.
+        crlf = os.path.join(tmp_root(), "crlf.pw")
+        with open(crlf, "wb") as f:
+            f.write(PASSWORD.encode() + b"\r\nnot this\n")
+        c = run(self.config, password_file=crlf, extra=["--dry-run"])
+        self.assertEqual(c.returncode, 0, c.stderr)
+        # A line longer than any password is refused, not cut.
+        long = run(self.config, password="x" * 5000, extra=["--dry-run"])
+        self.assertEqual(long.returncode, 2)
+        self.assertIn(b"at most 4096 bytes", long.stderr)
         self.assertNoPassword()
 
     def test_4_wrong_password_exits_3(self):
