@@ -42,7 +42,6 @@ class command_builder {
   // caller streams itself (APPEND); with synchronizing literals the caller
   // waits for "+" after the last part.
   std::vector<std::string> finish_before_literal(std::uint64_t size, bool binary = false) &&;
-  bool synchronizing_literals() const { return !non_sync_; }
 
  private:
   command_builder() = default;

@@ -7,9 +7,7 @@ namespace suction::proxy {
 
 namespace asio = boost::asio;
 
-std::string backend_settings::display() const {
-  return endpoint.host + ":" + std::to_string(endpoint.port);
-}
+std::string backend_settings::display() const { return imap::display(endpoint); }
 
 namespace {
 

@@ -13,6 +13,7 @@
 
 #include "imap/client/stream.hpp"
 #include "proxy/daemon_state.hpp"
+#include "proxy/migration.hpp"
 
 namespace suction::proxy {
 
@@ -128,14 +129,6 @@ asio::awaitable<void> accept_loop(std::shared_ptr<daemon::state> st, tcp::accept
   }
 }
 
-imap::tls_mode to_imap(config::tls_mode m) {
-  switch (m) {
-    case config::tls_mode::starttls: return imap::tls_mode::starttls;
-    case config::tls_mode::implicit: return imap::tls_mode::implicit;
-    default: return imap::tls_mode::none;
-  }
-}
-
 }  // namespace
 
 daemon::daemon(asio::io_context& io, config::config cfg, std::shared_ptr<login_trigger> trigger,
@@ -171,13 +164,14 @@ void daemon::start() {
   st.preauth_limits.max_depth = 8;
 
   auto& b = st.backend;
-  b.endpoint = {cfg.fresh.host, cfg.fresh.port, to_imap(cfg.fresh.tls)};
-  b.connect_timeout = cfg.fresh.connect_timeout;
-  b.command_timeout = cfg.fresh.command_timeout;
+  const sync::server_options fresh = to_server(cfg.fresh);
+  b.endpoint = fresh.endpoint;
+  b.connect_timeout = fresh.connect_timeout;
+  b.command_timeout = fresh.command_timeout;
   b.forward_client_info = cfg.fresh.forward_client_info;
   if (cfg.fresh.tls != config::tls_mode::none) {
     std::error_code ec;
-    b.tls = imap::make_client_tls_context({cfg.fresh.ca_file, cfg.fresh.verify_certificate}, ec);
+    b.tls = imap::make_client_tls_context(fresh.tls, ec);
     if (!b.tls)
       throw startup_error(cfg.source.string() + ": [new] ca_file: cannot load " +
                           (cfg.fresh.ca_file.empty() ? std::string("the system CA store") : cfg.fresh.ca_file) +

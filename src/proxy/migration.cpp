@@ -17,6 +17,8 @@ imap::tls_mode engine_tls(config::tls_mode m) {
   return imap::tls_mode::none;
 }
 
+}  // namespace
+
 sync::server_options to_server(const config::server_section& s) {
   sync::server_options o;
   o.endpoint = imap::endpoint{s.host, s.port, engine_tls(s.tls)};
@@ -25,8 +27,6 @@ sync::server_options to_server(const config::server_section& s) {
   o.command_timeout = s.command_timeout;
   return o;
 }
-
-}  // namespace
 
 sync::user_sync_options sync_options_from(const config::config& c) {
   sync::user_sync_options o;

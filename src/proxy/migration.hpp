@@ -16,6 +16,9 @@
 
 namespace suction::proxy {
 
+// A server's address, TLS and timeouts from its config section ([new], [legacy]).
+sync::server_options to_server(const config::server_section& s);
+
 // The engine's options from the config: [legacy], [new], [folders], and
 // [sync] batch sizes, connections_per_user (capped by [legacy]
 // max_connections) and recent_first_days. `suction sync` uses them too.

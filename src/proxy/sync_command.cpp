@@ -27,11 +27,8 @@ namespace suction::proxy {
 
 namespace {
 
-// Wipes the password whatever way the function is left.
-struct secret {
-  std::string value;
-  ~secret() { imap::secure_wipe(value); }
-};
+using imap::secret;  // the password, wiped whatever way the command ends
+
 
 // The first line of fd, without its end of line, read with read(2) a byte at
 // a time into a buffer reserved up front: no stdio or iostream buffer keeps a

@@ -45,11 +45,7 @@ class copy_category_impl final : public std::error_category {
   }
 };
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return (x >= 'A' && x <= 'Z' ? x + 32 : x) == (y >= 'A' && y <= 'Z' ? y + 32 : y);
-         });
-}
+using imap::iequals;
 
 // One message of a batch, buffered.
 struct message {
@@ -511,10 +507,13 @@ awaitable<std::error_code> sync_flags(imap::client& legacy, imap::client& fresh,
       }
     }
     if (!ok) continue;  // not agreed: the next run tries again
-    for (auto* m : members) state.update_flags(user, mapping.legacy_name, m->legacy_uid, agreed_of[m]);
+    std::vector<std::pair<std::uint32_t, std::string>> agreed;
+    agreed.reserve(members.size());
+    for (auto* m : members) agreed.emplace_back(m->legacy_uid, std::move(agreed_of[m]));
+    state.update_flags(user, mapping.legacy_name, agreed);
     report.flags_updated += members.size();
   }
-  for (auto& [lu, agreed] : agreed_only) state.update_flags(user, mapping.legacy_name, lu, agreed);
+  state.update_flags(user, mapping.legacy_name, agreed_only);
   co_return std::error_code{};
 }
 
@@ -675,6 +674,7 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     std::uint64_t size;
     std::vector<std::string> flags;  // for streamed messages
     std::string internaldate;
+    std::int64_t when = 0;  // internaldate as an instant (instant_of)
   };
   std::vector<pending> todo;
   {
@@ -685,7 +685,8 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     for (auto& u : r.untagged)
       if (auto f = imap::decode_fetch(u); f && f->uid && *f->uid > st.last_legacy_uid)
       {
-        pending p{*f->uid, f->rfc822_size.value_or(0), {}, f->internaldate.value_or("")};
+        pending p{*f->uid, f->rfc822_size.value_or(0), {}, f->internaldate.value_or(""), 0};
+        p.when = instant_of(p.internaldate);
         for (auto& fl : f->flags.value_or(std::vector<std::string>{}))
           if (!iequals(fl, "\\Recent")) p.flags.push_back(fl);
         todo.push_back(std::move(p));
@@ -711,6 +712,10 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   // alone, but last_new_uid moves past it so it is not looked at again. A
   // pair is a message with the same size, INTERNALDATE and identifying header
   // fields, which is the same message for every purpose of the user.
+  // Pending UIDs already in the message map (above the checkpoint): one query.
+  std::set<std::uint32_t> recorded;
+  if (had_state && !todo.empty())
+    recorded = state.recorded_above(user, mapping.legacy_name, st.last_legacy_uid);
   if (!todo.empty() && new_exists != 0 &&
       (!new_uidnext || *new_uidnext > st.last_new_uid + 1ull)) {
     std::vector<signed_message> fresh_sigs, legacy_sigs;
@@ -726,8 +731,7 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     // must pair with its own unrecorded copy, not take the recorded one's.
     std::vector<std::uint32_t> uids;
     for (auto& p : todo)
-      if (shapes.contains({p.size, instant_of(p.internaldate)}) &&
-          !state.message(user, mapping.legacy_name, p.uid))
+      if (shapes.contains({p.size, p.when}) && !recorded.contains(p.uid))
         uids.push_back(p.uid);
     if (!uids.empty()) {
       if (auto ec = co_await fetch_signatures(legacy, imap::format_sequence_set(uids),
@@ -743,6 +747,7 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
       for (auto& [lu, nu] : pairs) {
         const signed_message* lm = legacy_by_uid[lu];
         recs.push_back({lu, nu, flags_text(lm->flags)});
+        recorded.insert(lu);
       }
       // The checkpoint moves over the matched legacy UIDs that follow it without a gap.
       std::size_t prefix = 0;
@@ -764,7 +769,7 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   const std::uint32_t scan_top = todo.empty() ? 0 : todo.back().uid;  // todo is in UID order here
   if (had_state && !todo.empty())
     std::erase_if(todo, [&](const pending& p) {
-      return p.uid <= st.last_legacy_uid || state.message(user, mapping.legacy_name, p.uid);
+      return p.uid <= st.last_legacy_uid || recorded.contains(p.uid);
     });
 
   // The checkpoint moves over a legacy UID only when it and every pending UID
@@ -791,11 +796,10 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   // first is there first.
   if (opts.recent_since != 0) {
     auto old_end = std::stable_partition(todo.begin(), todo.end(), [&](const pending& p) {
-      return instant_of(p.internaldate) >= opts.recent_since;
+      return p.when >= opts.recent_since;
     });
     std::sort(todo.begin(), old_end, [](const pending& a, const pending& b) {
-      const auto wa = instant_of(a.internaldate), wb = instant_of(b.internaldate);
-      return wa != wb ? wa > wb : a.uid > b.uid;
+      return a.when != b.when ? a.when > b.when : a.uid > b.uid;
     });
   }
   if (opts.on_scanned) {

@@ -28,15 +28,7 @@ namespace {
 
 std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); }
 
-// A password that is wiped whatever way its holder goes.
-struct secret {
-  std::string value;
-  secret() = default;
-  explicit secret(const std::string& v) : value(v) {}
-  secret(const secret&) = delete;
-  secret& operator=(const secret&) = delete;
-  ~secret() { imap::secure_wipe(value); }
-};
+using imap::secret;
 
 struct entry {
   user_state state = user_state::pending;
@@ -55,8 +47,7 @@ struct entry {
   std::uint64_t retry_generation = 0;   // a retry timer counts only if it is the latest
 
   void drop_credentials() {
-    imap::secure_wipe(password);
-    password.clear();
+    imap::secure_wipe(password);  // empties it too
     has_password = false;
   }
 };
@@ -71,9 +62,6 @@ user_state from_run(run_result r) {
   return user_state::interrupted;
 }
 
-std::string where(const server_options& s) {
-  return s.endpoint.host + ":" + std::to_string(s.endpoint.port);
-}
 
 }  // namespace
 
@@ -264,7 +252,8 @@ struct scheduler::impl {
       }
       if (opts.credential_ttl.count() == 0 && !e.retry_at) e.drop_credentials();
       log("migration " + describe_run(rep) + " client=" + e.client_address + " legacy=" +
-          where(opts.sync.legacy) + " new=" + where(opts.sync.fresh) +
+          imap::display(opts.sync.legacy.endpoint) + " new=" +
+          imap::display(opts.sync.fresh.endpoint) +
           " attempt=" + std::to_string(std::max<std::uint32_t>(e.attempts, 1)) + retry_note);
     }
     kick();

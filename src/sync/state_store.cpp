@@ -292,6 +292,17 @@ std::optional<message_record> state_store::message(std::string_view user, std::s
                         st.text(2)};
 }
 
+std::set<std::uint32_t> state_store::recorded_above(std::string_view user, std::string_view legacy_name,
+                                                   std::uint32_t above) const {
+  statement st(db_,
+               "SELECT legacy_uid FROM messages"
+               " WHERE user = ?1 AND legacy_name = ?2 AND legacy_uid > ?3");
+  st.bind(1, user).bind(2, legacy_name).bind(3, std::int64_t{above});
+  std::set<std::uint32_t> out;
+  while (st.step()) out.insert(static_cast<std::uint32_t>(st.integer(0)));
+  return out;
+}
+
 std::vector<message_record> state_store::messages(std::string_view user, std::string_view legacy_name) const {
   statement st(db_,
                "SELECT legacy_uid, new_uid, flags FROM messages"
@@ -304,11 +315,22 @@ std::vector<message_record> state_store::messages(std::string_view user, std::st
   return out;
 }
 
-void state_store::update_flags(std::string_view user, std::string_view legacy_name, std::uint32_t legacy_uid,
-                               std::string_view flags) {
-  statement st(db_, "UPDATE messages SET flags = ?4 WHERE user = ?1 AND legacy_name = ?2 AND legacy_uid = ?3");
-  st.bind(1, user).bind(2, legacy_name).bind(3, std::int64_t{legacy_uid}).bind(4, flags);
-  st.run();
+void state_store::update_flags(std::string_view user, std::string_view legacy_name,
+                               std::span<const std::pair<std::uint32_t, std::string>> flags) {
+  if (flags.empty()) return;
+  exec("BEGIN IMMEDIATE");
+  try {
+    statement st(db_, "UPDATE messages SET flags = ?4 WHERE user = ?1 AND legacy_name = ?2 AND legacy_uid = ?3");
+    for (const auto& [legacy_uid, f] : flags) {
+      st.bind(1, user).bind(2, legacy_name).bind(3, std::int64_t{legacy_uid}).bind(4, f);
+      st.run();
+      st.reset();
+    }
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
 }
 
 std::int64_t state_store::begin_run(std::string_view user, std::int64_t now, std::int64_t pid) {

@@ -11,10 +11,12 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 struct sqlite3;
@@ -95,8 +97,12 @@ class state_store {
   std::optional<message_record> message(std::string_view user, std::string_view legacy_name,
                                         std::uint32_t legacy_uid) const;
   std::vector<message_record> messages(std::string_view user, std::string_view legacy_name) const;
-  void update_flags(std::string_view user, std::string_view legacy_name, std::uint32_t legacy_uid,
-                    std::string_view flags);
+  // The legacy UIDs above `above` in the message map, in one query.
+  std::set<std::uint32_t> recorded_above(std::string_view user, std::string_view legacy_name,
+                                         std::uint32_t above) const;
+  // New "last agreed" flags for (legacy UID, flags) pairs, in one transaction.
+  void update_flags(std::string_view user, std::string_view legacy_name,
+                    std::span<const std::pair<std::uint32_t, std::string>> flags);
 
   // One run per user at a time, across processes sharing the file: throws
   // run_busy while another live process has a run of this user "running"

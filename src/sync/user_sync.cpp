@@ -26,29 +26,35 @@ namespace {
 using imap::command_result;
 using imap::status;
 
-std::string where(const server_options& s) {
-  return s.endpoint.host + ":" + std::to_string(s.endpoint.port);
-}
+std::string where(const server_options& s) { return imap::display(s.endpoint); }
 
 struct session {
   std::unique_ptr<imap::client> c;
   bool logged_in = false;
 };
 
-// Connects and logs in. On failure sets report outcome/errors and returns false.
+// One TLS context per server for a run's connections: building one reads the
+// CA store (imap::make_client_tls_context), so it is made once, at first use.
+struct tls_contexts {
+  std::shared_ptr<boost::asio::ssl::context> legacy, fresh;
+};
+
+// Connects and logs in; `tls` is the run's context for this server (made
+// here if still null). On failure sets report outcome/errors and returns false.
 boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
-                                  const server_options& so, const char* which,
-                                  std::string_view user, std::string_view password,
-                                  user_sync_report& rep) {
+                                  const server_options& so,
+                                  std::shared_ptr<boost::asio::ssl::context>& tls,
+                                  const char* which, std::string_view user,
+                                  std::string_view password, user_sync_report& rep) {
   imap::client_options co;
   co.connect_timeout = so.connect_timeout;
   co.command_timeout = so.command_timeout;
   s.c = std::make_unique<imap::client>(ex, co);
-  std::shared_ptr<boost::asio::ssl::context> tls;
-  if (so.endpoint.tls != imap::tls_mode::none) {
+  if (so.endpoint.tls != imap::tls_mode::none && !tls) {
     std::error_code ec;
     tls = imap::make_client_tls_context(so.tls, ec);
     if (ec) {
+      tls.reset();
       rep.outcome = sync_outcome::failed;
       rep.errors.push_back(std::string(which) + " server " + where(so) + ": TLS setup: " +
                            ec.message());
@@ -145,16 +151,14 @@ struct folder_job {
   std::optional<std::uint64_t> legacy_modseq;
 };
 
-bool is_inbox(std::string_view legacy_name) {
-  return legacy_name.size() == 5 && std::equal(legacy_name.begin(), legacy_name.end(), "INBOX",
-                                               [](char a, char b) { return (a & ~0x20) == b; });
-}
+bool is_inbox(std::string_view legacy_name) { return imap::iequals(legacy_name, "INBOX"); }
 
 // What the workers of one run share. One thread: no locks.
 struct copy_run {
   const user_sync_options& opts;
   std::string_view user;  // as the servers get it
   std::string_view key;   // in the state store (user_key)
+  tls_contexts& tls;
   state_store& state;
   sync_progress* progress;
   user_sync_report& rep;
@@ -240,8 +244,11 @@ boost::asio::awaitable<void> extra_worker(copy_run& run, boost::asio::any_io_exe
   user_sync_report scratch;
   if (run.next >= run.jobs.size()) co_return;  // the first pair took everything already
   // Two steps, not `co_await a && co_await b` (GCC 12, see imap/client/README.md).
-  bool opened = co_await open(legacy, ex, run.opts.legacy, "legacy", run.user, password, scratch);
-  if (opened) opened = co_await open(fresh, ex, run.opts.fresh, "new", run.user, password, scratch);
+  bool opened = co_await open(legacy, ex, run.opts.legacy, run.tls.legacy, "legacy", run.user,
+                              password, scratch);
+  if (opened)
+    opened = co_await open(fresh, ex, run.opts.fresh, run.tls.fresh, "new", run.user, password,
+                           scratch);
   if (opened) {
     co_await copy_worker(run, legacy, fresh);
   } else if (!scratch.errors.empty()) {
@@ -257,7 +264,7 @@ boost::asio::awaitable<void> extra_worker(copy_run& run, boost::asio::any_io_exe
 boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
                                           const user_sync_options& opts, std::string_view user,
                                           std::string_view key, std::string_view password,
-                                          state_store& state,
+                                          state_store& state, tls_contexts& tls,
                                           session& legacy, session& fresh,
                                           std::vector<folder_job> jobs, sync_progress* progress,
                                           user_sync_report& rep) {
@@ -272,7 +279,7 @@ boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
   std::uint64_t to_copy = 0;
   for (auto& j : jobs) to_copy += rep.folders[j.report_index].to_copy;
   const std::size_t wanted = to_copy >= opts.parallel_min_messages ? opts.connections : 1;
-  copy_run run{opts, user, key, state, progress, rep, std::move(jobs)};
+  copy_run run{opts, user, key, tls, state, progress, rep, std::move(jobs)};
   std::size_t workers = std::max<std::size_t>(1, std::min<std::size_t>(wanted, run.jobs.size()));
   std::uint32_t granted = 0;  // extra pairs the scheduler allowed (its legacy cap)
   if (workers > 1 && opts.acquire_connections) {
@@ -367,8 +374,9 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
                                       state_store& state, bool dry_run, sync_progress* progress,
                                       user_sync_report& rep) {
   session legacy, fresh;
-  bool ok = co_await open(legacy, ex, opts.legacy, "legacy", user, password, rep);
-  if (ok) ok = co_await open(fresh, ex, opts.fresh, "new", user, password, rep);
+  tls_contexts tls;
+  bool ok = co_await open(legacy, ex, opts.legacy, tls.legacy, "legacy", user, password, rep);
+  if (ok) ok = co_await open(fresh, ex, opts.fresh, tls.fresh, "new", user, password, rep);
 
   folder_plan plan;
   if (ok) {
@@ -506,8 +514,8 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
           for (auto& j : jobs) progress->messages_total += rep.folders[j.report_index].to_copy;
         }
         if (!dry_run && !jobs.empty())
-          co_await copy_folders(ex, opts, user, key, password, state, legacy, fresh, std::move(jobs),
-                                progress, rep);
+          co_await copy_folders(ex, opts, user, key, password, state, tls, legacy, fresh,
+                                std::move(jobs), progress, rep);
         for (auto& fr : rep.folders) {
           if (fr.done) ++rep.folders_copied;
           rep.messages_copied += fr.copied;

@@ -1,10 +1,13 @@
 """Small helpers the benchmark scripts share: percentiles as proxy_bench.py defines them, the
-CPU model for a results header, and a process's CPU time from /proc."""
+CPU model and Dovecot version for a results header, a process's CPU time from /proc, and
+emptying a directory."""
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -41,3 +44,23 @@ def proc_times(pid: int, children: bool = True) -> float:
     if fields[0] == b"Z":
         return 0.0
     return sum(int(x) for x in fields[11:15 if children else 13]) / CLK_TCK
+
+
+def dovecot_version() -> str:
+    """"Dovecot 2.3.19.1" from `dovecot --version`, "Dovecot ?" if it cannot be run."""
+    try:
+        v = subprocess.run(["dovecot", "--version"], capture_output=True, text=True,
+                           timeout=10).stdout.split()
+        return f"Dovecot {v[0]}" if v else "Dovecot ?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "Dovecot ?"
+
+
+def empty_dir(path: str) -> None:
+    """Removes everything inside `path` (links themselves, not what they point to)."""
+    for name in os.listdir(path):
+        p = os.path.join(path, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)

@@ -60,7 +60,7 @@ import sys
 import tempfile
 import threading
 import time
-from benchlib import pct, proc_times as _times  # noqa: E402
+from benchlib import dovecot_version, empty_dir, pct, proc_times as _times  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -444,14 +444,8 @@ def empty_new_homes(tb, users: list[str]) -> None:
     home_root = os.path.join(tb.dir, "new", "home")
     for u in users:
         h = os.path.join(home_root, u)
-        if not os.path.isdir(h):
-            continue
-        for name in os.listdir(h):
-            p = os.path.join(h, name)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p)
-            else:
-                os.unlink(p)
+        if os.path.isdir(h):
+            empty_dir(h)
 
 
 def mail_processes(master: int) -> int:
@@ -851,14 +845,6 @@ def report(e, reps: list[dict[str, dict]]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def tb_version() -> str:
-    try:
-        v = subprocess.run(["dovecot", "--version"], capture_output=True, text=True, timeout=10).stdout.split()
-        return f"Dovecot {v[0]}" if v else "Dovecot ?"
-    except (OSError, subprocess.TimeoutExpired):
-        return "Dovecot ?"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="login storm through suction proxy (see the docstring)")
     ap.add_argument("--users", type=int, default=200)
@@ -971,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
         sets_text = " ".join(f"{s}.{k}={v}" for s, kv in sets.items() for k, v in kv.items())
         head = (f"login storm: commit {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
                 f"nproc {os.cpu_count()}, {args.users} users, {args.reps} reps, Python "
-                f"{sys.version.split()[0]}, {tb_version()}\n{bin_info}\n"
+                f"{sys.version.split()[0]}, {dovecot_version()}\n{bin_info}\n"
                 f"suction config: defaults ([sync] max_concurrent_users=4, connections_per_user=2, "
                 f"[legacy] max_connections=16, [limits] max_connections_per_ip=50)"
                 + (f" with {sets_text}" if sets_text else "") + "; log level info")

@@ -54,7 +54,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "testbed"))
 sys.path.insert(0, HERE)
 from testbed import Testbed  # noqa: E402
 from fake_backend import make_payload  # noqa: E402
-from benchlib import pct, platform_cpu  # noqa: E402
+from benchlib import dovecot_version, pct, platform_cpu  # noqa: E402
 
 HOST = "127.0.0.1"
 SOCK_TIMEOUT = 30.0
@@ -988,14 +988,6 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             log(f"work dir kept: {workdir}")
-
-
-def dovecot_version() -> str:
-    try:
-        v = subprocess.run(["dovecot", "--version"], capture_output=True, text=True, timeout=10).stdout.split()
-        return f"Dovecot {v[0]}" if v else "Dovecot ?"
-    except (OSError, subprocess.TimeoutExpired):
-        return "Dovecot ?"
 
 
 def socat_version() -> str:

@@ -61,7 +61,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "testbed"))
 sys.path.insert(0, HERE)
 import testbed as tbm  # noqa: E402
 import gen_corpus  # noqa: E402
-from benchlib import platform_cpu, proc_times as _proc_times  # noqa: E402
+from benchlib import dovecot_version, empty_dir, platform_cpu, proc_times as _proc_times  # noqa: E402
 
 HOST = "127.0.0.1"
 LEGACY_USER = "alice"
@@ -307,13 +307,7 @@ def verify_copy(server: tbm.Server, user: str, manifest: dict) -> list[str]:
 
 def wipe_user(tb: tbm.Testbed, user: str) -> None:
     """Empty the user's home on the new server (no process of it runs between our runs)."""
-    home = os.path.join(tb.dir, "new", "home", user)
-    for name in os.listdir(home):
-        p = os.path.join(home, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        else:
-            os.unlink(p)
+    empty_dir(os.path.join(tb.dir, "new", "home", user))
 
 
 class Suction:
@@ -452,14 +446,6 @@ def git_commit() -> str:
                            capture_output=True, text=True, timeout=10)
         return r.stdout.strip() or "?"
     except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
-def dovecot_version() -> str:
-    try:
-        r = subprocess.run([tbm.DOVECOT, "--version"], capture_output=True, text=True, timeout=10)
-        return r.stdout.strip().split()[0]
-    except (OSError, subprocess.TimeoutExpired, IndexError):
         return "?"
 
 

@@ -1094,13 +1094,7 @@ class sha_collector : public response_handler {
     unsigned char md[32];
     unsigned int len = 0;
     EVP_DigestFinal_ex(ctx_, md, &len);
-    static const char* digits = "0123456789abcdef";
-    std::string out;
-    for (unsigned i = 0; i < len; ++i) {
-      out += digits[md[i] >> 4];
-      out += digits[md[i] & 15];
-    }
-    return out;
+    return suction::test::to_hex(md, len);
   }
 
  private:

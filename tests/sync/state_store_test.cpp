@@ -126,7 +126,8 @@ TEST_CASE("state store: a batch's UID map and its checkpoint are recorded togeth
   CHECK(s.messages("alice", f.legacy_name) == batch);
   CHECK(s.message("alice", f.legacy_name, 5) == batch[2]);
   CHECK_FALSE(s.message("alice", f.legacy_name, 3));
-  s.update_flags("alice", f.legacy_name, 2, "\\Flagged");
+  const std::pair<std::uint32_t, std::string> flagged[] = {{2, "\\Flagged"}};
+  s.update_flags("alice", f.legacy_name, flagged);
   CHECK(s.message("alice", f.legacy_name, 2)->flags == "\\Flagged");
   s.forget_folder("alice", f.legacy_name);
   CHECK_FALSE(s.folder("alice", f.legacy_name));

@@ -31,10 +31,10 @@ awaitable<void> response_handler::on_literal_data(std::string_view) { co_return;
 awaitable<void> response_handler::on_literal_end() { co_return; }
 
 awaitable<std::string_view> string_source::next() {
-  if (done_) co_return std::string_view{};
-  done_ = true;
-  co_return data_;
+  co_return std::exchange(data_, std::string_view{});  // the data once, then the end
 }
+
+std::string display(const endpoint& e) { return e.host + ":" + std::to_string(e.port); }
 
 std::error_code status_error(const command_result& r) {
   switch (r.status) {
@@ -117,8 +117,6 @@ struct client::impl : std::enable_shared_from_this<impl> {
   bool bye = false;
   std::error_code fatal;  // once set, the connection is unusable
   std::uint32_t tag_counter = 0;
-  // unsolicited streamed literals (no command in flight) go nowhere
-  std::vector<std::string> scratch;
 
   // --- deadline: a watchdog that closes the socket when nothing moved for `timeout`
   bool armed = false;
@@ -217,9 +215,11 @@ struct client::impl : std::enable_shared_from_this<impl> {
     if (p->handler) {
       co_await p->handler->on_response(r);
     } else {
-      std::size_t next = 0;
-      fill_streamed(r.data, p->streamed, next);
-      p->streamed.clear();
+      if (!p->streamed.empty()) {  // the response's literals that came streamed
+        std::size_t next = 0;
+        fill_streamed(r.data, p->streamed, next);
+        p->streamed.clear();
+      }
       p->result.untagged.push_back(std::move(r));
     }
     co_return std::error_code{};
@@ -244,7 +244,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
         }
         case parse_event::literal_begin:
           if (p && p->handler) co_await p->handler->on_literal_begin(parser.literal());
-          else (p ? p->streamed : scratch).emplace_back();
+          else if (p) p->streamed.emplace_back();  // unsolicited: nowhere
           co_return std::error_code{};
         case parse_event::literal_data:
           if (p && p->handler) co_await p->handler->on_literal_data(parser.chunk());
@@ -252,7 +252,6 @@ struct client::impl : std::enable_shared_from_this<impl> {
           co_return std::error_code{};
         case parse_event::literal_end:
           if (p && p->handler) co_await p->handler->on_literal_end();
-          scratch.clear();
           co_return std::error_code{};
         case parse_event::message:
           co_return co_await dispatch(parser.response());
@@ -349,8 +348,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
     std::string tag = next_tag();
     command_result r;
     if (auto ec = co_await run(tag, one_part(tag + " CAPABILITY\r\n"), r, nullptr)) co_return ec;
-    if (r.status != status::ok) co_return status_error(r);
-    co_return std::error_code{};
+    co_return status_error(r);
   }
 
   // After a successful login the server's capabilities change: take them from
@@ -468,7 +466,6 @@ awaitable<std::error_code> client::authenticate_plain(std::string_view user,
   payload.append(authzid).append(1, '\0').append(user).append(1, '\0').append(password);
   std::string encoded = base64_encode(payload);
   secure_wipe(payload);
-  if (encoded.empty()) encoded = "=";
   std::string tag = s.next_tag();
   std::vector<std::string> parts;
   if (s.caps.has("SASL-IR")) {

@@ -43,6 +43,7 @@ struct endpoint {
   std::uint16_t port = 143;
   tls_mode tls = tls_mode::none;
 };
+std::string display(const endpoint& e);  // "host:port", for logs and messages
 
 // Verification is on by default; ca_file "" means the system's store.
 struct tls_settings {
@@ -98,7 +99,6 @@ class string_source final : public literal_source {
   awaitable<std::string_view> next() override;
  private:
   std::string_view data_;
-  bool done_ = false;
 };
 
 struct append_item {

@@ -8,4 +8,15 @@ namespace suction::imap {
 
 void secure_wipe(std::string& secret);
 
+// A string wiped whatever way its holder goes. Copies in, never moves out
+// (a moved-from small string would keep its bytes).
+struct secret {
+  std::string value;
+  secret() = default;
+  explicit secret(const std::string& v) : value(v) {}
+  secret(const secret&) = delete;
+  secret& operator=(const secret&) = delete;
+  ~secret() { secure_wipe(value); }
+};
+
 }  // namespace suction::imap

@@ -26,7 +26,6 @@ class tls_stream {
 
   tcp::socket& socket() { return socket_; }
   bool tls_active() const { return tls_.has_value(); }
-  SSL* native_tls() { return tls_ ? tls_->native_handle() : nullptr; }
 
   // Client side: verifies the peer against `verify_host` when the context
   // asks for verification, and sends SNI for names (not for IP addresses).
