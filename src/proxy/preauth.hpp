@@ -67,7 +67,6 @@ class preauth {
   const std::string& login_tag() const { return tag_; }
   const std::string& login_user() const { return user_for_log_; }
   std::string_view mechanism() const { return mechanism_; }  // for logs: "LOGIN", "AUTHENTICATE PLAIN", ...
-  bool tls_active() const { return tls_active_; }
 
  private:
   enum class auth_step : std::uint8_t { none, plain_response, login_user, login_password };

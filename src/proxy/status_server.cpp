@@ -400,7 +400,6 @@ status_server::status_server(asio::io_context& io, std::string path, std::uint32
 
 status_server::~status_server() { stop(); }
 
-const std::string& status_server::path() const { return impl_->path; }
 
 void status_server::start() {
   impl& s = *impl_;

@@ -75,7 +75,6 @@ class status_server {
   // it is still ours). Call on the io_context's thread or while it is not running.
   void stop();
 
-  const std::string& path() const;
 
   struct impl;
 

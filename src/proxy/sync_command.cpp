@@ -167,10 +167,6 @@ void print_text(const sync::user_sync_report& r) {
 }  // namespace
 
 int run_sync_command(const sync_command_args& a) {
-  if (a.password_stdin == !a.password_file.empty()) {
-    std::fprintf(stderr, "suction sync: give exactly one of --password-stdin, --password-file\n");
-    return 2;
-  }
   std::optional<config::config> cfg;
   try {
     cfg = config::load(a.config_path);

@@ -20,6 +20,7 @@ struct sync_command_args {
 // Exit codes: 0 everything copied; 1 other failures (a server unreachable, state
 // store error); 2 bad command line or config; 3 login refused (legacy or new);
 // 4 finished with errors.
+// args holds exactly one of password_stdin, password_file (main checks).
 int run_sync_command(const sync_command_args& args);
 
 }  // namespace suction::proxy

@@ -47,6 +47,14 @@ class copy_category_impl final : public std::error_category {
 
 using imap::iequals;
 
+// Flags as they are copied: all but \Recent (the server sets that itself).
+std::vector<std::string> without_recent(const std::vector<std::string>& flags) {
+  std::vector<std::string> out;
+  for (auto& f : flags)
+    if (!iequals(f, "\\Recent")) out.push_back(f);
+  return out;
+}
+
 // One message of a batch, buffered.
 struct message {
   std::uint32_t uid = 0;
@@ -91,11 +99,7 @@ class batch_collector final : public imap::response_handler {
     if (!f) co_return;
     auto& m = by_seq[f->seq];
     if (f->uid) m.uid = *f->uid;
-    if (f->flags) {
-      m.flags.clear();
-      for (auto& fl : *f->flags)
-        if (!iequals(fl, "\\Recent")) m.flags.push_back(fl);
-    }
+    if (f->flags) m.flags = without_recent(*f->flags);
     if (f->internaldate) m.internaldate = *f->internaldate;
     if (auto* s = f->section("BODY[]"); s && s->content && !s->content->streamed) {
       m.body = s->content->text;
@@ -381,8 +385,7 @@ class signature_collector final : public imap::response_handler {
     m.size = *f->rfc822_size;
     m.when = when ? when->epoch_seconds : 0;
     m.signature = content_signature(m.size, m.when, headers);
-    for (auto& fl : f->flags.value_or(std::vector<std::string>{}))
-      if (!iequals(fl, "\\Recent")) m.flags.push_back(fl);
+    if (f->flags) m.flags = without_recent(*f->flags);
     out.push_back(std::move(m));
     streamed_.clear();
     seq_ = 0;
@@ -486,7 +489,7 @@ awaitable<std::error_code> sync_flags(imap::client& legacy, imap::client& fresh,
     if (fm.changes()) {
       groups[{join_flags(fm.add), join_flags(fm.remove)}].push_back(&m);
       agreed_of[&m] = std::move(agreed);
-    } else if (agreed != join_flags(normalize_flags(base))) {
+    } else if (agreed != join_flags(base)) {  // base is normalized by split_flags
       agreed_only.emplace_back(m.legacy_uid, std::move(agreed));
     }
   }
@@ -687,8 +690,7 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
       {
         pending p{*f->uid, f->rfc822_size.value_or(0), {}, f->internaldate.value_or(""), 0};
         p.when = instant_of(p.internaldate);
-        for (auto& fl : f->flags.value_or(std::vector<std::string>{}))
-          if (!iequals(fl, "\\Recent")) p.flags.push_back(fl);
+        if (f->flags) p.flags = without_recent(*f->flags);
         todo.push_back(std::move(p));
       }
     std::sort(todo.begin(), todo.end(), [](auto& a, auto& b) { return a.uid < b.uid; });

@@ -414,6 +414,10 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
         for (auto& s : plan.subscribe_only) rep.subscribe_only.push_back(s.new_name);
         std::set<std::string> created;
         std::vector<folder_job> jobs;
+        // Read once for the no-change test: nothing writes a checkpoint while planning.
+        std::map<std::string, folder_state> checkpoints;
+        for (auto& f : state.folders(key)) checkpoints.emplace(f.legacy_name, f);
+        const bool condstore = legacy.c->capabilities().has("CONDSTORE");
         for (auto& m : plan.folders) {
           folder_report fr;
           fr.legacy_name = m.legacy_name;
@@ -433,28 +437,23 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
           std::optional<std::uint64_t> legacy_modseq;
           bool unchanged = false;
           if (m.selectable) {
-            const bool condstore = legacy.c->capabilities().has("CONDSTORE");
-            command_result r;
-            std::error_code ec;
+            // The folder's legacy STATUS: from the LIST (LIST-STATUS), else asked for.
+            std::optional<imap::status_data> st;
             if (auto it = legacy_statuses.find(m.legacy_name); it != legacy_statuses.end()) {
-              r.status = status::ok;  // answered by LIST-STATUS already
-              r.untagged.clear();
+              st = it->second;
             } else {
               ++rep.legacy_status_commands;
-              ec = co_await legacy.c->mailbox_command(
+              command_result r;
+              auto ec = co_await legacy.c->mailbox_command(
                   "STATUS", m.legacy_name, r,
                   condstore ? "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)" : "(MESSAGES UIDNEXT UIDVALIDITY)");
+              if (!ec && r.status == status::ok)
+                for (auto& u : r.untagged)
+                  if (auto d = imap::decode_status(u)) st = std::move(*d);  // the last one counts
             }
-            std::vector<imap::status_data> answers;
-            if (!ec && r.status == status::ok) {
-              if (auto it = legacy_statuses.find(m.legacy_name); it != legacy_statuses.end())
-                answers.push_back(it->second);
-              for (auto& u : r.untagged)
-                if (auto st = imap::decode_status(u)) answers.push_back(std::move(*st));
-            }
-            for (const imap::status_data& answer : answers) {
-              const imap::status_data* st = &answer;
-              auto cp = state.folder(key, m.legacy_name);
+            if (st) {
+              std::optional<folder_state> cp;
+              if (auto it = checkpoints.find(m.legacy_name); it != checkpoints.end()) cp = it->second;
               fr.legacy_messages = st->messages.value_or(0);
               fr.to_copy = approx_to_copy(*st, cp);
               if (condstore) legacy_modseq = st->highestmodseq;
