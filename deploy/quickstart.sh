@@ -27,7 +27,7 @@ bash deploy/install-deps.sh
 echo "== building suction"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" --target suction
-./build/src/proxy/suction --version
+./build/proxy/cli/suction --version
 
 if [ -f "$state/testbed.json" ]; then
   echo "== servers from an earlier run are still up in $state (stop them with: $0 stop)"
@@ -110,7 +110,7 @@ socket = "$state/status.sock"
 level = "info"
 EOC
   echo "== starting suction in front of the new server (log: $state/suction.log)"
-  ./build/src/proxy/suction proxy --config "$state/suction.toml" >"$state/suction.log" 2>&1 &
+  ./build/proxy/cli/suction proxy --config "$state/suction.toml" >"$state/suction.log" 2>&1 &
   echo $! >"$state/suction.pid"
   for _ in $(seq 50); do
     python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.2)' "$imap_port" 2>/dev/null && break
@@ -135,7 +135,7 @@ echo "  suction's log:"
 grep -E "login ok" "$state/suction.log" | tail -1 | sed 's/^/    /'
 
 echo "== her login queued her migration; suction status until it is done"
-status=(./build/src/proxy/suction status --socket "$state/status.sock")
+status=(./build/proxy/cli/suction status --socket "$state/status.sock")
 for _ in $(seq 120); do
   out=$("${status[@]}" 2>&1) || true
   printf '%s\n\n' "$out"
@@ -156,7 +156,7 @@ $state/testbed.json). Through suction:
   curl --user alice:wonderland 'imap://127.0.0.1:$proxy_port/'
   openssl s_client -quiet -connect 127.0.0.1:$proxy_tls_port -CAfile $ca_file
   tail -f $state/suction.log
-  ./build/src/proxy/suction status --socket $state/status.sock [--user alice] [--json]
+  ./build/proxy/cli/suction status --socket $state/status.sock [--user alice] [--json]
 
 Stop everything with:  $0 stop
 EOT

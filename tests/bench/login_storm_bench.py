@@ -69,7 +69,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 sys.path.insert(0, HERE)
 
 HOST = "127.0.0.1"
-DEFAULT_BINARY = os.path.join(ROOT, "build", "src", "proxy", "suction")
+DEFAULT_BINARY = os.path.join(ROOT, "build", "proxy", "cli", "suction")
 LEGACY_FOLDERS = ["INBOX", "INBOX.Notes", "INBOX.Lists"]
 
 
@@ -910,11 +910,11 @@ def main(argv: list[str] | None = None) -> int:
         bin_info = (f"binary {os.path.relpath(args.binary, ROOT)} built "
                     f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(os.stat(args.binary).st_mtime))}, "
                     f"sha256 {bin_sha}")
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src"], capture_output=True,
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "imap", "config", "sync", "proxy"], capture_output=True,
                                text=True, timeout=10).stdout.split("\n")
         dirty = [ln[3:] for ln in dirty if ln.strip()]
         if dirty:
-            bin_info += f"; src/ had uncommitted changes: {', '.join(dirty)}"
+            bin_info += f"; the sources had uncommitted changes: {', '.join(dirty)}"
         args.binary = binary
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10).stdout.strip()

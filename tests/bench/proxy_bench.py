@@ -878,7 +878,7 @@ def fmt_table(header: list[str], rows: list[list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="suction proxy benchmarks (see the module docstring)")
-    ap.add_argument("--binary", default=os.path.join(ROOT, "build", "src", "proxy", "suction"))
+    ap.add_argument("--binary", default=os.path.join(ROOT, "build", "proxy", "cli", "suction"))
     ap.add_argument("--sessions", type=int, default=5000, help="N idle sessions (also measured at N/2, and 2N if RLIMIT_NOFILE allows)")
     ap.add_argument("--noops", type=int, default=2000)
     ap.add_argument("--fetch-mb", type=float, default=10.0, help="message size, MB (10^6 bytes)")

@@ -67,7 +67,7 @@ HOST = "127.0.0.1"
 LEGACY_USER = "alice"
 SUCTION_USER = "alice"          # new-server user the suction copy goes to (same login as legacy)
 DSYNC_USER = "bob"              # new-server user the dsync copy goes to
-DEFAULT_BINARY = os.path.join(ROOT, "build", "src", "proxy", "suction")
+DEFAULT_BINARY = os.path.join(ROOT, "build", "proxy", "cli", "suction")
 TOOLS = ("suction", "dsync")
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 

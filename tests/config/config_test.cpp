@@ -193,6 +193,7 @@ max_literal = 2000
 max_bad_commands = 0
 login_attempts = 1
 preauth_idle = 15
+preauth_total = 40
 relay_idle = 300
 max_connections = 100
 max_connections_per_ip = 5
@@ -246,7 +247,7 @@ level = "debug"
 
   CHECK(c.limits == cfg::limits_section{.max_line = 1000, .max_literal = 2000,
                                         .max_bad_commands = 0, .login_attempts = 1,
-                                        .preauth_idle = 15s, .relay_idle = 300s,
+                                        .preauth_idle = 15s, .preauth_total = 40s, .relay_idle = 300s,
                                         .max_connections = 100, .max_connections_per_ip = 5,
                                         .shutdown_grace = 0s});
   CHECK(c.sync == cfg::sync_section{.state_db = "/tmp/s.db", .connections_per_user = 1,
@@ -446,6 +447,8 @@ TEST_CASE("errors: numbers out of range") {
        "test.toml:2: [limits] login_attempts: must be at least 1 (got 0)"},
       {"[limits]\npreauth_idle = 0\n",
        "test.toml:2: [limits] preauth_idle: must be at least 1 (got 0)"},
+      {"[limits]\npreauth_total = 0\n",
+       "test.toml:2: [limits] preauth_total: must be at least 1 (got 0)"},
       {"[limits]\nrelay_idle = 0\n",
        "test.toml:2: [limits] relay_idle: must be at least 1 (got 0)"},
       {"[limits]\nmax_connections = 0\n",

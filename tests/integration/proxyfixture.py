@@ -5,7 +5,7 @@ One Dovecot test bed per test module (setUpModule -> start_bed()), any number of
 client for what imaplib cannot say (8-bit literals, SASL continuations, pipelining, IDLE).
 
 Environment:
-  SUCTION_BIN          the suction binary (default: <source>/build/src/proxy/suction)
+  SUCTION_BIN          the suction binary (default: <source>/build/proxy/cli/suction)
   SUCTION_SOURCE_DIR   the source tree (default: two levels above this file)
   SUCTION_KEEP_TMP=1   keep the temp dir (bed, proxy configs and logs) after the module
 
@@ -31,7 +31,7 @@ import unittest
 
 SOURCE_DIR = os.environ.get("SUCTION_SOURCE_DIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SUCTION_BIN = os.environ.get("SUCTION_BIN") or os.path.join(SOURCE_DIR, "build", "src", "proxy",
+SUCTION_BIN = os.environ.get("SUCTION_BIN") or os.path.join(SOURCE_DIR, "build", "proxy", "cli",
                                                             "suction")
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "testbed"))
 

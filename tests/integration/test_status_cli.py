@@ -5,7 +5,7 @@ table (states, progress bars by bytes / messages / folders), --json (the daemon'
 daemon that does not answer, a permission refused, a config error, bad arguments.
 
 The real daemon end to end is tested with the scheduler. Python 3 standard library only.
-  SUCTION_BIN   the suction binary (default: <source>/build/src/proxy/suction)
+  SUCTION_BIN   the suction binary (default: <source>/build/proxy/cli/suction)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import unittest
 
 SOURCE_DIR = os.environ.get("SUCTION_SOURCE_DIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SUCTION_BIN = os.environ.get("SUCTION_BIN") or os.path.join(SOURCE_DIR, "build", "src", "proxy", "suction")
+SUCTION_BIN = os.environ.get("SUCTION_BIN") or os.path.join(SOURCE_DIR, "build", "proxy", "cli", "suction")
 
 # Canned answers, as the daemon would send them (times are unix seconds; TZ=UTC below).
 STATUS_LINE = ('{"proxy":{"uptime_s":90061,"active_sessions":3,"logins_ok":7,"logins_failed":1,'

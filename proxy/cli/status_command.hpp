@@ -7,7 +7,7 @@ namespace CLI {
 class App;
 }
 
-namespace suction::proxy {
+namespace suction::cli {
 
 struct status_command_args {
   std::string socket_path;   // --socket; empty: from --config, else the config's default
@@ -28,4 +28,4 @@ CLI::App* add_status_subcommand(CLI::App& app, status_command_args& args);
 // (e.g. an unknown user); 2 bad command line or config.
 int run_status_command(const status_command_args& args);
 
-}  // namespace suction::proxy
+}  // namespace suction::cli

@@ -282,6 +282,7 @@ const std::vector<key_spec<M>> limits_keys = {
     {"max_bad_commands", [](const field& f, M& s) { s.max_bad_commands = f.count(0); }},
     {"login_attempts", [](const field& f, M& s) { s.login_attempts = f.count(1); }},
     {"preauth_idle", [](const field& f, M& s) { s.preauth_idle = f.seconds(1); }},
+    {"preauth_total", [](const field& f, M& s) { s.preauth_total = f.seconds(1); }},
     {"relay_idle", [](const field& f, M& s) { s.relay_idle = f.seconds(1); }},
     {"max_connections", [](const field& f, M& s) { s.max_connections = f.count(1); }},
     {"max_connections_per_ip", [](const field& f, M& s) { s.max_connections_per_ip = f.count(1); }},

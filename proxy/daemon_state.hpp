@@ -14,7 +14,6 @@
 #include <unordered_map>
 #include <vector>
 
-#include "config/config.hpp"
 #include "imap/parser.hpp"
 #include "proxy/backend_login.hpp"
 #include "proxy/daemon.hpp"
@@ -36,12 +35,12 @@ struct session_handle {
 };
 
 struct daemon::state : std::enable_shared_from_this<daemon::state> {
-  state(boost::asio::io_context& io, config::config c, std::shared_ptr<login_trigger> t,
+  state(boost::asio::io_context& io, options o, std::shared_ptr<login_trigger> t,
         status_backend* sb)
-      : io(io), cfg(std::move(c)), trigger(std::move(t)), status(sb), signals(io), grace_timer(io) {}
+      : io(io), opt(std::move(o)), trigger(std::move(t)), status(sb), signals(io), grace_timer(io) {}
 
   boost::asio::io_context& io;
-  config::config cfg;
+  options opt;
   std::shared_ptr<login_trigger> trigger;
   status_backend* status = nullptr;
   std::unique_ptr<status_server> status_socket;
@@ -75,6 +74,6 @@ boost::asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st,
 // Log-safe text: control bytes escaped, so a user name cannot forge log lines.
 std::string printable(std::string_view s);
 
-std::shared_ptr<boost::asio::ssl::context> make_server_tls(const config::config& cfg);
+std::shared_ptr<boost::asio::ssl::context> make_server_tls(const options& opt);
 
 }  // namespace suction::proxy

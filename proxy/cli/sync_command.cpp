@@ -1,4 +1,4 @@
-#include "proxy/sync_command.hpp"
+#include "proxy/cli/sync_command.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -20,10 +20,10 @@
 
 #include "config/config.hpp"
 #include "imap/client/secure_wipe.hpp"
-#include "proxy/migration.hpp"
+#include "proxy/cli/options.hpp"
 #include "sync/user_sync.hpp"
 
-namespace suction::proxy {
+namespace suction::cli {
 
 namespace {
 
@@ -258,4 +258,4 @@ int run_sync_command(const sync_command_args& a) {
   return 1;
 }
 
-}  // namespace suction::proxy
+}  // namespace suction::cli

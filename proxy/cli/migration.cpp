@@ -1,62 +1,14 @@
-#include "proxy/migration.hpp"
+#include "proxy/cli/migration.hpp"
 
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 
-namespace suction::proxy {
+namespace suction::cli {
+
+using proxy::proxy_stats;
 
 namespace {
-
-imap::tls_mode engine_tls(config::tls_mode m) {
-  switch (m) {
-    case config::tls_mode::none: return imap::tls_mode::none;
-    case config::tls_mode::starttls: return imap::tls_mode::starttls;
-    case config::tls_mode::implicit: return imap::tls_mode::implicit;
-  }
-  return imap::tls_mode::none;
-}
-
-}  // namespace
-
-sync::server_options to_server(const config::server_section& s) {
-  sync::server_options o;
-  o.endpoint = imap::endpoint{s.host, s.port, engine_tls(s.tls)};
-  o.tls = imap::tls_settings{s.ca_file, s.verify_certificate};
-  o.connect_timeout = s.connect_timeout;
-  o.command_timeout = s.command_timeout;
-  return o;
-}
-
-sync::user_sync_options sync_options_from(const config::config& c) {
-  sync::user_sync_options o;
-  o.legacy = to_server(c.legacy);
-  o.fresh = to_server(c.fresh);
-  for (auto& r : c.folders.rename) o.rules.rename.emplace_back(r.from, r.to);
-  o.rules.exclude = c.folders.exclude;
-  o.copy.batch_messages = c.sync.batch_messages;
-  o.copy.batch_bytes = c.sync.batch_bytes;
-  o.connections = std::max<std::uint32_t>(
-      1, std::min(c.sync.connections_per_user, c.legacy.max_connections));
-  o.recent_first_days = c.sync.recent_first_days;
-  o.parallel_min_messages = c.sync.parallel_threshold;
-  o.fold_user_case = c.sync.fold_user_case;
-  return o;
-}
-
-namespace {
-
-sync::scheduler_options scheduler_options_from(const config::config& cfg) {
-  sync::scheduler_options o;
-  o.sync = sync_options_from(cfg);
-  o.state_db = cfg.sync.state_db;
-  o.max_concurrent_users = cfg.sync.max_concurrent_users;
-  o.legacy_max_connections = cfg.legacy.max_connections;
-  o.resync_interval = cfg.sync.resync_interval;
-  o.credential_ttl = cfg.sync.credential_ttl;
-  o.log = [](const std::string& line) { spdlog::info("{}", line); };
-  return o;
-}
 
 nlohmann::json optional_time(const std::optional<std::int64_t>& t) {
   return t ? nlohmann::json(*t) : nlohmann::json(nullptr);
@@ -101,13 +53,13 @@ nlohmann::json to_json(const sync::run_record& r) {
 
 }  // namespace
 
-migration::migration(const config::config& cfg) : scheduler_(scheduler_options_from(cfg)) {
+migration::migration(sync::scheduler_options opts) : scheduler_(std::move(opts)) {
   scheduler_.start();
 }
 
 migration::~migration() { scheduler_.stop(); }
 
-void migration::on_login(login_event event) {
+void migration::on_login(proxy::login_event event) {
   // The scheduler takes copies; the event's credentials are wiped when it goes.
   scheduler_.on_login(event.creds.user, event.creds.password, event.client_address);
 }
@@ -157,4 +109,4 @@ void migration::pause() { scheduler_.pause(); }
 void migration::resume() { scheduler_.resume(); }
 void migration::drain() { scheduler_.drain(); }
 
-}  // namespace suction::proxy
+}  // namespace suction::cli

@@ -52,11 +52,12 @@ struct legacy_section : server_section {
 };
 
 struct limits_section {
-  std::uint32_t max_line = 8192;                        // pre-auth command line, bytes
+  std::uint32_t max_line = 65536;                       // pre-auth command line, bytes (Dovecot: 64 KiB)
   std::uint32_t max_literal = 8192;                     // pre-auth literal, bytes
   std::uint32_t max_bad_commands = 3;                   // then BYE (Dovecot's imap-login: 3)
   std::uint32_t login_attempts = 3;                     // failed logins per connection, then BYE
   std::chrono::seconds preauth_idle{60};                // pre-auth idle deadline
+  std::chrono::seconds preauth_total{180};              // login done within this (Dovecot: 3 min)
   std::chrono::seconds relay_idle{30 * 60};             // after login, no bytes either way
   std::uint32_t max_connections = 10000;                // all clients
   std::uint32_t max_connections_per_ip = 50;            // per client address

@@ -159,7 +159,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
   auto say = [&stream](std::string_view text) { return write_text(stream, text); };
 
   // Connection limits, answered in plaintext before anything else.
-  const auto& limits = st->cfg.limits;
+  const auto& limits = st->opt.limits;
   if (st->sessions.size() > limits.max_connections || reg.from_this_address() > limits.max_connections_per_ip) {
     bool total = st->sessions.size() > limits.max_connections;
     spdlog::warn("connection refused client={} reason=\"{}\" session={}", client,
@@ -181,7 +181,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
   preauth_settings ps;
   ps.backend_capabilities = st->backend_capabilities;
   ps.starttls_available = !implicit_tls && st->server_tls != nullptr;
-  ps.login_requires_tls = st->cfg.listen.login_requires_tls;
+  ps.login_requires_tls = st->opt.listen.login_requires_tls;
   ps.max_bad_commands = limits.max_bad_commands;
   ps.max_login_attempts = limits.login_attempts;
   preauth pa(std::move(ps), stream.tls_active());

@@ -1,4 +1,4 @@
-#include "proxy/status_command.hpp"
+#include "proxy/cli/status_command.hpp"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -20,7 +20,7 @@
 
 #include "config/config.hpp"
 
-namespace suction::proxy {
+namespace suction::cli {
 
 namespace {
 
@@ -487,4 +487,4 @@ int run_status_command(const status_command_args& a) {
   return 0;
 }
 
-}  // namespace suction::proxy
+}  // namespace suction::cli

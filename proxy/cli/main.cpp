@@ -7,10 +7,11 @@
 #include <cstdio>
 
 #include "config/config.hpp"
+#include "proxy/cli/migration.hpp"
+#include "proxy/cli/options.hpp"
+#include "proxy/cli/status_command.hpp"
+#include "proxy/cli/sync_command.hpp"
 #include "proxy/daemon.hpp"
-#include "proxy/migration.hpp"
-#include "proxy/status_command.hpp"
-#include "proxy/sync_command.hpp"
 
 namespace {
 
@@ -51,15 +52,15 @@ int run_proxy(const std::string& config_path) {
 
   // Migration at login: the scheduler (its own thread) behind the login
   // trigger and the status socket.
-  std::shared_ptr<suction::proxy::migration> migration;
+  std::shared_ptr<suction::cli::migration> migration;
   try {
-    migration = std::make_shared<suction::proxy::migration>(*cfg);
+    migration = std::make_shared<suction::cli::migration>(suction::cli::scheduler_options_from(*cfg));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "suction: %s: [sync] state_db: %s\n", cfg->source.c_str(), e.what());
     return 1;
   }
   boost::asio::io_context io(1);
-  suction::proxy::daemon d(io, *cfg, migration, migration.get());
+  suction::proxy::daemon d(io, suction::cli::proxy_options_from(*cfg), migration, migration.get());
   migration->set_proxy_stats([&d] { return d.stats(); });
   try {
     d.start();
@@ -86,7 +87,7 @@ int main(int argc, char** argv) {
   auto* proxy = app.add_subcommand("proxy", "Run the IMAP proxy in the foreground (logs to stderr)");
   proxy->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
 
-  suction::proxy::sync_command_args sync_args;
+  suction::cli::sync_command_args sync_args;
   auto* sync = app.add_subcommand(
       "sync",
       "Migrate one user now, in the foreground, and print a report.\n"
@@ -112,8 +113,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0u, 100u))
       ->capture_default_str();
 
-  suction::proxy::status_command_args status_args;
-  auto* status = suction::proxy::add_status_subcommand(app, status_args);
+  suction::cli::status_command_args status_args;
+  auto* status = suction::cli::add_status_subcommand(app, status_args);
 
   try {
     app.parse(argc, argv);
@@ -128,9 +129,9 @@ int main(int argc, char** argv) {
       std::fputs("suction sync: --password-stdin or --password-file is required\n", stderr);
       return 2;
     }
-    return suction::proxy::run_sync_command(sync_args);
+    return suction::cli::run_sync_command(sync_args);
   }
-  if (*status) return suction::proxy::run_status_command(status_args);
+  if (*status) return suction::cli::run_status_command(status_args);
   std::fputs(app.help().c_str(), stdout);
   return 0;
 }

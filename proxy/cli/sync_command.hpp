@@ -3,7 +3,7 @@
 
 #include <string>
 
-namespace suction::proxy {
+namespace suction::cli {
 
 struct sync_command_args {
   std::string config_path;
@@ -23,4 +23,4 @@ struct sync_command_args {
 // args holds exactly one of password_stdin, password_file (main checks).
 int run_sync_command(const sync_command_args& args);
 
-}  // namespace suction::proxy
+}  // namespace suction::cli

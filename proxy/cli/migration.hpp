@@ -8,35 +8,26 @@
 #include <functional>
 #include <memory>
 
-#include "config/config.hpp"
 #include "proxy/daemon.hpp"
 #include "proxy/status_server.hpp"
 #include "proxy/trigger.hpp"
 #include "sync/scheduler.hpp"
 
-namespace suction::proxy {
+namespace suction::cli {
 
-// A server's address, TLS and timeouts from its config section ([new], [legacy]).
-sync::server_options to_server(const config::server_section& s);
-
-// The engine's options from the config: [legacy], [new], [folders], and
-// [sync] batch sizes, connections_per_user (capped by [legacy]
-// max_connections) and recent_first_days. `suction sync` uses them too.
-sync::user_sync_options sync_options_from(const config::config& c);
-
-class migration final : public login_trigger, public status_backend {
+class migration final : public proxy::login_trigger, public proxy::status_backend {
  public:
-  // Opens the state store ([sync] state_db; throws sync::state_error) and
+  // Opens the state store (opts.state_db; throws sync::state_error) and
   // starts the scheduler's thread.
-  explicit migration(const config::config& cfg);
+  explicit migration(sync::scheduler_options opts);
   ~migration() override;  // stop()
 
   // Where {"cmd":"status"} gets the proxy's counters (the daemon, once made).
-  void set_proxy_stats(std::function<proxy_stats()> f) { proxy_stats_ = std::move(f); }
+  void set_proxy_stats(std::function<proxy::proxy_stats()> f) { proxy_stats_ = std::move(f); }
   // Ends the running jobs (they become "interrupted") and wipes credentials.
   void stop() { scheduler_.stop(); }
 
-  void on_login(login_event event) override;
+  void on_login(proxy::login_event event) override;
 
   nlohmann::json status() override;
   nlohmann::json users() override;
@@ -48,7 +39,7 @@ class migration final : public login_trigger, public status_backend {
 
  private:
   sync::scheduler scheduler_;
-  std::function<proxy_stats()> proxy_stats_;
+  std::function<proxy::proxy_stats()> proxy_stats_;
 };
 
-}  // namespace suction::proxy
+}  // namespace suction::cli

@@ -8,7 +8,7 @@
 #include <memory>
 #include <stdexcept>
 
-#include "config/config.hpp"
+#include "proxy/options.hpp"
 #include "proxy/trigger.hpp"
 
 namespace suction::proxy {
@@ -29,9 +29,9 @@ class status_backend;
 
 class daemon {
  public:
-  // `status`, when given, is served on [status] socket (if set) from start()
+  // `status`, when given, is served on opts.status.socket (if set) from start()
   // to stop().
-  daemon(boost::asio::io_context& io, config::config cfg, std::shared_ptr<login_trigger> trigger,
+  daemon(boost::asio::io_context& io, options opts, std::shared_ptr<login_trigger> trigger,
          status_backend* status = nullptr);
   ~daemon();
   // Loads TLS material, binds the listeners, probes the backend, handles

@@ -13,15 +13,14 @@
 
 #include "imap/client/stream.hpp"
 #include "proxy/daemon_state.hpp"
-#include "proxy/migration.hpp"
 
 namespace suction::proxy {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
-std::shared_ptr<asio::ssl::context> make_server_tls(const config::config& cfg) {
-  const auto& l = cfg.listen;
+std::shared_ptr<asio::ssl::context> make_server_tls(const options& opt) {
+  const auto& l = opt.listen;
   if (l.tls_cert.empty()) return nullptr;
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
   SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
@@ -32,15 +31,13 @@ std::shared_ptr<asio::ssl::context> make_server_tls(const config::config& cfg) {
   boost::system::error_code ec;
   ctx->use_certificate_chain_file(l.tls_cert, ec);
   if (ec)
-    throw startup_error(cfg.source.string() + ": [listen] tls_cert: cannot use " + l.tls_cert + ": " +
-                        ec.message());
+    throw startup_error(opt.origin + ": [listen] tls_cert: cannot use " + l.tls_cert + ": " + ec.message());
   ctx->use_private_key_file(l.tls_key, asio::ssl::context::pem, ec);
   if (ec)
-    throw startup_error(cfg.source.string() + ": [listen] tls_key: cannot use " + l.tls_key + ": " +
-                        ec.message());
+    throw startup_error(opt.origin + ": [listen] tls_key: cannot use " + l.tls_key + ": " + ec.message());
   if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
-    throw startup_error(cfg.source.string() + ": [listen] tls_key: " + l.tls_key +
-                        " does not match the certificate " + l.tls_cert);
+    throw startup_error(opt.origin + ": [listen] tls_key: " + l.tls_key + " does not match the certificate " +
+                        l.tls_cert);
   return ctx;
 }
 
@@ -55,33 +52,29 @@ void daemon::state::session_ended() {
 
 namespace {
 
-tcp::endpoint listen_endpoint(const config::config& cfg, const std::string& key,
-                              const std::string& value) {
-  auto hp = config::split_host_port(value);
-  if (!hp) throw startup_error(cfg.source.string() + ": [listen] " + key + ": not HOST:PORT: " + value);
-  std::string host = hp->host;
+tcp::endpoint listen_endpoint(const options& opt, const std::string& key, const listen_address& where) {
+  std::string host = where.host;
   if (host == "*" || host.empty()) host = "::";
   boost::system::error_code ec;
   auto addr = asio::ip::make_address(host, ec);
   if (ec) {
     asio::io_context io;
     tcp::resolver r(io);
-    auto results = r.resolve(host, std::to_string(hp->port), ec);
+    auto results = r.resolve(host, std::to_string(where.port), ec);
     if (ec || results.empty())
-      throw startup_error(cfg.source.string() + ": [listen] " + key + ": cannot resolve " + host + ": " +
-                          ec.message());
+      throw startup_error(opt.origin + ": [listen] " + key + ": cannot resolve " + host + ": " + ec.message());
     return *results.begin();
   }
-  return {addr, hp->port};
+  return {addr, where.port};
 }
 
-std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const config::config& cfg,
-                                    const std::string& key, const std::string& value) {
-  auto ep = listen_endpoint(cfg, key, value);
+std::unique_ptr<tcp::acceptor> bind_listener(asio::io_context& io, const options& opt, const std::string& key,
+                                             const listen_address& where) {
+  auto ep = listen_endpoint(opt, key, where);
   auto acc = std::make_unique<tcp::acceptor>(io);
   boost::system::error_code ec;
   auto fail = [&](const char* what) {
-    throw startup_error(cfg.source.string() + ": [listen] " + key + ": cannot " + what + " " + value + ": " +
+    throw startup_error(opt.origin + ": [listen] " + key + ": cannot " + what + " " + where.text + ": " +
                         ec.message());
   };
   acc->open(ep.protocol(), ec);
@@ -131,9 +124,9 @@ asio::awaitable<void> accept_loop(std::shared_ptr<daemon::state> st, tcp::accept
 
 }  // namespace
 
-daemon::daemon(asio::io_context& io, config::config cfg, std::shared_ptr<login_trigger> trigger,
+daemon::daemon(asio::io_context& io, options opts, std::shared_ptr<login_trigger> trigger,
                status_backend* status)
-    : state_(std::make_shared<state>(io, std::move(cfg), std::move(trigger), status)) {}
+    : state_(std::make_shared<state>(io, std::move(opts), std::move(trigger), status)) {}
 
 proxy_stats daemon::stats() const {
   const state& st = *state_;
@@ -152,36 +145,36 @@ daemon::~daemon() = default;
 
 void daemon::start() {
   state& st = *state_;
-  const auto& cfg = st.cfg;
-  st.server_tls = make_server_tls(cfg);
-  if (cfg.listen.login_requires_tls && !st.server_tls)
-    throw startup_error(cfg.source.string() + ": [listen] login_requires_tls: needs tls_cert and tls_key");
+  const options& opt = st.opt;
+  st.server_tls = make_server_tls(opt);
+  if (opt.listen.login_requires_tls && !st.server_tls)
+    throw startup_error(opt.origin + ": [listen] login_requires_tls: needs tls_cert and tls_key");
 
-  st.preauth_limits.max_line = cfg.limits.max_line;
-  st.preauth_limits.max_literal = cfg.limits.max_literal;
-  st.preauth_limits.inline_literal_max = cfg.limits.max_literal;
-  st.preauth_limits.max_message = cfg.limits.max_line + 2 * std::size_t(cfg.limits.max_literal);
+  st.preauth_limits.max_line = opt.limits.max_line;
+  st.preauth_limits.max_literal = opt.limits.max_literal;
+  st.preauth_limits.inline_literal_max = opt.limits.max_literal;
+  st.preauth_limits.max_message = opt.limits.max_line + 2 * std::size_t(opt.limits.max_literal);
   st.preauth_limits.max_depth = 8;
 
   auto& b = st.backend;
-  const sync::server_options fresh = to_server(cfg.fresh);
-  b.endpoint = fresh.endpoint;
-  b.connect_timeout = fresh.connect_timeout;
-  b.command_timeout = fresh.command_timeout;
-  b.forward_client_info = cfg.fresh.forward_client_info;
-  if (cfg.fresh.tls != config::tls_mode::none) {
+  b.endpoint = opt.backend.endpoint;
+  b.connect_timeout = opt.backend.connect_timeout;
+  b.command_timeout = opt.backend.command_timeout;
+  b.forward_client_info = opt.backend.forward_client_info;
+  if (b.endpoint.tls != imap::tls_mode::none) {
     std::error_code ec;
-    b.tls = imap::make_client_tls_context(fresh.tls, ec);
+    b.tls = imap::make_client_tls_context(opt.backend.tls, ec);
     if (!b.tls)
-      throw startup_error(cfg.source.string() + ": [new] ca_file: cannot load " +
-                          (cfg.fresh.ca_file.empty() ? std::string("the system CA store") : cfg.fresh.ca_file) +
+      throw startup_error(opt.origin + ": [new] ca_file: cannot load " +
+                          (opt.backend.tls.ca_file.empty() ? std::string("the system CA store")
+                                                           : opt.backend.tls.ca_file) +
                           ": " + ec.message());
   }
 
-  if (!cfg.listen.imap.empty()) st.acceptors.push_back(bind_listener(st.io, cfg, "imap", cfg.listen.imap));
-  if (!cfg.listen.imaps.empty()) {
-    if (!st.server_tls) throw startup_error(cfg.source.string() + ": [listen] imaps: needs tls_cert and tls_key");
-    st.acceptors.push_back(bind_listener(st.io, cfg, "imaps", cfg.listen.imaps));
+  if (opt.listen.imap) st.acceptors.push_back(bind_listener(st.io, opt, "imap", *opt.listen.imap));
+  if (opt.listen.imaps) {
+    if (!st.server_tls) throw startup_error(opt.origin + ": [listen] imaps: needs tls_cert and tls_key");
+    st.acceptors.push_back(bind_listener(st.io, opt, "imaps", *opt.listen.imaps));
   }
 
   // Until the probe answers, advertise what any IMAP4rev1 server offers.
@@ -198,18 +191,18 @@ void daemon::start() {
   }, asio::detached);
 
   std::size_t i = 0;
-  if (!cfg.listen.imap.empty()) {
+  if (opt.listen.imap) {
     asio::co_spawn(st.io, accept_loop(state_, *st.acceptors[i++], false), asio::detached);
-    spdlog::info("listening imap={} (plaintext{})", cfg.listen.imap, st.server_tls ? " + STARTTLS" : "");
+    spdlog::info("listening imap={} (plaintext{})", opt.listen.imap->text, st.server_tls ? " + STARTTLS" : "");
   }
-  if (!cfg.listen.imaps.empty()) {
+  if (opt.listen.imaps) {
     asio::co_spawn(st.io, accept_loop(state_, *st.acceptors[i++], true), asio::detached);
-    spdlog::info("listening imaps={} (implicit TLS)", cfg.listen.imaps);
+    spdlog::info("listening imaps={} (implicit TLS)", opt.listen.imaps->text);
   }
 
-  if (st.status && !cfg.status.socket.empty()) {
-    st.status_socket = std::make_unique<status_server>(st.io, cfg.status.socket, cfg.status.mode,
-                                                       cfg.status.group, *st.status);
+  if (st.status && !opt.status.socket.empty()) {
+    st.status_socket = std::make_unique<status_server>(st.io, opt.status.socket, opt.status.mode,
+                                                       opt.status.group, *st.status);
     st.status_socket->start();
   }
 
@@ -232,8 +225,8 @@ void daemon::start() {
         co_return;
       }
       try {
-        if (auto ctx = make_server_tls(s->cfg)) s->server_tls = ctx;
-        spdlog::info("SIGHUP: TLS certificate reloaded from {}", s->cfg.listen.tls_cert);
+        if (auto ctx = make_server_tls(s->opt)) s->server_tls = ctx;
+        spdlog::info("SIGHUP: TLS certificate reloaded from {}", s->opt.listen.tls_cert);
       } catch (const std::exception& e) {
         spdlog::error("SIGHUP: keeping the old certificate: {}", e.what());
       }
@@ -262,8 +255,8 @@ void daemon::stop() {
     }
   }
   spdlog::info("stop: no new connections; {} logged-in session(s) may drain for {}s", relays,
-               st.cfg.limits.shutdown_grace.count());
-  st.grace_timer.expires_after(st.cfg.limits.shutdown_grace);
+               std::chrono::duration_cast<std::chrono::seconds>(st.opt.limits.shutdown_grace).count());
+  st.grace_timer.expires_after(st.opt.limits.shutdown_grace);
   st.grace_timer.async_wait([weak = std::weak_ptr<state>(state_)](boost::system::error_code ec) {
     auto s = weak.lock();
     if (ec || !s) return;

@@ -1,0 +1,26 @@
+// config -> options: the one place that turns the configuration file into the
+// plain option structs the proxy and the engine take (the composition root).
+#pragma once
+
+#include "config/config.hpp"
+#include "proxy/options.hpp"
+#include "sync/scheduler.hpp"
+#include "sync/user_sync.hpp"
+
+namespace suction::cli {
+
+// A server's address, TLS and timeouts from its config section ([new], [legacy]).
+sync::server_options to_server(const config::server_section& s);
+
+// The engine's options from the config: [legacy], [new], [folders], and
+// [sync] batch sizes, connections_per_user (capped by [legacy]
+// max_connections) and recent_first_days. `suction sync` uses them too.
+sync::user_sync_options sync_options_from(const config::config& c);
+
+// The scheduler's: the engine's plus [sync] state_db, caps, intervals.
+sync::scheduler_options scheduler_options_from(const config::config& c);
+
+// The proxy daemon's: [listen], [new], [limits], [status].
+proxy::options proxy_options_from(const config::config& c);
+
+}  // namespace suction::cli

@@ -1,0 +1,68 @@
+// What the proxy daemon needs to run, as plain values. proxy/cli builds it
+// from the configuration file; tests and benches may build it by hand. The
+// proxy never reads the configuration itself.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "imap/client/client.hpp"
+
+namespace suction::proxy {
+
+// A listening address, already split ("*" or "" = every address, dual-stack).
+struct listen_address {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string text;  // as the admin wrote it, for messages
+};
+
+struct listen_options {
+  std::optional<listen_address> imap;   // plaintext + STARTTLS
+  std::optional<listen_address> imaps;  // implicit TLS
+  std::string tls_cert, tls_key;        // PEM files; "" = no TLS offered
+  bool login_requires_tls = false;      // LOGINDISABLED until STARTTLS
+};
+
+struct backend_options {
+  imap::endpoint endpoint;  // the new server
+  imap::tls_settings tls;   // used when endpoint.tls is not none
+  std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
+  std::chrono::milliseconds command_timeout{std::chrono::seconds(60)};
+  bool forward_client_info = true;  // ID x-originating-ip / -port / x-session-id
+};
+
+struct limit_options {
+  std::uint32_t max_line = 64 * 1024;  // pre-auth command line (Dovecot's imap-login: 64 KiB)
+  std::uint32_t max_literal = 8192;    // pre-auth literal
+  std::uint32_t max_bad_commands = 3;
+  std::uint32_t login_attempts = 3;
+  std::chrono::milliseconds preauth_idle{std::chrono::seconds(60)};    // no byte for this long
+  std::chrono::milliseconds preauth_total{std::chrono::seconds(180)};  // login done within this
+  std::chrono::milliseconds relay_idle{std::chrono::minutes(30)};
+  std::uint32_t max_connections = 10000;
+  std::uint32_t max_connections_per_ip = 50;
+  std::chrono::milliseconds shutdown_grace{std::chrono::seconds(30)};
+  // Refused connections are logged once per address per this interval, with a count.
+  std::chrono::milliseconds refusal_log_interval{std::chrono::seconds(10)};
+};
+
+struct status_options {
+  std::string socket;  // "" = no status socket
+  std::uint32_t mode = 0600;
+  std::string group;
+};
+
+struct options {
+  // Where these options came from (the config file): the prefix of start-up
+  // errors, so they read "FILE: [section] key: reason".
+  std::string origin;
+  listen_options listen;
+  backend_options backend;
+  limit_options limits;
+  status_options status;
+};
+
+}  // namespace suction::proxy
