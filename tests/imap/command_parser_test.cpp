@@ -63,6 +63,18 @@ TEST_CASE("LITERAL+ and LITERAL- literals do not ask for continuation") {
   CHECK(t.commands[0].args[1].text == "se cr3");
 }
 
+TEST_CASE("a NUL is refused in a command, also split at every byte, but not in a binary literal") {
+  transcript t = parse(std::string("a LOGIN {7}\r\nbob\0xyz pw\r\nb NOOP\r\n", 33));
+  REQUIRE(t.errors.size() == 1);
+  CHECK(t.errors[0] == errc::nul_in_string);
+  REQUIRE(t.commands.size() == 1);
+  CHECK(t.commands[0].tag == "b");
+  transcript bin = parse(std::string("a APPEND INBOX ~{3+}\r\nx\0y\r\n", 27));
+  REQUIRE(bin.errors.empty());
+  REQUIRE(bin.commands.size() == 1);
+  CHECK(bin.commands[0].args[1].text == std::string("x\0y", 3));
+}
+
 TEST_CASE("quoted strings with escapes") {
   transcript t = parse("a LOGIN \"joe\" \"pa ss\\\"w\\\\rd\"\r\n");
   REQUIRE(t.commands.size() == 1);
@@ -135,6 +147,11 @@ TEST_CASE("bad commands are skipped and the next one parses") {
       {"a4 LOGIN a)\r\n", errc::syntax, "a4"},
       {"a5 LOGIN {x}\r\n", errc::bad_literal, "a5"},
       {"a6 LOGIN {5000}\r\n", errc::literal_too_large, "a6"},
+      // NUL in a quoted string, an atom or a literal: Dovecot cuts the name
+      // there while we would see another one (issue 11, defect 1).
+      {std::string("a7 LOGIN \"carol\0a\" pw\r\n", 23), errc::nul_in_string, "a7"},
+      {std::string("a8 LOGIN carol\0b pw\r\n", 21), errc::nul_in_string, "a8"},
+      {std::string("a9 LOGIN {7+}\r\ncarol\0c pw\r\n", 27), errc::nul_in_string, "a9"},
   };
   parser_limits limits;
   limits.max_literal = 1000;

@@ -126,6 +126,29 @@ TEST_CASE("AUTHENTICATE PLAIN with SASL-IR and with a continuation") {
   CHECK(authz.out() == "i BAD Invalid base64 data in initial response.\r\n");
 }
 
+TEST_CASE("NULs: refused in strings like Dovecot, and in SASL fields beyond RFC 4616's") {
+  preauth p(settings(), false);
+  CHECK(p.on_parse_error(imap::errc::nul_in_string, "a1", true) == action::send);
+  CHECK(p.out() == "a1 BAD NULs not allowed in strings.\r\n");
+  // A third NUL would hand the backend a password it reads shorter than ours.
+  auto extra = imap::base64_encode(std::string("\0bob\0pw\0extra", 15));
+  CHECK(p.on_command(parse("a2 AUTHENTICATE PLAIN " + extra + "\r\n")) == action::send);
+  CHECK(p.out() == "a2 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
+  CHECK(p.take_credentials().password.empty());
+  preauth q(settings(), false);
+  CHECK(q.on_command(parse("b1 AUTHENTICATE LOGIN\r\n")) == action::read_auth_line);
+  CHECK(q.on_auth_line(imap::base64_encode(std::string("carol\0a", 7))) == action::send);
+  CHECK(q.out() == "b1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
+  CHECK(q.on_command(parse("b2 AUTHENTICATE LOGIN YWxpY2U=\r\n")) == action::read_auth_line);
+  CHECK(q.on_auth_line(imap::base64_encode(std::string("p\0w", 3))) == action::send);
+  CHECK(q.out() == "b2 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
+  // The BAD counts as a bad command.
+  preauth r(settings(), false);
+  r.on_parse_error(imap::errc::nul_in_string, "c1", true);
+  r.on_parse_error(imap::errc::nul_in_string, "c2", true);
+  CHECK(r.on_parse_error(imap::errc::nul_in_string, "c3", true) == action::send_and_close);
+}
+
 TEST_CASE("AUTHENTICATE LOGIN asks for user name and password") {
   preauth p(settings(), false);
   CHECK(p.on_command(parse("g2 AUTHENTICATE LOGIN\r\n")) == action::read_auth_line);
