@@ -44,6 +44,7 @@ std::shared_ptr<asio::ssl::context> make_server_tls(const options& opt) {
 void daemon::state::session_ended() {
   if (stopping && sessions.empty()) {
     grace_timer.cancel();
+    refusal_timer.cancel();
     boost::system::error_code ignored;
     signals.cancel(ignored);
     spdlog::info("shutdown complete");
@@ -205,6 +206,17 @@ void daemon::start() {
                                                        opt.status.group, *st.status);
     st.status_socket->start();
   }
+
+  // Summaries of refused connections, once per interval while any were held back.
+  asio::co_spawn(st.io, [self = state_]() -> asio::awaitable<void> {
+    while (!self->stopping) {
+      self->refusal_timer.expires_after(self->refusals.interval());
+      boost::system::error_code ec;
+      co_await self->refusal_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      for (const auto& line : self->refusals.flush()) spdlog::warn("{}", line);
+      if (ec) co_return;  // cancelled: the daemon has stopped
+    }
+  }, asio::detached);
 
   st.signals.add(SIGTERM);
   st.signals.add(SIGINT);

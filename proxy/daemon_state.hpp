@@ -17,6 +17,7 @@
 #include "imap/parser.hpp"
 #include "proxy/backend_login.hpp"
 #include "proxy/daemon.hpp"
+#include "proxy/refusal_log.hpp"
 #include "proxy/relay.hpp"
 #include "proxy/status_server.hpp"
 #include "proxy/trigger.hpp"
@@ -37,7 +38,8 @@ struct session_handle {
 struct daemon::state : std::enable_shared_from_this<daemon::state> {
   state(boost::asio::io_context& io, options o, std::shared_ptr<login_trigger> t,
         status_backend* sb)
-      : io(io), opt(std::move(o)), trigger(std::move(t)), status(sb), signals(io), grace_timer(io) {}
+      : io(io), opt(std::move(o)), trigger(std::move(t)), status(sb), signals(io), grace_timer(io),
+        refusal_timer(io), refusals(opt.limits.refusal_log_interval) {}
 
   boost::asio::io_context& io;
   options opt;
@@ -54,9 +56,11 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors;
   boost::asio::signal_set signals;
   boost::asio::steady_timer grace_timer;
+  boost::asio::steady_timer refusal_timer;
 
   std::unordered_map<std::uint64_t, session_handle*> sessions;
   std::unordered_map<std::string, std::uint32_t> per_address;
+  refusal_log refusals;  // flushed every interval by the daemon
   std::uint64_t next_session = 0;
   std::uint64_t session_id_salt = 0;
   bool stopping = false;
@@ -70,9 +74,6 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
 // The coroutine of one client connection, from accept to close.
 boost::asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st,
                                          boost::asio::ip::tcp::socket socket, bool implicit_tls);
-
-// Log-safe text: control bytes escaped, so a user name cannot forge log lines.
-std::string printable(std::string_view s);
 
 std::shared_ptr<boost::asio::ssl::context> make_server_tls(const options& opt);
 

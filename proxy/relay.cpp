@@ -188,7 +188,22 @@ asio::awaitable<void> relay::pump(imap::tls_stream& from, imap::tls_stream& to, 
       std::vector<char>().swap(next);
     }
   }
+  if (&from == &client_ && is_clean_eof(ec)) co_return half_close();
   end(std::string(from_name) + " closed");
+}
+
+bool relay::is_clean_eof(const boost::system::error_code& ec) {
+  return ec == asio::error::eof || ec == asio::ssl::error::stream_truncated;
+}
+
+// The client sent its last bytes and a FIN (e.g. "a LOGOUT" then
+// shutdown(SHUT_WR)): pass the FIN on and keep relaying the backend's answers
+// until it closes, as a direct connection would. A TLS backend gets a TCP FIN
+// without close_notify, which servers read as the end of input all the same.
+void relay::half_close() {
+  if (result_.end.empty()) result_.end = "client closed";
+  boost::system::error_code ignored;
+  backend_.socket().shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
 }
 
 asio::awaitable<void> relay::watchdog() {

@@ -1,8 +1,10 @@
-// The byte relay after login: both directions, no parsing, an idle deadline,
-// and a close on either side closes the other.
+// The byte relay after login: both directions, no parsing, an idle deadline.
+// The backend closing closes the client; the client's FIN is passed on to the
+// backend, whose answers are still relayed until it closes (half-close).
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/system/error_code.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -35,6 +37,8 @@ class relay {
                                     const char* from_name);
   boost::asio::awaitable<void> watchdog();
   void end(std::string reason);
+  void half_close();
+  static bool is_clean_eof(const boost::system::error_code& ec);
 
   imap::tls_stream& client_;
   imap::tls_stream& backend_;

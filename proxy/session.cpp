@@ -10,6 +10,7 @@
 #include <random>
 
 #include "imap/client/stream.hpp"
+#include "imap/log_value.hpp"
 #include "proxy/daemon_state.hpp"
 #include "proxy/preauth.hpp"
 
@@ -19,41 +20,28 @@ namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 using clock = std::chrono::steady_clock;
 
-std::string printable(std::string_view s) {
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  out.reserve(s.size());
-  for (unsigned char c : s) {
-    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
-      out += "\\x";
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
-}
-
 namespace {
 
-// Calls on_expire when `limit` passes without touch() (pre-auth idle, and the
-// bound on TLS handshakes and backend logins).
-class idle_deadline {
+// The pre-auth deadlines: on_expire(why) when `idle` passes without touch(),
+// or when the fixed `hard` instant comes, however often the client touched it
+// (a byte a second would otherwise hold a slot forever). Disarmed while the
+// backend login runs, which has its own deadlines.
+class preauth_deadline {
  public:
-  idle_deadline(asio::any_io_executor ex, std::function<void()> on_expire)
+  preauth_deadline(asio::any_io_executor ex, std::function<void(const char*)> on_expire)
       : impl_(std::make_shared<impl>(ex, std::move(on_expire))) {}
-  ~idle_deadline() { disarm(); }
-  idle_deadline(const idle_deadline&) = delete;
-  idle_deadline& operator=(const idle_deadline&) = delete;
+  ~preauth_deadline() { disarm(); }
+  preauth_deadline(const preauth_deadline&) = delete;
+  preauth_deadline& operator=(const preauth_deadline&) = delete;
 
-  void arm(std::chrono::milliseconds limit) {
-    impl_->limit = limit;
+  void arm(std::chrono::milliseconds idle, clock::time_point hard) {
+    impl_->idle = idle;
+    impl_->hard = hard;
     impl_->armed = true;
     touch();
-    impl_->schedule(impl_->due);
+    impl_->schedule();
   }
-  void touch() { impl_->due = clock::now() + impl_->limit; }
+  void touch() { impl_->due = clock::now() + impl_->idle; }
   void disarm() {
     impl_->armed = false;
     impl_->timer.cancel();
@@ -61,14 +49,14 @@ class idle_deadline {
 
  private:
   struct impl : std::enable_shared_from_this<impl> {
-    impl(asio::any_io_executor ex, std::function<void()> f) : timer(ex), on_expire(std::move(f)) {}
+    impl(asio::any_io_executor ex, std::function<void(const char*)> f) : timer(ex), on_expire(std::move(f)) {}
     asio::steady_timer timer;
-    std::function<void()> on_expire;
-    std::chrono::milliseconds limit{0};
-    clock::time_point due;
+    std::function<void(const char*)> on_expire;
+    std::chrono::milliseconds idle{0};
+    clock::time_point due, hard;
     bool armed = false;
-    void schedule(clock::time_point when) {
-      timer.expires_at(when);
+    void schedule() {
+      timer.expires_at(std::min(due, hard));
       timer.async_wait([w = weak_from_this()](boost::system::error_code ec) {
         if (ec) return;
         if (auto self = w.lock()) self->fire();
@@ -76,13 +64,24 @@ class idle_deadline {
     }
     void fire() {
       if (!armed) return;
-      if (clock::now() < due) return schedule(due);
+      const auto now = clock::now();
+      if (now >= hard) {
+        armed = false;
+        return on_expire("login timeout");
+      }
+      if (now < due) return schedule();
       armed = false;
-      on_expire();
+      on_expire("idle timeout");
     }
   };
   std::shared_ptr<impl> impl_;
 };
+
+// "client=1.2.3.4:5678" or "client=[2001:db8::1]:5678": one token, so a
+// fail2ban filter can take the address as <HOST> before ":port".
+std::string client_text(const boost::asio::ip::address& a, std::uint16_t port) {
+  return a.is_v6() ? "[" + a.to_string() + "]:" + std::to_string(port) : a.to_string() + ":" + std::to_string(port);
+}
 
 // Registers the session with the daemon for its lifetime (shutdown, limits).
 class registration {
@@ -150,7 +149,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
   ci.address = ec ? std::string("unknown") : remote.address().to_string();
   ci.port = ec ? 0 : remote.port();
   ci.session_id = make_session_id(*st, h.id);
-  const std::string client = ci.address + ":" + std::to_string(ci.port);
+  const std::string client = ec ? std::string("unknown") : client_text(remote.address(), ci.port);
   socket.set_option(tcp::no_delay(true), ec);
   registration reg(*st, h, ci.address);
   imap::tls_stream stream(std::move(socket));
@@ -158,12 +157,17 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
 
   auto say = [&stream](std::string_view text) { return write_text(stream, text); };
 
-  // Connection limits, answered in plaintext before anything else.
+  // Connection limits, answered in plaintext before anything else. A flood of
+  // refusals writes two lines per address and interval, not one each.
   const auto& limits = st->opt.limits;
   if (st->sessions.size() > limits.max_connections || reg.from_this_address() > limits.max_connections_per_ip) {
-    bool total = st->sessions.size() > limits.max_connections;
-    spdlog::warn("connection refused client={} reason=\"{}\" session={}", client,
-                 total ? "too many connections" : "too many connections from this address", ci.session_id);
+    const char* why = st->sessions.size() > limits.max_connections ? "too many connections"
+                                                                    : "too many connections from this address";
+    if (st->refusals.on_refused(ci.address, why))
+      spdlog::warn("connection refused client={} reason=\"{}\" session={} (more from this address in the "
+                   "next {}s are counted, not logged one by one)",
+                   client, why, ci.session_id,
+                   std::chrono::duration_cast<std::chrono::seconds>(st->refusals.interval()).count());
     if (!implicit_tls) co_await say("* BYE Too many connections.\r\n");
     stream.close();
     co_return;
@@ -173,8 +177,13 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
     co_return;
   }
 
-  idle_deadline deadline(ex, [&stream] { stream.close(); });
-  deadline.arm(limits.preauth_idle);
+  std::string why_closed = "client closed";
+  preauth_deadline deadline(ex, [&stream, &why_closed](const char* why) {
+    why_closed = why;
+    stream.close();
+  });
+  const auto login_due = started + limits.preauth_total;
+  deadline.arm(limits.preauth_idle, login_due);
 
   if (implicit_tls && !co_await tls_handshake(stream, st->server_tls, client, ci.session_id)) co_return;
 
@@ -191,7 +200,6 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
 
   std::vector<char> buf(4096);
   std::size_t begin = 0, end = 0;
-  std::string why_closed = "client closed";
   for (;;) {
     auto r = parser.feed(std::string_view(buf.data() + begin, end - begin));
     begin += r.consumed;
@@ -205,8 +213,6 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
           if (h.shutting_down) {
             co_await say("* BYE Server shutting down.\r\n");
             why_closed = "shutdown";
-          } else if (rec == asio::error::operation_aborted || rec == asio::error::bad_descriptor) {
-            why_closed = "idle timeout";
           }
           spdlog::info("session closed before login client={} reason=\"{}\" duration={}ms session={}",
                        client, why_closed, ms_since(started), ci.session_id);
@@ -226,7 +232,8 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         continue;  // pre-auth literals are small and kept inline
       case imap::parse_event::message:
         spdlog::trace("preauth command client={} tag={} command={} session={}", client,
-                      printable(parser.command().tag), printable(parser.command().name), ci.session_id);
+                      imap::log_value(parser.command().tag), imap::log_value(parser.command().name),
+                      ci.session_id);
         act = pa.on_command(parser.command());
         break;
       case imap::parse_event::line:
@@ -276,24 +283,24 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         deadline.disarm();  // the backend login has its own deadlines
         const auto login_started = clock::now();
         credentials creds = pa.take_credentials();
-        const std::string user = printable(pa.login_user());
+        const std::string user = imap::log_value(pa.login_user());
         backend_result res = co_await backend_login(ex, st->backend, creds, ci);
         if (!res.preauth_capabilities.empty()) st->backend_capabilities = res.preauth_capabilities;
         const auto login_ms = ms_since(login_started);
         if (res.outcome == backend_outcome::unavailable) {
           ++st->backend_errors;
-          spdlog::error("login unavailable user={} client={} backend={} reason=\"{}\" duration={}ms session={}",
-                        user, client, st->backend.display(), printable(res.reason), login_ms, ci.session_id);
+          spdlog::error("login unavailable user={} client={} backend={} reason={} duration={}ms session={}",
+                        user, client, st->backend.display(), imap::log_value(res.reason), login_ms, ci.session_id);
           if (!co_await say(pa.login_tag() + " NO [UNAVAILABLE] Account is temporarily unavailable.\r\n"))
             co_return;
           h.phase = session_phase::preauth;
-          deadline.arm(limits.preauth_idle);
+          deadline.arm(limits.preauth_idle, login_due);
           break;
         }
         if (res.outcome == backend_outcome::refused) {
           ++st->logins_failed;
-          spdlog::info("login failed user={} client={} backend={} mech=\"{}\" reason=\"{}\" duration={}ms session={}",
-                       user, client, st->backend.display(), pa.mechanism(), printable(res.reason), login_ms,
+          spdlog::info("login failed user={} client={} backend={} mech=\"{}\" reason={} duration={}ms session={}",
+                       user, client, st->backend.display(), pa.mechanism(), imap::log_value(res.reason), login_ms,
                        ci.session_id);
           auto next = pa.on_login_refused(client_answer(pa.login_tag(), res));
           co_await say(pa.out());
@@ -304,7 +311,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
             co_return;
           }
           h.phase = session_phase::preauth;
-          deadline.arm(limits.preauth_idle);
+          deadline.arm(limits.preauth_idle, login_due);
           break;
         }
         ++st->logins_ok;

@@ -22,11 +22,11 @@
 #include <variant>
 #include <vector>
 
+#include "imap/log_value.hpp"
 #include "proxy/daemon.hpp"
 
 namespace suction::proxy {
 
-std::string printable(std::string_view s);  // session.cpp: control bytes escaped for the log
 
 namespace asio = boost::asio;
 using json = nlohmann::json;
@@ -132,7 +132,7 @@ json answer_status_request(status_backend& backend, std::string_view line) {
   }
   const request& r = std::get<request>(parsed);
   spdlog::debug("status request cmd={}{}{}", r.spec->name, r.spec->takes_user ? " user=" : "",
-                printable(r.user));
+                imap::log_value(r.user));
   try {
     return dispatch(backend, r);
   } catch (const std::exception& e) {

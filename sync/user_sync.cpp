@@ -319,27 +319,6 @@ const char* to_string(sync_outcome o) {
   return "failed";
 }
 
-std::string log_value(std::string_view s) {
-  const bool plain = !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) {
-    return c > 0x20 && c != '"' && c != '\\' && c != 0x7f;
-  });
-  if (plain) return std::string(s);
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      char hex[8];
-      std::snprintf(hex, sizeof hex, "\\x%02x", c);
-      out += hex;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
-}
-
 std::string user_key(const user_sync_options& opts, std::string_view user) {
   std::string key(user);
   if (opts.fold_user_case)

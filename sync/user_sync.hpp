@@ -20,6 +20,8 @@
 // only; it is never logged nor put into the report.
 #pragma once
 
+#include "imap/log_value.hpp"
+
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
@@ -134,9 +136,9 @@ struct user_sync_report {
 // The user's key in the state store and the scheduler (fold_user_case).
 std::string user_key(const user_sync_options& opts, std::string_view user);
 
-// A value for a key=value log line: as is when plain, else quoted with control
-// bytes, quotes and backslashes escaped (a user name must not forge log lines).
-std::string log_value(std::string_view s);
+// A value for a key=value log line (imap/log_value.hpp): a user name must not
+// forge log lines.
+using imap::log_value;
 
 // The run as key=value pairs for a log line: "user=alice result=ok
 // folders=12/12 copied=345 bytes=... failed=0 duration=1.234s" and the first
