@@ -156,15 +156,13 @@ parse_result engine::feed(std::string_view in) {
           root_ = value{value_kind::list};
           stack_.assign(1, &root_);
           message_bytes_ = 0;
-          nul_in_literal_ = false;
+          nul_seen_ = false;
         }
         message_bytes_ += seg.size();
         segment_outcome out = message_bytes_ > limits_.max_message
                                   ? fail(errc::line_too_long)
                                   : parse_segment(seg);
-        // A NUL in a literal is refused once the command's line is read, so
-        // the command can be skipped like any other bad one.
-        if (out != segment_outcome::failed && nul_in_literal_) out = fail(errc::nul_in_string);
+        if (out == segment_outcome::complete && nul_seen_) out = fail(errc::nul_in_string);
         first_segment_ = false;
         bool nonsync = ends_with_nonsync_literal(seg);
         line_.clear();
@@ -216,7 +214,7 @@ parse_result engine::feed(std::string_view in) {
         literal_left_ -= n;
         if (mode_ == mode::command && !literal_info_.binary &&
             std::memchr(in.data() + used, '\0', n) != nullptr)
-          nul_in_literal_ = true;
+          nul_seen_ = true;
         if (literal_streamed_) {
           chunk_ = in.substr(used, n);
           used += n;
@@ -240,17 +238,15 @@ void engine::finish_message() {
 
 engine::segment_outcome engine::parse_segment(std::string_view seg) {
   // A client's NUL cuts a user name short in the backend's C strings while we
-  // would see another name: refuse it anywhere in a command, as Dovecot does
-  // (after the tag is read, so the BAD goes to it).
-  const bool nul = mode_ == mode::command && std::memchr(seg.data(), '\0', seg.size()) != nullptr;
+  // would see another name: refused, as Dovecot does, once the whole command
+  // is read (its literals too), so the BAD goes to its tag and the next
+  // command parses.
+  if (mode_ == mode::command && std::memchr(seg.data(), '\0', seg.size()) != nullptr) nul_seen_ = true;
   std::size_t pos = 0;
   if (first_segment_) {
     auto out = mode_ == mode::response ? parse_response_header(seg, pos)
                                        : parse_command_header(seg, pos);
-    if (nul && out != segment_outcome::failed) return fail(errc::nul_in_string);
     if (out != segment_outcome::literal) return out;  // complete or failed
-  } else if (nul) {
-    return fail(errc::nul_in_string);
   }
   return parse_values(seg, pos);
 }

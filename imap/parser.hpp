@@ -129,7 +129,7 @@ class engine {
   bool literal_streamed_ = false;
   bool pending_begin_ = false;
   bool pending_nonsync_ = false;  // segment ended in {n+}: cannot resync after an error
-  bool nul_in_literal_ = false;   // commands: a literal of this command held a NUL byte
+  bool nul_seen_ = false;         // commands: this command held a NUL byte (refused at its end)
   literal_info literal_info_;
   std::string literal_item_;
   std::string_view chunk_;
