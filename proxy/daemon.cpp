@@ -3,6 +3,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <openssl/err.h>
@@ -135,14 +136,20 @@ proxy_stats daemon::stats() const {
   p.uptime_s = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() -
                                                                 st.started)
                    .count();
-  p.active_sessions = st.sessions.size();
+  p.active_sessions = st.active_sessions;
   p.logins_ok = st.logins_ok;
   p.logins_failed = st.logins_failed;
   p.backend_errors = st.backend_errors;
   return p;
 }
 
-daemon::~daemon() = default;
+daemon::~daemon() {
+  state& st = *state_;
+  if (st.status_thread.joinable()) {
+    asio::post(*st.status_io, [&st] { st.status_socket->stop(); });
+    st.status_thread.join();
+  }
+}
 
 void daemon::start() {
   state& st = *state_;
@@ -202,9 +209,11 @@ void daemon::start() {
   }
 
   if (st.status && !opt.status.socket.empty()) {
-    st.status_socket = std::make_unique<status_server>(st.io, opt.status.socket, opt.status.mode,
+    st.status_io = std::make_unique<asio::io_context>(1);
+    st.status_socket = std::make_unique<status_server>(*st.status_io, opt.status.socket, opt.status.mode,
                                                        opt.status.group, *st.status);
     st.status_socket->start();
+    st.status_thread = std::thread([io = st.status_io.get()] { io->run(); });
   }
 
   // Summaries of refused connections, once per interval while any were held back.
@@ -254,7 +263,7 @@ void daemon::stop() {
     boost::system::error_code ignored;
     a->close(ignored);
   }
-  if (st.status_socket) st.status_socket->stop();
+  if (st.status_socket) asio::post(*st.status_io, [&st] { st.status_socket->stop(); });
   std::size_t relays = 0;
   for (auto& [id, h] : st.sessions) {
     if (h->phase == session_phase::preauth) {

@@ -8,7 +8,9 @@
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <atomic>
 #include <cstdint>
+#include <thread>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -45,7 +47,12 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   options opt;
   std::shared_ptr<login_trigger> trigger;
   status_backend* status = nullptr;
+  // The status socket runs on its own io_context and thread: a flood of
+  // requests there cannot slow a login or the relay. The server is declared
+  // after its io_context, so it goes first; daemon::~daemon joins the thread.
+  std::unique_ptr<boost::asio::io_context> status_io;
   std::unique_ptr<status_server> status_socket;
+  std::thread status_thread;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
   std::shared_ptr<boost::asio::ssl::context> server_tls;  // null without a certificate
@@ -66,7 +73,8 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   bool stopping = false;
   bool grace_over = false;  // after SIGTERM, relays had their time
 
-  std::uint64_t logins_ok = 0, logins_failed = 0, backend_errors = 0;
+  // Read by the status socket's thread (daemon::stats()), written here.
+  std::atomic<std::uint64_t> logins_ok{0}, logins_failed{0}, backend_errors{0}, active_sessions{0};
 
   void session_ended();  // the last one out after a stop ends the daemon
 };

@@ -89,10 +89,12 @@ class registration {
   registration(daemon::state& st, session_handle& h, std::string address)
       : st_(st), h_(h), address_(std::move(address)) {
     st_.sessions.emplace(h_.id, &h_);
+    ++st_.active_sessions;
     ++st_.per_address[address_];
   }
   ~registration() {
     st_.sessions.erase(h_.id);
+    --st_.active_sessions;
     auto it = st_.per_address.find(address_);
     if (it != st_.per_address.end() && --it->second == 0) st_.per_address.erase(it);
     st_.session_ended();

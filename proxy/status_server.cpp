@@ -74,9 +74,31 @@ struct request {
   std::string user;
 };
 
+// A request is one flat object: anything nested deeper than that is refused
+// by one linear scan, before the JSON parser spends recursion and memory on it.
+bool nested_too_deep(std::string_view line, int max_depth) {
+  int depth = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    char c = line[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > max_depth) return true;
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return false;
+}
+
 // The request, or the error answer saying what is wrong with it.
 std::variant<request, json> parse_request(std::string_view line) {
   if (line.empty()) return error_answer("empty request");
+  if (nested_too_deep(line, 2)) return error_answer("request nested too deeply (one flat JSON object)");
   json j = json::parse(line.begin(), line.end(), nullptr, false);
   if (j.is_discarded()) return error_answer("request is not JSON (one JSON object per line)");
   if (!j.is_object()) return error_answer("request is not a JSON object");
@@ -108,7 +130,8 @@ json dispatch(status_backend& b, const request& r) {
     case command::users: return b.users();
     case command::user: {
       auto u = b.user(r.user);
-      if (!u) return error_answer("unknown user " + r.user);
+      // Never the name back: a 60 KB name would come back 60 KB (the client knows what it asked).
+      if (!u) return error_answer("unknown user");
       return std::move(*u);
     }
     case command::resync: {
@@ -228,6 +251,15 @@ std::string octal(std::uint32_t mode) {
   return buf;
 }
 
+// Whether the peer is root or runs as the daemon's user (SO_PEERCRED: as it
+// was at connect time).
+bool is_operator(unix_socket::socket& s, uid_t own_uid) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(s.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+  return cred.uid == 0 || cred.uid == own_uid;
+}
+
 void log_failure(std::exception_ptr e) {
   if (!e) return;
   try {
@@ -254,6 +286,7 @@ struct status_server::impl {
   ino_t ino = 0;
   bool started = false;
   bool stopped = false;
+  uid_t own_uid = ::geteuid();
 };
 
 namespace {
@@ -338,9 +371,13 @@ asio::awaitable<void> accept_loop(std::shared_ptr<status_server::impl> self) {
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
-    if (self->connections.size() >= self->limits.max_connections) {
-      spdlog::warn("status socket {}: {} connections already, closing a new one", self->path,
-                   self->connections.size());
+    // The last slot is the operator's (root or the daemon's own user), so
+    // idle connections of others cannot lock the operator out.
+    const bool op = is_operator(s, self->own_uid);
+    const std::size_t cap = self->limits.max_connections - (op || self->limits.max_connections <= 1 ? 0 : 1);
+    if (self->connections.size() >= cap) {
+      spdlog::warn("status socket {}: {} connections already, closing a new one{}", self->path,
+                   self->connections.size(), op ? "" : " (the last slot is kept for root and the daemon's user)");
       s.close(ec);
       continue;
     }

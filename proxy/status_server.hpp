@@ -6,12 +6,13 @@
 // as many requests per connection as the client likes, answered in order:
 //   {"cmd":"status"}                  -> status_backend::status()
 //   {"cmd":"users"}                   -> status_backend::users()
-//   {"cmd":"user","user":"alice"}     -> status_backend::user(), or {"error":"unknown user alice"}
+//   {"cmd":"user","user":"alice"}     -> status_backend::user(), or {"error":"unknown user"}
 //   {"cmd":"resync","user":"alice"}   -> {"ok":true} or {"error":"..."}
 //   {"cmd":"pause"|"resume"|"drain"}  -> {"ok":true}
 // A bad request gets {"error":"..."} and the connection goes on. A request line
 // longer than the limit gets {"error":"request too long"} and the connection is
 // closed. Answers never echo a request back (at most its sanitized cmd name).
+// A request nested deeper than one object is refused before it is parsed.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -31,7 +32,8 @@ class io_context;
 namespace suction::proxy {
 
 // What the status socket reports and steers. The daemon implements it over its
-// counters and the migration scheduler. Called on the io_context's thread.
+// counters and the migration scheduler. Called on the status server's
+// io_context thread (the daemon gives it a thread of its own): thread-safe.
 class status_backend {
  public:
   virtual ~status_backend() = default;
@@ -46,9 +48,10 @@ class status_backend {
 
 // The socket's limits. The defaults are the daemon's; tests shrink them.
 struct status_limits {
-  std::size_t max_line = 64 * 1024;              // bytes of one request, without its "\n"
+  std::size_t max_line = 8 * 1024;               // bytes of one request, without its "\n"
   std::chrono::milliseconds idle{60'000};        // a connection with no request for this long is closed
-  std::size_t max_connections = 64;              // more at once are closed as soon as accepted
+  std::size_t max_connections = 64;              // more at once are closed as soon as accepted;
+                                                 // the last one is kept for root and the daemon's user
 };
 
 // Answers one request line (without its "\n"): the protocol without the socket.

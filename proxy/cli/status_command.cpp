@@ -425,6 +425,19 @@ bool is_control(const status_command_args& a) {
   return !a.resync_user.empty() || a.pause || a.resume || a.drain;
 }
 
+// --json: the status answer's members ("proxy", "migration") plus "users"
+// (the table) or "user" (with --user); a steering command's answer as it is.
+// An error answer of the daemon becomes the document's "error".
+json json_document(const status_command_args& a, const std::vector<answer>& answers) {
+  if (is_control(a)) return answers[0].value;
+  json doc = answers[0].value;
+  const json& second = answers[1].value;
+  if (second.contains("error")) doc["error"] = second["error"];
+  else if (!a.user.empty()) doc["user"] = second;
+  else doc["users"] = member(second, "users");
+  return doc;
+}
+
 }  // namespace
 
 CLI::App* add_status_subcommand(CLI::App& app, status_command_args& a) {
@@ -440,7 +453,8 @@ CLI::App* add_status_subcommand(CLI::App& app, status_command_args& a) {
   auto* cfg = status->add_option("-c,--config", a.config_path,
                                  "Configuration file (TOML) to read [status] socket from");
   socket->excludes(cfg);
-  status->add_flag("--json", a.json, "Print the daemon's answers as they came, one JSON object a line");
+  status->add_flag("--json", a.json,
+                   "Print one JSON document: \"proxy\", \"migration\" and \"users\" (or \"user\" with --user)");
   std::vector<CLI::Option*> exclusive{
       status->add_option("-u,--user", a.user, "Show one user's progress and runs instead of the table"),
       status->add_option("--resync", a.resync_user, "Queue a migration run for this user now"),
@@ -468,12 +482,14 @@ int run_status_command(const status_command_args& a) {
     if (!ans.value.contains("error")) continue;
     const json& e = ans.value["error"];
     std::string message = e.is_string() ? e.get<std::string>() : e.dump();
+    // The daemon never echoes a name back; we know which one we asked for.
+    if (message == "unknown user" && !a.user.empty()) message += " " + a.user;
     std::fprintf(stderr, "suction status: %s\n", message.c_str());
     rc = 1;
   }
   if (a.json) {
-    // Exactly what the daemon said, errors included: scripts read stdout.
-    for (auto& ans : answers) std::printf("%s\n", ans.line.c_str());
+    // One JSON document (jq needs no -s), errors included: scripts read stdout.
+    std::printf("%s\n", json_document(a, answers).dump(-1, ' ', false, json::error_handler_t::replace).c_str());
     return rc;
   }
   if (rc != 0) return rc;

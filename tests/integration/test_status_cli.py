@@ -1,6 +1,6 @@
 """`suction status` (issue 5), the client alone, against a fake daemon: a thread serving a Unix
 socket in a temp dir with canned JSON lines, recording every request. The summary and the user
-table (states, progress bars by bytes / messages / folders), --json (the daemon's lines exactly),
+table (states, progress bars by bytes / messages / folders), --json (one JSON document),
 --user (a user's runs), the steering commands, and the failures: an unknown user, no daemon, a
 daemon that does not answer, a permission refused, a config error, bad arguments.
 
@@ -53,7 +53,6 @@ USERS = [
              "legacy login refused: [AUTHENTICATIONFAILED] Authentication failed."),
     user_obj("frank", "pending", None),
 ]
-# The daemon's own spacing: --json must print its lines exactly, not re-serialize them.
 USERS_LINE = json.dumps({"users": USERS}, separators=(", ", ": "))
 
 ALICE = dict(USERS[0], runs=[
@@ -76,7 +75,8 @@ def canned(request: dict) -> str | None:
     if cmd == "users":
         return USERS_LINE
     if cmd == "user":
-        return ALICE_LINE if user == "alice" else json.dumps({"error": f"unknown user {user}"})
+        # The daemon never echoes the name it was asked for.
+        return ALICE_LINE if user == "alice" else json.dumps({"error": "unknown user"})
     if cmd == "resync":
         return OK_LINE if user == "alice" else json.dumps({"error": f"no credentials for {user}"})
     if cmd in ("pause", "resume", "drain"):
@@ -144,9 +144,10 @@ class FakeDaemon:
             os.unlink(self.path)
 
 
-def run_status(*args: str, timeout: float = 20, **kw) -> subprocess.CompletedProcess:
+def run_status(*args: str, timeout: float = 20, binary: str = SUCTION_BIN,
+               **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, TZ="UTC")
-    return subprocess.run([SUCTION_BIN, "status", *args], stdin=subprocess.DEVNULL, capture_output=True,
+    return subprocess.run([binary, "status", *args], stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=timeout, env=env, **kw)
 
 
@@ -157,7 +158,7 @@ def setUpModule():
 
 class StatusCli(unittest.TestCase):
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="sxs-", dir="/tmp")
+        self.dir = tempfile.mkdtemp(prefix="suction-st-", dir="/tmp")
         os.chmod(self.dir, 0o755)
         self.sock = os.path.join(self.dir, "status.sock")
         self.daemon: FakeDaemon | None = None
@@ -216,12 +217,15 @@ class StatusCli(unittest.TestCase):
         for user in ("alice", "dave", "bob", "carol", "frank"):
             self.assertEqual(self.row(out, user)[col - 2:col], "  ", user)
 
-    def test_json_prints_the_daemons_lines_exactly(self):
+    def test_json_prints_one_document(self):
+        """One JSON document on one line, so `jq` needs no -s."""
         self.start()
         out = self.ok("--socket", self.sock, "--json")
-        self.assertEqual(out, STATUS_LINE + "\n" + USERS_LINE + "\n")
+        self.assertEqual(out.count("\n"), 1, out)
+        self.assertEqual(json.loads(out), dict(json.loads(STATUS_LINE), users=USERS))
         out = self.ok("--socket", self.sock, "--json", "--user", "alice")
-        self.assertEqual(out, STATUS_LINE + "\n" + ALICE_LINE + "\n")
+        self.assertEqual(out.count("\n"), 1, out)
+        self.assertEqual(json.loads(out), dict(json.loads(STATUS_LINE), user=ALICE))
 
     def test_user_detail_with_runs(self):
         d = self.start()
@@ -247,10 +251,10 @@ class StatusCli(unittest.TestCase):
         self.assertEqual(p.returncode, 1)
         self.assertEqual(p.stderr, "suction status: unknown user bob\n")
         self.assertEqual(p.stdout, "")
-        # --json still prints what the daemon said, and still fails.
+        # --json still prints one document, with the daemon's error, and still fails.
         p = run_status("--socket", self.sock, "--user", "bob", "--json")
         self.assertEqual(p.returncode, 1)
-        self.assertEqual(p.stdout.splitlines(), [STATUS_LINE, '{"error": "unknown user bob"}'])
+        self.assertEqual(json.loads(p.stdout), dict(json.loads(STATUS_LINE), error="unknown user"))
 
     # ---- steering
     def test_resync_pause_resume_drain(self):
@@ -258,7 +262,7 @@ class StatusCli(unittest.TestCase):
         self.assertEqual(self.ok("--socket", self.sock, "--resync", "alice"), "ok\n")
         self.assertEqual(self.ok("--socket", self.sock, "--pause"), "ok\n")
         self.assertEqual(self.ok("--socket", self.sock, "--resume"), "ok\n")
-        self.assertEqual(self.ok("--socket", self.sock, "--drain", "--json"), OK_LINE + "\n")
+        self.assertEqual(json.loads(self.ok("--socket", self.sock, "--drain", "--json")), {"ok": True})
         self.assertEqual(d.requests, [{"cmd": "resync", "user": "alice"}, {"cmd": "pause"}, {"cmd": "resume"},
                                       {"cmd": "drain"}])
         p = run_status("--socket", self.sock, "--resync", "zed")
@@ -314,12 +318,15 @@ class StatusCli(unittest.TestCase):
     def test_permission_denied_says_so(self):
         self.start(mode=0o600)
         if os.geteuid() == 0:
-            # root passes any mode: ask as nobody.
+            # root passes any mode: ask as nobody, with a copy of the binary in the 0755 temp
+            # dir (nobody may not reach the checkout's, e.g. in root's 0700 home).
             def drop():
                 os.setgid(65534)
                 os.setgroups([])
                 os.setuid(65534)
-            p = run_status("--socket", self.sock, preexec_fn=drop)
+            binary = os.path.join(self.dir, "suction")
+            shutil.copy2(SUCTION_BIN, binary)
+            p = run_status("--socket", self.sock, preexec_fn=drop, binary=binary)
         else:
             os.chmod(self.sock, 0)
             p = run_status("--socket", self.sock)
