@@ -9,6 +9,7 @@ packages=(
   libsqlite3-dev libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
   clang libclang-rt-14-dev
   dovecot-imapd dovecot-core isync openssl curl python3
+  fail2ban   # tests: fail2ban-regex checks deploy/fail2ban/ (Debian also enables its service)
 )
 
 missing=()
