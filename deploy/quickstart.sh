@@ -7,6 +7,11 @@
 #
 #   deploy/quickstart.sh         # start and show
 #   deploy/quickstart.sh stop    # stop the servers and remove the state
+#
+# Works from any checkout (root's 0700 home too). Everything runs as root except the
+# Dovecot servers' own processes (users dovecot, dovenull): their files go to a fresh
+# $TMPDIR/suction-bed-* directory (tests/testbed/README.md), removed by `stop`; the rest
+# (testbed.json, suction's config, log, state and status socket) to $state below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -17,9 +22,10 @@ if [ "${1:-}" = "stop" ]; then
     kill -TERM "$(cat "$state/suction.pid")" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$(cat "$state/suction.pid")" 2>/dev/null || break; sleep 0.1; done
   fi
+  # down also removes the servers' run dir (recorded in $state/testbed.json)
   [ -d "$state" ] && python3 tests/testbed/testbed.py down --dir "$state"
   rm -rf "$state"
-  echo "quickstart: stopped and removed $state"
+  echo "quickstart: stopped; removed $state and the servers' files"
   exit 0
 fi
 
@@ -36,6 +42,8 @@ else
   mkdir -p "$state"
   python3 tests/testbed/testbed.py up --dir "$state" >/dev/null
 fi
+json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); [d:=d[k] for k in sys.argv[2:]]; print(d)' "$state/testbed.json" "$@"; }
+echo "   their own files (configs, logs, mail): $(json_get run_dir 2>/dev/null || echo "$state")"
 
 show_mailboxes() {
 python3 - "$state/testbed.json" "$root/tests/testbed" <<'PY'
@@ -67,7 +75,6 @@ PY
 echo "== alice's mailbox before she logs in through suction"
 show_mailboxes
 
-json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); [d:=d[k] for k in sys.argv[2:]]; print(d)' "$state/testbed.json" "$@"; }
 new_port=$(json_get new imap_port)
 ca_file=$(json_get ca_file)
 tls_dir=$(dirname "$ca_file")
@@ -149,14 +156,15 @@ grep -E "migration user=alice" "$state/suction.log" | tail -1 | sed 's/^/    /'
 echo "== both servers now (the same messages, folders mapped to the new server's names)"
 show_mailboxes
 
+q() { printf '%q' "$1"; }   # the commands below stay right for a path with spaces
 cat <<EOT
 
 Everything runs until you stop it. Users: alice / wonderland (and bob, carol: see
 $state/testbed.json). Through suction:
   curl --user alice:wonderland 'imap://127.0.0.1:$proxy_port/'
-  openssl s_client -quiet -connect 127.0.0.1:$proxy_tls_port -CAfile $ca_file
-  tail -f $state/suction.log
-  ./build/proxy/cli/suction status --socket $state/status.sock [--user alice] [--json]
+  openssl s_client -quiet -connect 127.0.0.1:$proxy_tls_port -CAfile $(q "$ca_file")
+  tail -f $(q "$state/suction.log")
+  ./build/proxy/cli/suction status --socket $(q "$state/status.sock") [--user alice] [--json]
 
-Stop everything with:  $0 stop
+Stop everything with:  $(q "$0") stop
 EOT

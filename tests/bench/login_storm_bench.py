@@ -8,8 +8,8 @@ a minute on 2 cores:
 
     python3 tests/bench/login_storm_bench.py [--users 200] [--reps 3] [--out FILE] [--keep]
 
-What it starts (all on 127.0.0.0/8; all stopped and the /tmp/slsb* work directory removed at the
-end, also on failure, Ctrl-C or SIGTERM):
+What it starts (all on 127.0.0.0/8; all stopped and the /tmp/suction-lsb-* work directory
+removed at the end, also on failure, Ctrl-C or SIGTERM):
   * the test bed (tests/testbed) with --users extra users user001.. (password pw-userNNN), not
     seeded; each extra user's legacy mailbox gets a small deterministic mailbox by APPEND
     (10-20 messages of 1-20 KB over 2-3 folders: INBOX, INBOX.Notes, sometimes INBOX.Lists);
@@ -441,7 +441,7 @@ def folder_hashes(port: int, user: str, password: str, folder: str) -> list[str]
 
 def empty_new_homes(tb, users: list[str]) -> None:
     """Every user's home on the new server emptied (no imap process of theirs is left)."""
-    home_root = os.path.join(tb.dir, "new", "home")
+    home_root = tb.new.home
     for u in users:
         h = os.path.join(home_root, u)
         if os.path.isdir(h):
@@ -896,8 +896,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 8192), hard), hard))
 
-    workdir = tempfile.mkdtemp(prefix="slsb", dir="/tmp")
-    os.chmod(workdir, 0o755)
+    workdir = tempfile.mkdtemp(prefix="suction-lsb-", dir="/tmp")  # short socket paths
     tb = None
     fwd = None
     ok = False

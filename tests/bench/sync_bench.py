@@ -307,7 +307,7 @@ def verify_copy(server: tbm.Server, user: str, manifest: dict) -> list[str]:
 
 def wipe_user(tb: tbm.Testbed, user: str) -> None:
     """Empty the user's home on the new server (no process of it runs between our runs)."""
-    empty_dir(os.path.join(tb.dir, "new", "home", user))
+    empty_dir(os.path.join(tb.new.home, user))
 
 
 class Suction:
@@ -592,8 +592,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cmdline = "python3 tests/bench/sync_bench.py " + shlex.join(sys.argv[1:] if argv is None
                                                                else argv)
-    work = tempfile.mkdtemp(prefix="ssb", dir="/tmp")
-    os.chmod(work, 0o755)
+    work = tempfile.mkdtemp(prefix="suction-sb-", dir="/tmp")  # short socket paths
     ok = False
     tb = None
     try:
@@ -613,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"work dir {work}; starting the test bed")
         tb = tbm.Testbed(os.path.join(work, "bed"), seed=False)
         tb.start()
-        maildir = os.path.join(tb.dir, "legacy", "home", LEGACY_USER, "Maildir")
+        maildir = os.path.join(tb.legacy.home, LEGACY_USER, "Maildir")
         log(f"generating {args.messages} messages in {args.folders} folders + {args.large_mb:g} MiB")
         manifest = gen_corpus.generate(maildir, args.messages, args.folders, args.large_mb,
                                        args.seed, owner="dovecot")

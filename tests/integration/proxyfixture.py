@@ -61,11 +61,12 @@ _ROOT: str | None = None
 
 
 def tmp_root() -> str:
-    """A short temp dir under /tmp for this module (the bed needs short unix socket paths)."""
+    """This module's temp dir: the bed's testbed.json, the proxies' configs, logs and status
+    sockets. Under /tmp: unix socket paths must be short. (The bed's servers have their own
+    $TMPDIR/suction-bed-* dir, which the bed removes when it stops.)"""
     global _ROOT
     if _ROOT is None:
-        _ROOT = tempfile.mkdtemp(prefix="sxi-", dir="/tmp")
-        os.chmod(_ROOT, 0o755)  # Dovecot's mail processes run as `dovecot` and must traverse it
+        _ROOT = tempfile.mkdtemp(prefix="suction-it-", dir="/tmp")
     return _ROOT
 
 

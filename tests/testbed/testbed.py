@@ -14,6 +14,9 @@ CLI:
   testbed.py status --dir DIR
   testbed.py selftest [--keep] [--dir DIR]
 
+DIR (anywhere) gets testbed.json and corpus.json; the servers' own files are in a fresh
+$TMPDIR/suction-bed-* dir that `down` removes (see up()).
+
 Python:
   with Testbed(dir) as tb:
       imap = tb.legacy.connect("alice", tls="starttls")
@@ -240,6 +243,7 @@ class Server:
         self.imaps_port: int = info["imaps_port"]
         self.log_path: str = info["log_path"]
         self.config_path: str = info["config_path"]
+        self.home: str = info.get("home", "")    # one directory per user in here
         self.pid: int = info["pid"]
         self.ca_file = ca_file
         self.users = users
@@ -471,18 +475,21 @@ def _instance_name(role: str, marker: str) -> str:
     return f"suction-testbed-{role}-{marker}"
 
 
-def bed_processes(d: str, marker: str | None = None) -> list[tuple[int, int]]:
+def bed_processes(d: str, state: dict | None = None) -> list[tuple[int, int]]:
     """(pid, starttime) of every process of the bed in DIR, found by process title.
 
     Dovecot titles its children "dovecot-<instance_name>/<service>" (e.g.
     "dovecot-suction-testbed-new-1cb2a93cee50/imap-login") and the master keeps its command
-    line "dovecot -c DIR/<role>/dovecot.conf". The environment cannot be used: the process
-    titles overwrite it.
+    line "dovecot -c <config_path>" (from testbed.json). The environment cannot be used: the
+    process titles overwrite it.
     """
     d = os.path.abspath(d)
-    marker = marker or _marker_for(d)
+    if state is None:
+        state = _state_or_empty(d)
+    marker = state.get("marker") or _marker_for(d)
     titles = tuple(f"dovecot-{_instance_name(r, marker)}/".encode() for r in ROLES)
-    confs = {_paths(d, r)["config"].encode() for r in ROLES}
+    confs = {info["config_path"].encode() for r in ROLES
+             if (info := state.get(r)) and info.get("config_path")}
     out = []
     for pid in _all_pids():
         if pid == os.getpid():
@@ -527,8 +534,9 @@ def _marker_for(d: str) -> str:
     return hashlib.sha256(os.path.abspath(d).encode()).hexdigest()[:12]
 
 
-def _paths(d: str, role: str) -> dict[str, str]:
-    root = os.path.join(d, role)
+def _paths(run: str, role: str) -> dict[str, str]:
+    """A server's files, all in the run dir (see _make_run_dir)."""
+    root = os.path.join(run, role)
     return {
         "root": root,
         "config": os.path.join(root, "dovecot.conf"),
@@ -556,27 +564,64 @@ def free_ports(n: int, host: str = HOST) -> list[int]:
 
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")
+RUN_PREFIX = "suction-bed-"
+_RUN_TAG = ".suction-testbed"   # in a run dir: the --dir that owns it (down removes only those)
 
 
-def _check_dir(d: str) -> None:
-    if not _SAFE_PATH.match(d):
-        raise TestbedError(f"--dir {d!r}: use only [A-Za-z0-9._/+-] (Dovecot splits args on "
-                           "spaces and expands %)")
+def _run_dir_problem(run: str) -> str | None:
+    """Why Dovecot could not use `run` for its files, or None."""
+    if not _SAFE_PATH.match(run):
+        return "has characters other than [A-Za-z0-9._/+-] (Dovecot splits on spaces, expands %)"
     # unix sockets live in base_dir: sun_path is 108 bytes
-    longest = len(_paths(d, "legacy")["base_dir"]) + len("/login/imap-urlauth-login") + 1
-    if longest > 107:
-        raise TestbedError(f"--dir {d!r} is too long for Dovecot's unix sockets; use a "
-                           "shorter path (e.g. under /tmp)")
-    # mail processes run as user dovecot: every parent must be traversable
-    p = d
+    if len(_paths(run, "legacy")["base_dir"]) + len("/login/imap-urlauth-login") + 1 > 107:
+        return "is too long for Dovecot's unix sockets"
+    # the servers' processes run as dovecot and dovenull: every parent must be traversable
+    p = run
     for _ in range(256):
         parent = os.path.dirname(p)
         if parent == p:
             break
         p = parent
         if not os.stat(p).st_mode & 0o001:
-            raise TestbedError(f"{p} is not traversable by others; the dovecot user must reach "
-                               f"{d}")
+            return f"{p} is not traversable by others (the dovecot user must reach it)"
+    return None
+
+
+def _make_run_dir(d: str) -> str:
+    """A fresh directory, mode 0755, for everything the servers' users (dovecot, dovenull) must
+    reach: configs, sockets, homes, certificate. Under $TMPDIR, else /tmp (e.g. pam_tmpdir's
+    0700 /tmp/user/0), so that DIR itself may be anywhere: in a 0700 home, with spaces."""
+    problems = []
+    for parent in dict.fromkeys((tempfile.gettempdir(), "/tmp")):
+        run = tempfile.mkdtemp(prefix=RUN_PREFIX, dir=parent)
+        problem = _run_dir_problem(run)
+        if problem is None:
+            os.chmod(run, 0o755)
+            with open(os.path.join(run, _RUN_TAG), "w") as f:
+                f.write(d)
+            return run
+        os.rmdir(run)
+        problems.append(f"{run}: {problem}")
+    raise TestbedError("no place for the servers' files: " + "; ".join(problems))
+
+
+def _remove_run_dir(d: str, run: str | None) -> None:
+    """Removes the run dir that DIR's bed made (only if its tag names DIR), keeping the servers'
+    logs as DIR/<role>.log for a look after a failure."""
+    if not run:
+        return
+    try:
+        with open(os.path.join(run, _RUN_TAG)) as f:
+            if f.read() != d:
+                return
+    except OSError:
+        return
+    for role in ROLES:
+        try:
+            shutil.move(_paths(run, role)["log"], os.path.join(d, f"{role}.log"))
+        except OSError:
+            pass
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def _make_cert(tls_dir: str) -> tuple[str, str]:
@@ -622,9 +667,9 @@ def _write_users(path: str, users: dict[str, str]) -> None:
     os.chmod(path, 0o640)
 
 
-def _dovecot_conf(role: str, d: str, imap_port: int, imaps_port: int, cert: str, key: str,
+def _dovecot_conf(role: str, run: str, imap_port: int, imaps_port: int, cert: str, key: str,
                   marker: str, capability: str | None) -> str:
-    p = _paths(d, role)
+    p = _paths(run, role)
     dv = pwd.getpwnam("dovecot")
     lines = [
         f"{_GENERATED}: the {role!r} server",
@@ -724,8 +769,8 @@ def _is_generated(conf: str) -> bool:
         return False
 
 
-def _prepare_role(d: str, role: str, users: dict[str, str]) -> dict[str, str]:
-    p = _paths(d, role)
+def _prepare_role(run: str, role: str, users: dict[str, str]) -> dict[str, str]:
+    p = _paths(run, role)
     os.makedirs(p["root"], exist_ok=True)
     os.chmod(p["root"], 0o755)
     os.makedirs(p["state_dir"], exist_ok=True)
@@ -767,9 +812,9 @@ def _greeting_ok(port: int, use_tls: bool, ca_file: str, timeout: float) -> bool
         return False
 
 
-def _start_server(role: str, d: str, info: dict, ca_file: str, env: dict,
+def _start_server(role: str, run: str, info: dict, ca_file: str, env: dict,
                   timeout: float, penalty: bool = False) -> dict:
-    p = _paths(d, role)
+    p = _paths(run, role)
     with open(p["stderr"], "w") as errf:
         r = subprocess.run([DOVECOT, "-c", p["config"]], stdin=subprocess.DEVNULL,
                            stdout=errf, stderr=subprocess.STDOUT, env=env, timeout=timeout)
@@ -824,6 +869,13 @@ def _write_json(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _state_or_empty(d: str) -> dict:
+    try:
+        return load_state(d)
+    except (TestbedError, ValueError):
+        return {}
+
+
 def load_state(d: str) -> dict:
     path = os.path.join(os.path.abspath(d), "testbed.json")
     try:
@@ -848,7 +900,10 @@ def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
 
     extra_users: that many more users (extra_user_names), with empty mailboxes.
 
-    On any failure, whatever was started is stopped again before the error propagates.
+    DIR holds testbed.json and corpus.json only, so it may be anywhere (a 0700 home, a path
+    with spaces). What Dovecot's users must reach is in a fresh run dir (_make_run_dir),
+    recorded in testbed.json as "run_dir" before anything starts: `down` removes it, and so
+    does any failure here.
     """
     if os.geteuid() != 0:
         raise TestbedError("must run as root (Dovecot's master drops privileges itself)")
@@ -858,9 +913,9 @@ def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
     t0 = time.monotonic()
     d = os.path.abspath(d)
     os.makedirs(d, exist_ok=True)
-    _check_dir(d)
     down(d, quiet=True)              # a bed already running here is replaced, not doubled
-    for name in ("legacy", "new", "tls", "testbed.json", "corpus.json"):
+    # legacy/, new/, tls/: what a bed put in DIR before the run dir existed
+    for name in ("legacy", "new", "tls", "testbed.json", "corpus.json", "legacy.log", "new.log"):
         path = os.path.join(d, name)
         if os.path.isdir(path):
             conf = os.path.join(path, "dovecot.conf")
@@ -872,16 +927,16 @@ def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.unlink(path)
-    os.chmod(d, 0o755)
 
     users = dict(USERS) | extra_user_names(extra_users)
     marker = _marker_for(d)
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
     if "TZ" in os.environ:
         env["TZ"] = os.environ["TZ"]
-    cert, key = _make_cert(os.path.join(d, "tls"))
+    run = _make_run_dir(d)
     state: dict = {
-        "ca_file": cert,
+        "ca_file": None,
+        "run_dir": run,
         "users": users,
         "legacy": None,
         "new": None,
@@ -893,8 +948,11 @@ def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
     }
     json_path = os.path.join(d, "testbed.json")
     try:
+        _write_json(json_path, state)
+        cert, key = _make_cert(os.path.join(run, "tls"))
+        state["ca_file"] = cert
         for role in ("new", "legacy"):     # new first: legacy's capability list is probed on it
-            p = _prepare_role(d, role, users)
+            p = _prepare_role(run, role, users)
             caps = None
             if role == "legacy":
                 try:
@@ -908,20 +966,20 @@ def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
                 imap_port, imaps_port = free_ports(2)
                 info = {"host": HOST, "imap_port": imap_port, "imaps_port": imaps_port,
                         "log_path": p["log"], "config_path": p["config"], "pid": 0,
-                        "pid_starttime": None, "base_dir": p["base_dir"],
+                        "pid_starttime": None, "base_dir": p["base_dir"], "home": p["home"],
                         "instance_name": _instance_name(role, marker)}
                 with open(p["config"], "w") as f:
-                    f.write(_dovecot_conf(role, d, imap_port, imaps_port, cert, key, marker,
+                    f.write(_dovecot_conf(role, run, imap_port, imaps_port, cert, key, marker,
                                           caps))
                 state[role] = info
                 _write_json(json_path, state)
                 try:
-                    _start_server(role, d, info, cert, env, timeout, auth_penalty)
+                    _start_server(role, run, info, cert, env, timeout, auth_penalty)
                     last_err = None
                     break
                 except TestbedError as e:
                     last_err = e
-                    down(d, quiet=True)
+                    _stop(d, state, DEFAULT_STOP_TIMEOUT, quiet=True)   # the run dir stays
                     if "in use" not in str(e):
                         break
             if last_err is not None:
@@ -941,6 +999,7 @@ def up(d: str, seed: bool = True, large_mb: float = DEFAULT_LARGE_MB,
         return state
     except BaseException:
         down(d, quiet=True)
+        _remove_run_dir(d, run)      # if testbed.json could not even be written
         raise
 
 
@@ -948,22 +1007,23 @@ def _masters(d: str, state: dict) -> list[tuple[int, int]]:
     """Live master processes of the bed: from testbed.json, the pid files, the command lines."""
     out = set()
     for role in ROLES:
-        p = _paths(d, role)
         info = state.get(role) or {}
+        if not info.get("config_path"):
+            continue
         cands = []
         if info.get("pid"):
             cands.append((info["pid"], info.get("pid_starttime")))
         try:
-            with open(os.path.join(p["base_dir"], "master.pid")) as f:
+            with open(os.path.join(info["base_dir"], "master.pid")) as f:
                 cands.append((int(f.read().strip()), None))
-        except (OSError, ValueError):
+        except (OSError, KeyError, ValueError):
             pass
         for pid, st in cands:
             argv = _cmdline(pid)
             if _alive(pid, st) and _is_dovecot_exe(pid) and argv and \
-                    argv[-1] == p["config"].encode():
+                    argv[-1] == info["config_path"].encode():
                 out.add((pid, _proc_starttime(pid)))
-    for pid, st in bed_processes(d, state.get("marker")):
+    for pid, st in bed_processes(d, state):
         argv = _cmdline(pid)
         if argv and os.path.basename(argv[0]) == b"dovecot":
             out.add((pid, st))
@@ -974,18 +1034,22 @@ def down(d: str, timeout: float = DEFAULT_STOP_TIMEOUT, quiet: bool = False) -> 
     """Stop both servers of the bed in DIR and wait until every process of it is gone.
 
     Idempotent; never fails when nothing runs. SIGTERM to each master (what `doveadm stop`
-    does, minus its slow polling), then bounded waits, then SIGKILL for anything left.
+    does, minus its slow polling), then bounded waits, then SIGKILL for anything left. Then
+    the run dir is removed (the servers' logs kept as DIR/legacy.log and DIR/new.log).
     """
     d = os.path.abspath(d)
-    try:
-        state = load_state(d)
-    except (TestbedError, ValueError):
-        state = {}
+    state = _state_or_empty(d)
+    _stop(d, state, timeout, quiet)
+    _remove_run_dir(d, state.get("run_dir"))
+
+
+def _stop(d: str, state: dict, timeout: float, quiet: bool) -> None:
+    """down() without removing the run dir (up() retries a start in it)."""
     masters = _masters(d, state)
     procs = set(masters)
     for pid, _st in masters:
         procs.update(_descendants(pid))
-    procs.update(bed_processes(d, state.get("marker")))
+    procs.update(bed_processes(d, state))
     procs = sorted(procs)
     complaints = []
     _kill(masters, signal.SIGTERM)
@@ -996,7 +1060,7 @@ def down(d: str, timeout: float = DEFAULT_STOP_TIMEOUT, quiet: bool = False) -> 
         _wait_gone(left, 5.0)
     # a last look, e.g. for a process forked while we were waiting
     for _ in range(3):
-        left = bed_processes(d, state.get("marker"))
+        left = bed_processes(d, state)
         if not left:
             break
         complaints.append(f"stray processes of the bed killed: {[p for p, _ in left]}")
@@ -1328,7 +1392,7 @@ def fetch_folder(imap: imaplib.IMAP4, name: str) -> list[dict]:
 def selftest(keep: bool = False, d: str | None = None) -> int:
     t0 = time.monotonic()
     own_dir = d is None
-    d = d or tempfile.mkdtemp(prefix="stb-", dir="/tmp")
+    d = d or tempfile.mkdtemp(prefix="suction-selftest-")
     failures: list[str] = []
     checks = [0]
 
@@ -1353,8 +1417,11 @@ def selftest(keep: bool = False, d: str | None = None) -> int:
             check(len(live) >= 4 and live <= set(bed_processes(d)),
                   "every process of the bed is found by its title")
             st = load_state(d)
-            for key in ("ca_file", "users", "legacy", "new"):
+            for key in ("ca_file", "users", "legacy", "new", "run_dir"):
                 check(key in st, f"testbed.json has {key}")
+            run = st["run_dir"]
+            check(os.stat(run).st_mode & 0o777 == 0o755, f"run dir {run} is 0755")
+            check(not os.path.exists(os.path.join(d, "legacy")), "no server files in DIR")
             for role in ROLES:
                 for key in ("host", "imap_port", "imaps_port", "log_path", "config_path", "pid"):
                     check(key in st[role], f"testbed.json {role} has {key}")
@@ -1494,6 +1561,9 @@ def selftest(keep: bool = False, d: str | None = None) -> int:
                 check(False, f"port {port} still accepts connections")
             except OSError:
                 pass
+        check(not os.path.exists(run), f"down removed the run dir {run}")
+        check(all(os.path.isfile(os.path.join(d, f"{r}.log")) for r in ROLES),
+              "down kept the servers' logs in DIR")
         down(d)         # idempotent
         down(d)
         check(not bed_processes(d), "down twice is harmless")
