@@ -5,6 +5,15 @@
 
 namespace suction::proxy {
 
+// RFC 5530 codes that say the server, not the credentials, is at fault
+// (after Dovecot's imap-proxy auth_resp_code_is_tempfail).
+bool is_tempfail(const imap::command_result& answer) {
+  if (!answer.code) return false;
+  for (const char* c : {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE"})
+    if (answer.code->name == c) return true;
+  return false;
+}
+
 namespace asio = boost::asio;
 
 std::string backend_settings::display() const { return imap::display(endpoint); }
@@ -75,8 +84,8 @@ asio::awaitable<backend_result> backend_login(asio::any_io_executor ex,
   else
     ec = co_await c.login(creds.user, creds.password, &r.answer);
   if (ec == imap::errc::auth_failed || ec == imap::errc::command_bad) {
-    r.outcome = backend_outcome::refused;
-    r.reason = r.answer.text;
+    r.outcome = is_tempfail(r.answer) ? backend_outcome::temporary : backend_outcome::refused;
+    r.reason = r.answer.code ? "[" + r.answer.code->name + "] " + r.answer.text : r.answer.text;
     co_return r;
   }
   if (ec) {

@@ -39,6 +39,8 @@ enum class backend_outcome : std::uint8_t {
   ok,           // logged in: relay
   refused,      // the backend said NO: the client may try again
   unavailable,  // connect, TLS or protocol failure, timeout: NO [UNAVAILABLE]
+  temporary,    // the backend said NO [UNAVAILABLE] / [SERVERBUG] / [LIMIT] / [INUSE]: its
+                // own trouble, not the password's: its answer goes to the client, uncounted
 };
 
 struct backend_result {
@@ -50,6 +52,9 @@ struct backend_result {
   std::unique_ptr<imap::tls_stream> stream;  // ok: the connection, for the relay
   std::string unparsed;                   // ok: bytes the backend sent after its answer
 };
+
+// Whether a NO says the server is in trouble rather than the credentials wrong.
+bool is_tempfail(const imap::command_result& answer);
 
 boost::asio::awaitable<backend_result> backend_login(boost::asio::any_io_executor ex,
                                                      const backend_settings& settings,

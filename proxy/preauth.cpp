@@ -114,6 +114,7 @@ preauth::action preauth::on_parse_error(std::error_code ec, std::string_view tag
 }
 
 preauth::action preauth::on_command(const imap::command& c) {
+  refused_ = {};
   const auto& name = c.name;
   const auto& args = c.args;
   if (name == "CAPABILITY") {
@@ -148,7 +149,8 @@ preauth::action preauth::on_command(const imap::command& c) {
       if (plain) return plain_response(args[1].text);
       auto user = imap::base64_decode(args[1].text == "=" ? std::string() : args[1].text);
       if (!user) return reply(tagged(c.tag, "BAD Invalid base64 data in initial response."));
-      if (user->find('\0') != std::string::npos) return auth_failed();
+      mechanism_ = "AUTHENTICATE LOGIN";
+      if (user->find('\0') != std::string::npos) return refuse_login(*user, "NUL in the user name");
       creds_.user = std::move(*user);
       step_ = auth_step::login_password;
       out_ = "+ UGFzc3dvcmQ6\r\n";  // "Password:"
@@ -162,6 +164,7 @@ preauth::action preauth::on_command(const imap::command& c) {
 }
 
 preauth::action preauth::on_auth_line(std::string_view line) {
+  refused_ = {};
   auth_step step = step_;
   step_ = auth_step::none;
   if (line == "*") {
@@ -174,7 +177,8 @@ preauth::action preauth::on_auth_line(std::string_view line) {
     case auth_step::login_user: {
       auto user = imap::base64_decode(line);
       if (!user) return reply(tagged(tag_, "BAD Invalid base64 data in continued response."));
-      if (user->find('\0') != std::string::npos) return auth_failed();
+      mechanism_ = "AUTHENTICATE LOGIN";
+      if (user->find('\0') != std::string::npos) return refuse_login(*user, "NUL in the user name");
       creds_.user = std::move(*user);
       step_ = auth_step::login_password;
       out_ = "+ UGFzc3dvcmQ6\r\n";
@@ -188,7 +192,8 @@ preauth::action preauth::on_auth_line(std::string_view line) {
       }
       if (password->find('\0') != std::string::npos) {
         imap::secure_wipe(*password);
-        return auth_failed();
+        std::string user = std::move(creds_.user);
+        return refuse_login(user, "NUL in the password");
       }
       std::string user = std::move(creds_.user);
       return start_login(tag_, "AUTHENTICATE LOGIN", std::move(user), std::move(*password));
@@ -208,9 +213,10 @@ preauth::action preauth::plain_response(std::string_view b64) {
   auto second = first == std::string::npos ? std::string::npos : d.find('\0', first + 1);
   // Exactly two NULs (RFC 4616): "\0bob\0pw\0extra" is refused like Dovecot's
   // mech-plain does, not passed on with a password the backend reads shorter.
+  mechanism_ = "AUTHENTICATE PLAIN";
   if (second == std::string::npos || d.find('\0', second + 1) != std::string::npos) {
     imap::secure_wipe(d);
-    return auth_failed();
+    return refuse_login("", "malformed PLAIN response");
   }
   std::string authzid = d.substr(0, first);
   std::string user = d.substr(first + 1, second - first - 1);
@@ -220,20 +226,26 @@ preauth::action preauth::plain_response(std::string_view b64) {
   // front of one account may pass on.
   if (!authzid.empty() && authzid != user) {
     imap::secure_wipe(password);
-    return auth_failed();
+    return refuse_login(user, "authorization identity differs from the user");
   }
   return start_login(tag_, "AUTHENTICATE PLAIN", std::move(user), std::move(password));
 }
 
-preauth::action preauth::auth_failed() {
+preauth::action preauth::refuse_login(std::string_view user, std::string_view reason) {
   creds_.wipe();
-  return reply(tagged(tag_, "NO [AUTHENTICATIONFAILED] Authentication failed."));
+  user_for_log_ = user;
+  refused_ = reason;
+  return on_login_refused(tagged(tag_, "NO [AUTHENTICATIONFAILED] Authentication failed."));
 }
 
 preauth::action preauth::start_login(std::string_view tag, std::string_view mechanism,
                                      std::string user, std::string password) {
   tag_ = tag;
   mechanism_ = mechanism;
+  if (user.size() > kMaxUserName) {
+    imap::secure_wipe(password);
+    return refuse_login(std::string_view(user).substr(0, 64), "user name too long");
+  }
   user_for_log_ = user;
   creds_.wipe();
   creds_.user = std::move(user);

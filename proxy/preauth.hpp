@@ -62,6 +62,12 @@ class preauth {
   std::string_view close_reason() const { return close_reason_; }
   // Set when the last action answered a limit without closing (e.g. TOOBIG).
   std::string_view limit_hit() const { return limit_hit_; }
+  // Set when the last action refused a login without asking the backend
+  // (malformed SASL, a NUL, a user name over kMaxUserName): the log's reason.
+  std::string_view login_refused() const { return refused_; }
+  // Longer names are refused here: Dovecot hangs up on them (which would look
+  // like an outage, uncounted), and no log line should carry 64 KiB of one.
+  static constexpr std::size_t kMaxUserName = 512;
 
   credentials take_credentials() { return std::move(creds_); }
   const std::string& login_tag() const { return tag_; }
@@ -76,7 +82,9 @@ class preauth {
   action start_login(std::string_view tag, std::string_view mechanism, std::string user,
                      std::string password);
   action plain_response(std::string_view b64);
-  action auth_failed();  // a SASL response we refuse ourselves, the way Dovecot's auth does
+  // A login we refuse ourselves (as Dovecot's auth would): NO [AUTHENTICATIONFAILED],
+  // counted like the backend's refusal; login_refused() says why, for the log.
+  action refuse_login(std::string_view user, std::string_view reason);
   bool login_disabled() const { return settings_.login_requires_tls && !tls_active_; }
 
   preauth_settings settings_;
@@ -91,6 +99,7 @@ class preauth {
   std::string out_;
   std::string_view close_reason_;
   std::string_view limit_hit_;
+  std::string_view refused_;
 };
 
 }  // namespace suction::proxy

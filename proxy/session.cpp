@@ -79,6 +79,17 @@ class preauth_deadline {
 
 // "client=1.2.3.4:5678" or "client=[2001:db8::1]:5678": one token, so a
 // fail2ban filter can take the address as <HOST> before ":port".
+// A login preauth refused without asking the backend (malformed SASL, a NUL,
+// an over-long name) is a failed login like the backend's NO: logged so.
+void log_refused_login(daemon::state& st, const preauth& pa, const std::string& client,
+                       const std::string& session_id) {
+  if (pa.login_refused().empty()) return;
+  ++st.logins_failed;
+  spdlog::info("login failed user={} client={} backend={} mech=\"{}\" reason=\"{}\" duration=0ms session={}",
+               imap::log_value(pa.login_user()), client, st.backend.display(), pa.mechanism(),
+               pa.login_refused(), session_id);
+}
+
 std::string client_text(const boost::asio::ip::address& a, std::uint16_t port) {
   return a.is_v6() ? "[" + a.to_string() + "]:" + std::to_string(port) : a.to_string() + ":" + std::to_string(port);
 }
@@ -237,9 +248,11 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
                       imap::log_value(parser.command().tag), imap::log_value(parser.command().name),
                       ci.session_id);
         act = pa.on_command(parser.command());
+        log_refused_login(*st, pa, client, ci.session_id);
         break;
       case imap::parse_event::line:
         act = pa.on_auth_line(parser.line());
+        log_refused_login(*st, pa, client, ci.session_id);
         break;
       case imap::parse_event::error:
         act = pa.on_parse_error(parser.error(), parser.error_tag(), parser.recoverable());
@@ -289,12 +302,16 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         backend_result res = co_await backend_login(ex, st->backend, creds, ci);
         if (!res.preauth_capabilities.empty()) st->backend_capabilities = res.preauth_capabilities;
         const auto login_ms = ms_since(login_started);
-        if (res.outcome == backend_outcome::unavailable) {
+        if (res.outcome == backend_outcome::unavailable || res.outcome == backend_outcome::temporary) {
+          // The backend's trouble, not the client's: not a failed login (fail2ban
+          // does not count it), and the client may try again.
           ++st->backend_errors;
           spdlog::error("login unavailable user={} client={} backend={} reason={} duration={}ms session={}",
                         user, client, st->backend.display(), imap::log_value(res.reason), login_ms, ci.session_id);
-          if (!co_await say(pa.login_tag() + " NO [UNAVAILABLE] Account is temporarily unavailable.\r\n"))
-            co_return;
+          const std::string answer = res.outcome == backend_outcome::temporary
+                                         ? client_answer(pa.login_tag(), res)
+                                         : pa.login_tag() + " NO [UNAVAILABLE] Account is temporarily unavailable.\r\n";
+          if (!co_await say(answer)) co_return;
           h.phase = session_phase::preauth;
           deadline.arm(limits.preauth_idle, login_due);
           break;

@@ -2,6 +2,7 @@
 (line length, literal size, bad commands, idle, connections per address, failed logins)."""
 
 import socket
+import threading
 import time
 import unittest
 
@@ -55,6 +56,75 @@ class BackendDownTests(unittest.TestCase):
             self.assertTrue(c.command("b", "NOOP").startswith(b"b OK"))
         m = proxy.wait_log(r"[^\n]*login unavailable[^\n]*")
         self.assertIn(f"backend=127.0.0.1:{port}", m.group(0))
+
+
+class TempfailBackend:
+    """A backend whose every LOGIN gets NO [UNAVAILABLE] (Dovecot's auth service down)."""
+
+    def __init__(self):
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        self.stop = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        self.srv.settimeout(0.2)
+        for _ in range(3000):  # bounded: 10 minutes at most
+            if self.stop:
+                return
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def session(conn):
+        with conn:
+            conn.settimeout(10)
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n")
+            buf = b""
+            for _ in range(100):
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    tag, _, rest = line.partition(b" ")
+                    if rest.upper().startswith(b"LOGIN"):
+                        conn.sendall(tag + b" NO [UNAVAILABLE] Temporary authentication failure.\r\n")
+                    elif rest.upper().startswith(b"CAPABILITY"):
+                        conn.sendall(b"* CAPABILITY IMAP4rev1 LITERAL+\r\n" + tag + b" OK done\r\n")
+                    else:
+                        conn.sendall(tag + b" BAD no\r\n")
+
+    def close(self):
+        self.stop = True
+        self.srv.close()
+
+
+class BackendTempfailTests(unittest.TestCase):
+    def test_backend_unavailable_answer_is_passed_on_and_not_counted(self):
+        backend = TempfailBackend()
+        self.addCleanup(backend.close)
+        proxy = pf.Proxy(pf.bed(), {"new": {"port": backend.port}, "limits": {"login_attempts": 3}})
+        self.addCleanup(proxy.stop)
+        proxy.start()
+        with proxy.raw() as c:
+            for i in range(5):  # more than login_attempts: none of them counts
+                tagged = c.command(f"t{i}", "LOGIN alice wonderland")
+                self.assertEqual(tagged, b"t%d NO [UNAVAILABLE] Temporary authentication failure.\r\n" % i)
+            self.assertTrue(c.command("n", "NOOP").startswith(b"n OK"))
+        proxy.wait_log(r"login unavailable user=alice [^\n]*reason=\"\[UNAVAILABLE\] Temporary")
+        self.assertNotIn("login failed", proxy.log())
+        self.assertNotIn("too many failed logins", proxy.log())
 
 
 class PreauthLimitTests(unittest.TestCase):

@@ -142,11 +142,30 @@ TEST_CASE("NULs: refused in strings like Dovecot, and in SASL fields beyond RFC 
   CHECK(q.on_command(parse("b2 AUTHENTICATE LOGIN YWxpY2U=\r\n")) == action::read_auth_line);
   CHECK(q.on_auth_line(imap::base64_encode(std::string("p\0w", 3))) == action::send);
   CHECK(q.out() == "b2 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
+  CHECK(q.login_refused() == "NUL in the password");
+  CHECK(q.mechanism() == "AUTHENTICATE LOGIN");
+  CHECK(q.login_user() == "alice");
+  // Refused here, counted like the backend's NO: the third ends the connection.
+  CHECK(q.on_command(parse("b3 AUTHENTICATE PLAIN " + extra + "\r\n")) == action::send_and_close);
+  CHECK(q.out() == "b3 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n* BYE Too many failed login attempts.\r\n");
+  CHECK(q.login_refused() == "malformed PLAIN response");
+  CHECK(q.on_command(parse("b4 NOOP\r\n")) == action::send);
+  CHECK(q.login_refused().empty());
   // The BAD counts as a bad command.
   preauth r(settings(), false);
   r.on_parse_error(imap::errc::nul_in_string, "c1", true);
   r.on_parse_error(imap::errc::nul_in_string, "c2", true);
   CHECK(r.on_parse_error(imap::errc::nul_in_string, "c3", true) == action::send_and_close);
+}
+
+TEST_CASE("a user name over 512 bytes is refused here, counted, and never reaches the backend") {
+  preauth p(settings(), false);
+  std::string name(513, 'n');
+  CHECK(p.on_command(parse("a LOGIN " + name + " pw\r\n")) == action::send);
+  CHECK(p.out() == "a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
+  CHECK(p.login_refused() == "user name too long");
+  CHECK(p.login_user().size() == 64);  // what the log shows of it
+  CHECK(p.on_command(parse("b LOGIN " + std::string(512, 'n') + " pw\r\n")) == action::login);
 }
 
 TEST_CASE("AUTHENTICATE LOGIN asks for user name and password") {
