@@ -10,6 +10,7 @@
 #include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <csignal>
 
 #include "imap/client/stream.hpp"
@@ -46,6 +47,7 @@ void daemon::state::session_ended() {
   if (stopping && sessions.empty()) {
     grace_timer.cancel();
     refusal_timer.cancel();
+    idle_sweep_timer.cancel();
     boost::system::error_code ignored;
     signals.cancel(ignored);
     spdlog::info("shutdown complete");
@@ -224,6 +226,23 @@ void daemon::start() {
       co_await self->refusal_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       for (const auto& line : self->refusals.flush()) spdlog::warn("{}", line);
       if (ec) co_return;  // cancelled: the daemon has stopped
+    }
+  }, asio::detached);
+
+  // The relays' idle deadline: one sweep over the sessions, a few times per
+  // relay_idle (at most every 5 s), instead of a timer per session.
+  asio::co_spawn(st.io, [self = state_]() -> asio::awaitable<void> {
+    const auto idle = self->opt.limits.relay_idle;
+    const auto every = std::clamp<std::chrono::milliseconds>(idle / 8, std::chrono::milliseconds(50),
+                                                              std::chrono::seconds(5));
+    while (!self->stopping) {
+      self->idle_sweep_timer.expires_after(every);
+      boost::system::error_code ec;
+      co_await self->idle_sweep_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return;  // cancelled: the daemon has stopped
+      const auto now = std::chrono::steady_clock::now();
+      for (auto& [id, h] : self->sessions)
+        if (h->active_relay && now - h->active_relay->last_activity() >= idle) h->active_relay->stop("idle");
     }
   }, asio::detached);
 

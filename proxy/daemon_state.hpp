@@ -41,7 +41,7 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   state(boost::asio::io_context& io, options o, std::shared_ptr<login_trigger> t,
         status_backend* sb)
       : io(io), opt(std::move(o)), trigger(std::move(t)), status(sb), signals(io), grace_timer(io),
-        refusal_timer(io), refusals(opt.limits.refusal_log_interval) {}
+        refusal_timer(io), idle_sweep_timer(io), refusals(opt.limits.refusal_log_interval) {}
 
   boost::asio::io_context& io;
   options opt;
@@ -64,6 +64,7 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   boost::asio::signal_set signals;
   boost::asio::steady_timer grace_timer;
   boost::asio::steady_timer refusal_timer;
+  boost::asio::steady_timer idle_sweep_timer;  // the relays' idle deadline
 
   std::unordered_map<std::uint64_t, session_handle*> sessions;
   std::unordered_map<std::string, std::uint32_t> per_address;

@@ -4,12 +4,12 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
 
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <array>
+#include <utility>
 #include <vector>
 
 #include "imap/client/stream.hpp"
@@ -20,15 +20,18 @@ namespace asio = boost::asio;
 using namespace boost::asio::experimental::awaitable_operators;
 
 namespace {
-// Reads start small and double while data streams (a full read means more is
-// waiting), so a 10 MB FETCH moves in few large writes and an idle session
-// holds no buffer at all.
+// Commands and most answers fit the small read that waits in each direction
+// (an async_read_some, which Asio may try at once and which needs no
+// epoll_ctl, unlike a readiness wait). A full small read means a burst is
+// streaming: between two plaintext sockets it moves through a kernel pipe,
+// otherwise in reads that start at kFirstRead and double, so a 10 MB FETCH
+// moves in few large writes and the buffers are gone when it ends.
+constexpr std::size_t kIdleRead = 512;
 constexpr std::size_t kFirstRead = 16 * 1024;
 constexpr std::size_t kLargestRead = 256 * 1024;
 }  // namespace
 
-relay::relay(imap::tls_stream& client, imap::tls_stream& backend, std::chrono::milliseconds idle)
-    : client_(client), backend_(backend), idle_(idle) {}
+relay::relay(imap::tls_stream& client, imap::tls_stream& backend) : client_(client), backend_(backend) {}
 
 void relay::end(std::string reason) {
   if (result_.end.empty()) result_.end = std::move(reason);
@@ -52,26 +55,48 @@ asio::awaitable<void> read_chunk(imap::tls_stream& from, std::vector<char>& buf,
 
 }  // namespace
 
-// A kernel pipe for splice(2), alive for one streaming burst only, so idle
-// sessions hold no extra descriptors.
+// A kernel pipe for splice(2), held for one streaming burst only, so idle
+// sessions hold no extra descriptors. Empty pipes go back to a small pool of
+// the thread's, so a burst costs no pipe2, fcntl and close calls.
 class burst_pipe {
  public:
   burst_pipe() {
+    auto& pool = idle_pipes();
+    if (!pool.empty()) {
+      fds_[0] = pool.back().first;
+      fds_[1] = pool.back().second;
+      pool.pop_back();
+      return;
+    }
     if (::pipe2(fds_, O_NONBLOCK | O_CLOEXEC) != 0) fds_[0] = fds_[1] = -1;
     else ::fcntl(fds_[1], F_SETPIPE_SZ, 1 << 20);  // best effort: fewer, larger moves
   }
   ~burst_pipe() {
-    if (fds_[0] >= 0) ::close(fds_[0]);
-    if (fds_[1] >= 0) ::close(fds_[1]);
+    if (fds_[0] < 0) return;
+    auto& pool = idle_pipes();
+    if (empty_ && pool.size() < kPoolSize) {
+      pool.emplace_back(fds_[0], fds_[1]);
+      return;
+    }
+    ::close(fds_[0]);
+    ::close(fds_[1]);
   }
   burst_pipe(const burst_pipe&) = delete;
   burst_pipe& operator=(const burst_pipe&) = delete;
   bool ok() const { return fds_[0] >= 0; }
   int read_end() const { return fds_[0]; }
   int write_end() const { return fds_[1]; }
+  // Whether everything spliced in was spliced out again: only then may it be reused.
+  void set_empty(bool empty) { empty_ = empty; }
 
  private:
+  static constexpr std::size_t kPoolSize = 16;
+  static std::vector<std::pair<int, int>>& idle_pipes() {
+    thread_local std::vector<std::pair<int, int>> pool;
+    return pool;
+  }
   int fds_[2];
+  bool empty_ = true;
 };
 
 // Moves a plaintext stream socket to socket through a pipe, without copying
@@ -85,9 +110,6 @@ asio::awaitable<bool> splice_burst(imap::tls_stream& from, imap::tls_stream& to,
   constexpr std::size_t kMove = 1 << 20;
   const int src = from.socket().native_handle();
   const int dst = to.socket().native_handle();
-  from.socket().native_non_blocking(true, ec);
-  if (!ec) to.socket().native_non_blocking(true, ec);
-  if (ec) co_return false;
   for (;;) {
     ssize_t in = ::splice(src, nullptr, pipe.write_end(), nullptr, kMove, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (in == 0) {
@@ -101,6 +123,7 @@ asio::awaitable<bool> splice_burst(imap::tls_stream& from, imap::tls_stream& to,
       co_return false;
     }
     last_activity = std::chrono::steady_clock::now();
+    pipe.set_empty(false);
     for (ssize_t left = in; left > 0;) {
       ssize_t out = ::splice(pipe.read_end(), nullptr, dst, nullptr, static_cast<std::size_t>(left),
                              SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -120,6 +143,7 @@ asio::awaitable<bool> splice_burst(imap::tls_stream& from, imap::tls_stream& to,
                     : boost::system::error_code(errno, boost::system::system_category());
       co_return false;
     }
+    pipe.set_empty(true);
     if (static_cast<std::size_t>(in) < kMove) co_return true;  // short: drained for now
   }
 }
@@ -133,66 +157,56 @@ asio::awaitable<void> relay::pump(imap::tls_stream& from, imap::tls_stream& to, 
     counter += first.size();
     std::string().swap(first);
   }
-  // A TLS read returns at most one record (16 KiB): growing would only pin
-  // memory, and a TLS side cannot wait for readiness without a buffer.
-  const std::size_t largest = from.tls_active() ? kFirstRead : kLargestRead;
-  std::vector<char> buf, next;
-  std::size_t size = kFirstRead;
+  const bool plaintext = !from.tls_active() && !to.tls_active();
+  std::array<char, kIdleRead> small;
   for (;;) {
-    if (!from.tls_active()) {
-      co_await from.wait_readable(ec);
-      if (ec) break;
-    }
-    if (buf.size() != size) buf.resize(size);
-    std::size_t n = co_await from.read_some(asio::buffer(buf), ec);
+    std::size_t n = co_await from.read_some(asio::buffer(small), ec);
     if (ec) break;
     last_activity_ = std::chrono::steady_clock::now();
-    // A full read means more is waiting. Between two plaintext sockets the
-    // rest of the burst moves through a kernel pipe (no copies); otherwise
-    // the next chunk is read while this one is written, in growing chunks, so
-    // neither side waits on the other.
-    if (n == buf.size() && !from.tls_active() && !to.tls_active()) {
-      co_await to.write_all(asio::buffer(buf.data(), n), ec);
-      if (ec) break;
-      counter += n;
-      std::vector<char>().swap(buf);
-      size = kFirstRead;
-      if (!co_await splice_burst(from, to, counter, last_activity_, ec)) break;
-      continue;
-    }
-    while (n == buf.size()) {
-      if (size < largest) size *= 2;
-      next.resize(size);
-      boost::system::error_code wec, rec;
-      std::size_t m = 0;
-      co_await (write_chunk(to, buf, n, wec) && read_chunk(from, next, m, rec));
-      if (wec) {
-        ec = wec;
-        break;
-      }
-      counter += n;
-      n = 0;
-      if (rec) {
-        ec = rec;
-        break;
-      }
-      last_activity_ = std::chrono::steady_clock::now();
-      std::swap(buf, next);
-      n = m;
-    }
-    if (ec) break;
-    co_await to.write_all(asio::buffer(buf.data(), n), ec);
+    co_await to.write_all(asio::buffer(small.data(), n), ec);
     if (ec) break;
     counter += n;
-    if (!from.tls_active()) {
-      // A short read drained the socket: hold no memory while idle.
-      size = kFirstRead;
-      std::vector<char>().swap(buf);
-      std::vector<char>().swap(next);
-    }
+    if (n < small.size()) continue;  // a command or an answer: wait for the next
+    const bool more = plaintext ? co_await splice_burst(from, to, counter, last_activity_, ec)
+                                : co_await copy_burst(from, to, counter, ec);
+    if (!more) break;
   }
   if (&from == &client_ && is_clean_eof(ec)) co_return half_close();
   end(std::string(from_name) + " closed");
+}
+
+// The rest of a burst through user space (one side speaks TLS): the next
+// chunk is read while this one is written, in growing chunks, so neither side
+// waits on the other, until a read comes back short. A TLS read returns at
+// most one record (16 KiB): growing would only pin memory there.
+asio::awaitable<bool> relay::copy_burst(imap::tls_stream& from, imap::tls_stream& to, std::uint64_t& counter,
+                                        boost::system::error_code& ec) {
+  const std::size_t largest = from.tls_active() ? kFirstRead : kLargestRead;
+  std::size_t size = kFirstRead;
+  std::vector<char> buf(size), next;
+  std::size_t n = co_await from.read_some(asio::buffer(buf), ec);
+  if (ec) co_return false;
+  last_activity_ = std::chrono::steady_clock::now();
+  while (n == buf.size()) {
+    if (size < largest) size *= 2;
+    next.resize(size);
+    boost::system::error_code wec, rec;
+    std::size_t m = 0;
+    co_await (write_chunk(to, buf, n, wec) && read_chunk(from, next, m, rec));
+    if (wec || rec) {
+      ec = wec ? wec : rec;
+      if (!wec) counter += n;
+      co_return false;
+    }
+    counter += n;
+    last_activity_ = std::chrono::steady_clock::now();
+    std::swap(buf, next);
+    n = m;
+  }
+  co_await to.write_all(asio::buffer(buf.data(), n), ec);
+  if (ec) co_return false;
+  counter += n;
+  co_return true;
 }
 
 bool relay::is_clean_eof(const boost::system::error_code& ec) {
@@ -209,23 +223,16 @@ void relay::half_close() {
   backend_.socket().shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
 }
 
-asio::awaitable<void> relay::watchdog() {
-  asio::steady_timer timer(co_await asio::this_coro::executor);
-  for (;;) {
-    auto due = last_activity_ + idle_;
-    if (std::chrono::steady_clock::now() >= due) co_return end("idle");
-    timer.expires_at(due);
-    boost::system::error_code ec;
-    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) co_return;  // cancelled: the relay ended
-  }
-}
-
 asio::awaitable<relay_result> relay::run(std::string to_backend_first, std::string to_client_first) {
   last_activity_ = std::chrono::steady_clock::now();
-  co_await ((pump(client_, backend_, std::move(to_backend_first), result_.to_backend, "client") &&
-             pump(backend_, client_, std::move(to_client_first), result_.to_client, "backend")) ||
-            watchdog());
+  // splice(2) works on the descriptors themselves: non-blocking once, here.
+  boost::system::error_code ignored;
+  if (!client_.tls_active() && !backend_.tls_active()) {
+    client_.socket().native_non_blocking(true, ignored);
+    backend_.socket().native_non_blocking(true, ignored);
+  }
+  co_await (pump(client_, backend_, std::move(to_backend_first), result_.to_backend, "client") &&
+            pump(backend_, client_, std::move(to_client_first), result_.to_client, "backend"));
   co_return result_;
 }
 

@@ -1,4 +1,6 @@
-// The byte relay after login: both directions, no parsing, an idle deadline.
+// The byte relay after login: both directions, no parsing. The idle deadline
+// is the daemon's: one sweep over all relays (last_activity()) instead of a
+// timer and a watchdog coroutine per session, which cost 3 KiB each.
 // The backend closing closes the client; the client's FIN is passed on to the
 // backend, whose answers are still relayed until it closes (half-close).
 #pragma once
@@ -23,26 +25,28 @@ struct relay_result {
 
 class relay {
  public:
-  relay(imap::tls_stream& client, imap::tls_stream& backend, std::chrono::milliseconds idle);
+  relay(imap::tls_stream& client, imap::tls_stream& backend);
   // `to_backend_first` / `to_client_first`: bytes already read on each side
   // (commands the client pipelined after LOGIN, data the backend sent early).
   boost::asio::awaitable<relay_result> run(std::string to_backend_first,
                                            std::string to_client_first);
-  // Ends the relay from outside (shutdown after the grace period).
+  // Ends the relay from outside (idle, shutdown after the grace period).
   void stop(std::string reason);
+  // When a byte last moved either way.
+  std::chrono::steady_clock::time_point last_activity() const { return last_activity_; }
 
  private:
   boost::asio::awaitable<void> pump(imap::tls_stream& from, imap::tls_stream& to,
                                     std::string first, std::uint64_t& counter,
                                     const char* from_name);
-  boost::asio::awaitable<void> watchdog();
+  boost::asio::awaitable<bool> copy_burst(imap::tls_stream& from, imap::tls_stream& to, std::uint64_t& counter,
+                                          boost::system::error_code& ec);
   void end(std::string reason);
   void half_close();
   static bool is_clean_eof(const boost::system::error_code& ec);
 
   imap::tls_stream& client_;
   imap::tls_stream& backend_;
-  std::chrono::milliseconds idle_;
   std::chrono::steady_clock::time_point last_activity_;
   relay_result result_;
 };

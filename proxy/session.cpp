@@ -1,5 +1,6 @@
 // One client connection: limits, TLS, the pre-auth conversation, the backend
 // login, then the relay. Every phase has a deadline.
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -120,6 +121,53 @@ class registration {
   std::string address_;
 };
 
+// What a connection keeps from accept to close, on the heap: the pre-auth
+// coroutine hands it to the relay coroutine after login and ends, so a
+// logged-in session no longer holds the pre-auth frame (parser, preauth
+// state, capability lists).
+struct session_core {
+  session_core(daemon::state& st, std::uint64_t id, tcp::socket s, std::string address)
+      : h{id}, stream(std::move(s)), reg(st, h, std::move(address)) {
+    h.client = &stream;
+  }
+  session_handle h;
+  imap::tls_stream stream;
+  registration reg;  // last: unregisters first
+};
+
+// What the session's last log line says besides the relay's result.
+struct session_log {
+  std::string user, client, session_id;
+  clock::time_point started;
+};
+
+void log_unexpected(std::exception_ptr e) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    spdlog::error("session ended by an unexpected error: {}", ex.what());
+  }
+}
+
+long long ms_since(clock::time_point t);
+
+// After login: the byte relay, and nothing else in the frame.
+asio::awaitable<void> relay_session(std::shared_ptr<daemon::state> st, std::unique_ptr<session_core> core,
+                                    std::unique_ptr<imap::tls_stream> backend, std::string to_backend,
+                                    std::string to_client, session_log log) {
+  session_handle& h = core->h;
+  h.phase = session_phase::relay;
+  relay rl(core->stream, *backend);
+  h.active_relay = &rl;
+  if (st->grace_over) rl.stop("shutdown");
+  relay_result rr = co_await rl.run(std::move(to_backend), std::move(to_client));
+  h.active_relay = nullptr;
+  spdlog::info("session closed user={} client={} backend={} reason=\"{}\" in={} out={} duration={}ms session={}",
+               log.user, log.client, st->backend.display(), rr.end, rr.to_backend, rr.to_client,
+               ms_since(log.started), log.session_id);
+}
+
 std::string make_session_id(daemon::state& st, std::uint64_t n) {
   if (st.session_id_salt == 0) st.session_id_salt = std::random_device{}() | 1ull << 40;
   char buf[32];
@@ -154,19 +202,19 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
                                   bool implicit_tls) {
   const auto started = clock::now();
   auto ex = co_await asio::this_coro::executor;
-  session_handle h;
-  h.id = ++st->next_session;
+  const std::uint64_t id = ++st->next_session;
   boost::system::error_code ec;
   auto remote = socket.remote_endpoint(ec);
   client_info ci;
   ci.address = ec ? std::string("unknown") : remote.address().to_string();
   ci.port = ec ? 0 : remote.port();
-  ci.session_id = make_session_id(*st, h.id);
+  ci.session_id = make_session_id(*st, id);
   const std::string client = ec ? std::string("unknown") : client_text(remote.address(), ci.port);
   socket.set_option(tcp::no_delay(true), ec);
-  registration reg(*st, h, ci.address);
-  imap::tls_stream stream(std::move(socket));
-  h.client = &stream;
+  auto core = std::make_unique<session_core>(*st, id, std::move(socket), ci.address);
+  session_handle& h = core->h;
+  imap::tls_stream& stream = core->stream;
+  const registration& reg = core->reg;
 
   auto say = [&stream](std::string_view text) { return write_text(stream, text); };
 
@@ -342,16 +390,10 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
 
         // Commands the client pipelined behind LOGIN go to the backend first.
         std::string pending(buf.data() + begin, end - begin);
-        std::vector<char>().swap(buf);
-        h.phase = session_phase::relay;
-        relay rl(stream, *res.stream, limits.relay_idle);
-        h.active_relay = &rl;
-        if (st->grace_over) rl.stop("shutdown");
-        relay_result rr = co_await rl.run(std::move(pending), std::move(res.unparsed));
-        h.active_relay = nullptr;
-        spdlog::info("session closed user={} client={} backend={} reason=\"{}\" in={} out={} duration={}ms session={}",
-                     user, client, st->backend.display(), rr.end, rr.to_backend, rr.to_client, ms_since(started),
-                     ci.session_id);
+        asio::co_spawn(ex,
+                       relay_session(st, std::move(core), std::move(res.stream), std::move(pending),
+                                     std::move(res.unparsed), session_log{user, client, ci.session_id, started}),
+                       log_unexpected);
         co_return;
       }
     }

@@ -127,6 +127,27 @@ class BackendTempfailTests(unittest.TestCase):
         self.assertNotIn("too many failed logins", proxy.log())
 
 
+class RelayIdleTests(unittest.TestCase):
+    def test_idle_logged_in_session_is_closed_and_a_busy_one_is_not(self):
+        tb = pf.bed()
+        proxy = pf.Proxy(tb, {"limits": {"relay_idle": 1}})
+        self.addCleanup(proxy.stop)
+        proxy.start()
+        password = tb.users["alice"]
+        with proxy.raw() as idle, proxy.raw() as busy:
+            for c in (idle, busy):
+                self.assertTrue(c.command("a", f"LOGIN alice {pf.quote(password)}").startswith(b"a OK"))
+            started = time.monotonic()
+            for i in range(8):  # 8 x 0.3 s: well past relay_idle for the idle one
+                self.assertTrue(busy.command(f"n{i}", "NOOP").startswith(b"n%d OK" % i))
+                time.sleep(0.3)
+            rest = idle.wait_closed(3)
+            self.assertLess(time.monotonic() - started, 5)
+            self.assertNotIn(b"OK", rest)
+            self.assertTrue(busy.command("z", "NOOP").startswith(b"z OK"))
+        proxy.wait_log(r"session closed user=alice [^\n]*reason=\"idle\"")
+
+
 class PreauthLimitTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
