@@ -4,6 +4,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -160,10 +161,15 @@ asio::awaitable<void> relay::pump(imap::tls_stream& from, imap::tls_stream& to, 
   const bool plaintext = !from.tls_active() && !to.tls_active();
   std::array<char, kIdleRead> small;
   for (;;) {
-    std::size_t n = co_await from.read_some(asio::buffer(small), ec);
+    // Plaintext sides straight on the sockets: one coroutine frame less per
+    // operation than through tls_stream, on the path every command takes.
+    auto token = asio::redirect_error(asio::use_awaitable, ec);
+    std::size_t n = from.tls_active() ? co_await from.read_some(asio::buffer(small), ec)
+                                      : co_await from.socket().async_read_some(asio::buffer(small), token);
     if (ec) break;
     last_activity_ = std::chrono::steady_clock::now();
-    co_await to.write_all(asio::buffer(small.data(), n), ec);
+    if (to.tls_active()) co_await to.write_all(asio::buffer(small.data(), n), ec);
+    else co_await asio::async_write(to.socket(), asio::buffer(small.data(), n), token);
     if (ec) break;
     counter += n;
     if (n < small.size()) continue;  // a command or an answer: wait for the next
