@@ -114,15 +114,7 @@ asio::awaitable<void> accept_loop(std::shared_ptr<daemon::state> st, tcp::accept
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
-    asio::co_spawn(acc.get_executor(), run_session(st, std::move(s), implicit_tls),
-                   [](std::exception_ptr e) {
-                     if (!e) return;
-                     try {
-                       std::rethrow_exception(e);
-                     } catch (const std::exception& ex) {
-                       spdlog::error("session ended by an unexpected error: {}", ex.what());
-                     }
-                   });
+    asio::co_spawn(acc.get_executor(), run_session(st, std::move(s), implicit_tls), log_session_failure);
   }
 }
 

@@ -86,4 +86,7 @@ boost::asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st,
 
 std::shared_ptr<boost::asio::ssl::context> make_server_tls(const options& opt);
 
+// Where a session coroutine's unexpected exception ends: one error line.
+void log_session_failure(std::exception_ptr e);
+
 }  // namespace suction::proxy

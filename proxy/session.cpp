@@ -141,15 +141,6 @@ struct session_log {
   clock::time_point started;
 };
 
-void log_unexpected(std::exception_ptr e) {
-  if (!e) return;
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& ex) {
-    spdlog::error("session ended by an unexpected error: {}", ex.what());
-  }
-}
-
 long long ms_since(clock::time_point t);
 
 // After login: the byte relay, and nothing else in the frame.
@@ -197,6 +188,15 @@ long long ms_since(clock::time_point t) {
 }
 
 }  // namespace
+
+void log_session_failure(std::exception_ptr e) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    spdlog::error("session ended by an unexpected error: {}", ex.what());
+  }
+}
 
 asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket socket,
                                   bool implicit_tls) {
@@ -393,7 +393,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         asio::co_spawn(ex,
                        relay_session(st, std::move(core), std::move(res.stream), std::move(pending),
                                      std::move(res.unparsed), session_log{user, client, ci.session_id, started}),
-                       log_unexpected);
+                       log_session_failure);
         co_return;
       }
     }
