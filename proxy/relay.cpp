@@ -101,51 +101,65 @@ class burst_pipe {
 };
 
 // Moves a plaintext stream socket to socket through a pipe, without copying
-// the bytes through user space, until a move comes back short (the source is
-// drained for now). Returns false with ec set when a side failed or closed.
+// the bytes through user space. While a stream flows (each wake-up brings at
+// least kStreamChunk), it waits for more right here, holding neither a buffer
+// nor a pipe; a smaller arrival means the stream has ended, and the pump goes
+// back to its small reads. Returns false with ec set when a side failed or
+// closed.
 asio::awaitable<bool> splice_burst(imap::tls_stream& from, imap::tls_stream& to, std::uint64_t& counter,
                                    std::chrono::steady_clock::time_point& last_activity,
                                    boost::system::error_code& ec) {
-  burst_pipe pipe;
-  if (!pipe.ok()) co_return true;  // no pipe to be had: the copying path goes on
   constexpr std::size_t kMove = 1 << 20;
+  constexpr std::size_t kStreamChunk = 16 * 1024;
   const int src = from.socket().native_handle();
   const int dst = to.socket().native_handle();
-  for (;;) {
-    ssize_t in = ::splice(src, nullptr, pipe.write_end(), nullptr, kMove, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-    if (in == 0) {
-      ec = asio::error::eof;
-      co_return false;
-    }
-    if (in < 0) {
-      if (errno == EAGAIN) co_return true;  // drained: back to waiting without a buffer
-      if (errno == EINTR) continue;
-      ec.assign(errno, boost::system::system_category());
-      co_return false;
-    }
-    last_activity = std::chrono::steady_clock::now();
-    pipe.set_empty(false);
-    for (ssize_t left = in; left > 0;) {
-      ssize_t out = ::splice(pipe.read_end(), nullptr, dst, nullptr, static_cast<std::size_t>(left),
-                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (out > 0) {
-        left -= out;
-        counter += static_cast<std::uint64_t>(out);
-        continue;
+  for (bool waited = false;; waited = true) {
+    std::size_t moved = 0;
+    {
+      burst_pipe pipe;
+      if (!pipe.ok()) co_return true;  // no pipe to be had: the small reads go on
+      for (;;) {
+        ssize_t in = ::splice(src, nullptr, pipe.write_end(), nullptr, kMove, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (in == 0) {
+          ec = asio::error::eof;
+          co_return false;
+        }
+        if (in < 0) {
+          if (errno == EINTR) continue;
+          if (errno == EAGAIN) break;
+          ec.assign(errno, boost::system::system_category());
+          co_return false;
+        }
+        last_activity = std::chrono::steady_clock::now();
+        pipe.set_empty(false);
+        for (ssize_t left = in; left > 0;) {
+          ssize_t out = ::splice(pipe.read_end(), nullptr, dst, nullptr, static_cast<std::size_t>(left),
+                                 SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+          if (out > 0) {
+            left -= out;
+            counter += static_cast<std::uint64_t>(out);
+            continue;
+          }
+          if (out < 0 && errno == EINTR) continue;
+          if (out < 0 && errno == EAGAIN) {
+            co_await to.socket().async_wait(asio::ip::tcp::socket::wait_write,
+                                            asio::redirect_error(asio::use_awaitable, ec));
+            if (ec) co_return false;
+            continue;
+          }
+          ec = out == 0 ? asio::error::broken_pipe
+                        : boost::system::error_code(errno, boost::system::system_category());
+          co_return false;
+        }
+        pipe.set_empty(true);
+        moved += static_cast<std::size_t>(in);
+        if (static_cast<std::size_t>(in) < kMove) break;  // short: drained for now
       }
-      if (out < 0 && errno == EINTR) continue;
-      if (out < 0 && errno == EAGAIN) {
-        co_await to.socket().async_wait(asio::ip::tcp::socket::wait_write,
-                                        asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) co_return false;
-        continue;
-      }
-      ec = out == 0 ? asio::error::broken_pipe
-                    : boost::system::error_code(errno, boost::system::system_category());
-      co_return false;
     }
-    pipe.set_empty(true);
-    if (static_cast<std::size_t>(in) < kMove) co_return true;  // short: drained for now
+    if (waited && moved < kStreamChunk) co_return true;  // the stream has ended
+    co_await from.socket().async_wait(asio::ip::tcp::socket::wait_read,
+                                      asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return false;
   }
 }
 
