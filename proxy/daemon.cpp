@@ -30,6 +30,9 @@ std::shared_ptr<asio::ssl::context> make_server_tls(const options& opt) {
                    asio::ssl::context::single_dh_use);
   // Idle TLS sessions give their record buffers back (memory per session).
   SSL_CTX_set_mode(ctx->native_handle(), SSL_MODE_RELEASE_BUFFERS);
+  // No server-side session cache: it kept a copy of every session (memory
+  // that grew with the sessions); resumption still works through tickets.
+  SSL_CTX_set_session_cache_mode(ctx->native_handle(), SSL_SESS_CACHE_OFF);
   boost::system::error_code ec;
   ctx->use_certificate_chain_file(l.tls_cert, ec);
   if (ec)
