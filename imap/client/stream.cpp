@@ -70,6 +70,8 @@ tls_stream::error tls_stream::begin_tls(ssl_ctx_st* ctx) {
   // write stopped. Idle connections give their record buffers back.
   SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                          SSL_MODE_RELEASE_BUFFERS);
+  // One read(2) per record instead of two (header, then body).
+  SSL_set_read_ahead(ssl_, 1);
   error ec;
   socket_.non_blocking(true, ec);
   return ec;
