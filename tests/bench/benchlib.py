@@ -1,6 +1,6 @@
 """Small helpers the benchmark scripts share: percentiles as proxy_bench.py defines them, the
-CPU model and Dovecot version for a results header, a process's CPU time from /proc, and
-emptying a directory."""
+CPU model and Dovecot version for a results header, a process's CPU time from /proc, reading
+`strace -c` summaries, and emptying a directory."""
 
 from __future__ import annotations
 
@@ -54,6 +54,22 @@ def dovecot_version() -> str:
         return f"Dovecot {v[0]}" if v else "Dovecot ?"
     except (OSError, subprocess.TimeoutExpired):
         return "Dovecot ?"
+
+
+def strace_counts(summary: str) -> dict[str, tuple[int, int]]:
+    """{syscall: (calls, errors)} from the table `strace -c` writes (the "total" line left out)."""
+    out: dict[str, tuple[int, int]] = {}
+    for line in summary.splitlines():
+        f = line.split()
+        # "% time  seconds  usecs/call  calls  [errors]  syscall"
+        if len(f) not in (5, 6) or f[-1] == "total" or not f[3].isdigit():
+            continue
+        try:
+            float(f[0])
+        except ValueError:
+            continue
+        out[f[-1]] = (int(f[3]), int(f[4]) if len(f) == 6 else 0)
+    return out
 
 
 def empty_dir(path: str) -> None:
