@@ -1,6 +1,7 @@
 // The proxy daemon: listeners, the sessions they start, limits, signals.
-// Threading: one io_context run by one thread; sessions are coroutines on it,
-// so the daemon's state needs no locks.
+// Threading: sessions are coroutines on the caller's io_context, run by one
+// thread, so the daemon's state needs no locks; the status socket gets an
+// io_context and thread of its own (start() makes them, ~daemon joins).
 #pragma once
 
 #include <boost/asio/io_context.hpp>
