@@ -40,6 +40,15 @@ F2B_REGEX = shutil.which("fail2ban-regex")
 F2B_DIR = os.path.join(pf.SOURCE_DIR, "deploy", "fail2ban")
 FILTER = os.path.join(F2B_DIR, "filter.d", "suction.conf")
 JAIL = os.path.join(F2B_DIR, "jail.d", "suction.conf")
+
+
+def filter_file() -> str:
+    """The shipped filter, copied under the test's temp root: fail2ban-regex takes an argument
+    whose path holds a space (a checkout in "/root/my checkout") for a regex, not a file."""
+    path = os.path.join(pf.tmp_root(), "suction-filter.conf")
+    if not os.path.exists(path):
+        shutil.copy(FILTER, path)
+    return path
 ATTACKER = "127.0.0.9"      # every failure comes from here
 BYSTANDER = "127.0.0.1"     # a successful login comes from here
 FORGED = "6.6.6.6"          # what the user names claim
@@ -411,12 +420,12 @@ class Fail2banTests(unittest.TestCase):
     # --- the shipped filter, the file form
     def test_filter_matches_every_failure_and_only_the_attacker(self):
         a = self.attacker
-        ips = f2b_ips(self.log_path, FILTER)
+        ips = f2b_ips(self.log_path, filter_file())
         self.assertEqual(len(ips), a.failures,
                          f"{a.logins_failed} failed logins + {a.limits} limit hits")
         self.assertEqual(set(ips), {ATTACKER})
 
-        counts, matched = f2b_report(self.log_path, FILTER)
+        counts, matched = f2b_report(self.log_path, filter_file())
         self.assertEqual(counts["matched"], a.failures, counts)
         self.assertEqual(counts["lines"], len(self.events), counts)
         expected = [f"{ts} {lvl} {msg}" for ts, lvl, msg in self.events
@@ -426,7 +435,7 @@ class Fail2banTests(unittest.TestCase):
 
     def test_every_date_is_found_at_the_line_start(self):
         """datepattern finds spdlog's time stamp on every line (none in a user name)."""
-        out = run_f2b("--print-no-missed", self.log_path, FILTER)
+        out = run_f2b("--print-no-missed", self.log_path, filter_file())
         m = re.search(r"^Date template hits:\n(.*?)^`-", out, re.M | re.S)
         self.assertIsNotNone(m, out[-3000:])
         hits = re.findall(r"^\|\s+\[(\d+)\] (.*)$", m.group(1), re.M)
@@ -470,7 +479,7 @@ class Fail2banTests(unittest.TestCase):
         script = os.path.join(self.tmp, "f2b_journal.py")
         with open(script, "w", encoding="utf-8") as f:
             f.write(JOURNAL_SHIM)
-        out = run_f2b("--out", "ip", "systemd-journal", FILTER,
+        out = run_f2b("--out", "ip", "systemd-journal", filter_file(),
                       argv0=[f2b_python(), script, path])
         return [line.strip() for line in out.splitlines() if line.strip()]
 
@@ -558,13 +567,13 @@ class Fail2banTests(unittest.TestCase):
         bad = os.path.join(self.tmp, "must_not.log")
         with open(bad, "w", encoding="utf-8") as f:
             f.write("".join(stamp + line + "\n" for line in must_not))
-        counts, matched = f2b_report(bad, FILTER)
+        counts, matched = f2b_report(bad, filter_file())
         self.assertEqual(counts["lines"], len(must_not), counts)
         self.assertEqual(matched, [], "lines that must not match did")
         good = os.path.join(self.tmp, "must.log")
         with open(good, "w", encoding="utf-8") as f:
             f.write("".join(stamp + line + "\n" for line, _ in must))
-        self.assertEqual(f2b_ips(good, FILTER), [ip for _, ip in must])
+        self.assertEqual(f2b_ips(good, filter_file()), [ip for _, ip in must])
 
     # --- the jail
     def test_jail_reads_the_journal_of_suction_service(self):
@@ -716,7 +725,7 @@ class Fail2banIPv6Tests(unittest.TestCase):
         shutil.copyfile(proxy.log_path, log)
         with open(log, encoding="utf-8") as f:
             self.assertRegex(f.read(), r"login failed user=\S+ client=\[::1\]:\d+ ")
-        ips = f2b_ips(log, FILTER)
+        ips = f2b_ips(log, filter_file())
         self.assertEqual(len(ips), a.failures)
         self.assertEqual(set(ips), {"::1"})
 
