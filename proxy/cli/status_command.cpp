@@ -398,7 +398,6 @@ std::vector<json> requests_for(const status_command_args& a) {
 }
 
 struct answer {
-  std::string line;  // as the daemon sent it
   json value;
 };
 
@@ -412,8 +411,7 @@ std::vector<answer> ask_daemon(const std::string& path, const std::vector<json>&
   std::vector<answer> answers;
   for (std::size_t i = 0; i < requests.size(); ++i) {
     answer a;
-    a.line = link.read_line();
-    a.value = json::parse(a.line, nullptr, false);
+    a.value = json::parse(link.read_line(), nullptr, false);
     if (a.value.is_discarded() || !a.value.is_object())
       throw failure{path + " answered something that is not a JSON object: not a suction status socket?"};
     answers.push_back(std::move(a));

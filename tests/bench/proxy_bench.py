@@ -1330,26 +1330,16 @@ def dovecot_capabilities(port: int) -> str:
         c.close()
 
 
-def socat_version() -> str:
-    if not shutil.which("socat"):
-        return "no socat"
+def tool_version(tool: str, flag: str) -> str:
+    """"socat 1.7.4.4" from `socat -V`, "strace 6.1" from `strace -V`; "no socat" when missing."""
+    if not shutil.which(tool):
+        return f"no {tool}"
     try:
-        out = subprocess.run(["socat", "-V"], capture_output=True, text=True, timeout=10).stdout
-        m = re.search(r"socat version (\S+)", out)
-        return f"socat {m.group(1)}" if m else "socat"
+        out = subprocess.run([tool, flag], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return "socat"
-
-
-def strace_version() -> str:
-    if not shutil.which("strace"):
-        return "no strace"
-    try:
-        out = subprocess.run(["strace", "-V"], capture_output=True, text=True, timeout=10).stdout
-        m = re.search(r"version (\S+)", out)
-        return f"strace {m.group(1)}" if m else "strace"
-    except (OSError, subprocess.TimeoutExpired):
-        return "strace"
+        return tool
+    m = re.search(r"version (\S+)", out)
+    return f"{tool} {m.group(1)}" if m else tool
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1415,7 +1405,7 @@ def setup(args: argparse.Namespace, workdir: str, children: Children, tb: Testbe
 
 def emit_header(e: SimpleNamespace, commit: str) -> None:
     info = (f"{os.cpu_count()} cores ({platform_cpu()}), Python {sys.version.split()[0]}, {dovecot_version()}, "
-            f"{nginx_peer.version() if e.has_nginx else 'no nginx'}, {socat_version()}, {strace_version()}")
+            f"{nginx_peer.version() if e.has_nginx else 'no nginx'}, {tool_version('socat', '-V')}, {tool_version('strace', '-V')}")
     e.emit(f"suction proxy benchmarks: tree at commit {commit}, {time.strftime('%Y-%m-%d')}, {info}")
     e.emit(f"{SUCTION}: {e.args.binary} ({e.binary_sha})")
     if e.baseline:
