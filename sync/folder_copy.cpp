@@ -8,6 +8,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <ctime>
 #include <map>
 #include <set>
 #include <memory>
@@ -19,6 +20,7 @@
 #include "imap/date.hpp"
 #include "imap/response.hpp"
 #include "sync/flags_merge.hpp"
+#include "sync/late_copies.hpp"
 #include "imap/sequence_set.hpp"
 #include "imap/serialize.hpp"
 
@@ -520,6 +522,118 @@ awaitable<std::error_code> sync_flags(imap::client& legacy, imap::client& fresh,
   co_return std::error_code{};
 }
 
+// A legacy message above the checkpoint, from the scan (no body yet).
+struct pending {
+  std::uint32_t uid;
+  std::uint64_t size;
+  std::vector<std::string> flags;  // for streamed messages
+  std::string internaldate;
+  std::int64_t when = 0;  // internaldate as an instant (instant_of)
+};
+
+// What picks reconciliation candidates without a fetch: size and INTERNALDATE.
+struct shape {
+  std::uint32_t uid;
+  std::uint64_t size;
+  std::int64_t when;
+};
+
+std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); }
+
+struct late_outcome {
+  std::vector<message_record> records;  // copies found: legacy -> new, to record
+  std::vector<std::int64_t> resolved;   // journal entries whose batch was found
+  std::uint32_t highest_unknown = 0;    // the highest unknown new UID looked at
+};
+
+// UID STORE +FLAGS.SILENT (\Deleted) and UID EXPUNGE (UIDPLUS) of exactly `uids`:
+// nothing else the user marked \Deleted goes. False, with the reason in the
+// report, when the server lacks UIDPLUS or refuses.
+awaitable<std::error_code> remove_copies(imap::client& fresh, const std::string& folder,
+                                         const std::vector<std::uint32_t>& uids, bool& removed,
+                                         folder_copy_report& report, imap::command_result& r) {
+  removed = false;
+  const std::string set = imap::format_sequence_set(uids);
+  if (!fresh.capabilities().has("UIDPLUS")) {
+    report.errors.push_back(folder + ": " + std::to_string(uids.size()) +
+                            " second copies left at new UIDs " + set +
+                            ": the new server lacks UIDPLUS (UID EXPUNGE)");
+    co_return std::error_code{};
+  }
+  for (const std::string& cmd : {"UID STORE " + set + " +FLAGS.SILENT (\\Deleted)", "UID EXPUNGE " + set}) {
+    if (auto ec = co_await fresh.simple(cmd, r)) co_return ec;
+    if (r.status != imap::status::ok) {
+      report.errors.push_back(folder + ": removing second copies: " + cmd + ": " + r.text);
+      co_return std::error_code{};
+    }
+  }
+  removed = true;
+  co_return std::error_code{};
+}
+
+// The late-copies step (late_copies.hpp) over `uid_set`, new UIDs the store
+// does not know (all above `above`): their signatures, those of the candidates
+// (pending messages of a matching shape not recorded yet, and every journaled
+// one), resolve_late_copies, then our second copies removed. Records nothing:
+// the caller does, with its checkpoint.
+awaitable<std::error_code> check_late_copies(imap::client& legacy, imap::client& fresh,
+                                             const state_store& state, std::string_view user,
+                                             const std::string& folder, const std::string& uid_set,
+                                             std::uint32_t above, std::span<const shape> pending,
+                                             const std::set<std::uint32_t>& recorded,
+                                             std::span<const journal_entry> journal,
+                                             late_outcome& out, folder_copy_report& report,
+                                             imap::command_result& r) {
+  auto fetch_failed = [&](const char* what) {
+    report.errors.push_back(folder + ": UID FETCH (" + what + "): " + r.text);
+    return make_error_code(copy_errc::fetch_failed);
+  };
+  std::vector<signed_message> fresh_sigs, legacy_sigs;
+  if (auto ec = co_await fetch_signatures(fresh, uid_set, above, fresh_sigs, r))
+    co_return ec == copy_errc::fetch_failed ? fetch_failed("new server, reconcile") : ec;
+  if (fresh_sigs.empty()) co_return std::error_code{};
+  out.highest_unknown = fresh_sigs.back().uid;
+  std::set<std::pair<std::uint64_t, std::int64_t>> shapes;  // (size, instant)
+  for (auto& m : fresh_sigs) shapes.emplace(m.size, m.when);
+  // Not those recorded above the checkpoint (INBOX's recent mail): an exact
+  // duplicate of one of them must pair with its own unrecorded copy.
+  std::set<std::uint32_t> uids, in_todo;
+  for (auto& p : pending) {
+    in_todo.insert(p.uid);
+    if (shapes.contains({p.size, p.when}) && !recorded.contains(p.uid)) uids.insert(p.uid);
+  }
+  for (auto& e : journal) uids.insert(e.legacy_uids.begin(), e.legacy_uids.end());
+  if (!uids.empty()) {
+    if (auto ec = co_await fetch_signatures(
+            legacy, imap::format_sequence_set(std::vector<std::uint32_t>(uids.begin(), uids.end())),
+            0, legacy_sigs, r))
+      co_return ec == copy_errc::fetch_failed ? fetch_failed("reconcile") : ec;
+  }
+  std::vector<unknown_copy> unknown;
+  for (auto& m : fresh_sigs) unknown.push_back({m.uid, m.signature});
+  std::vector<legacy_candidate> candidates;
+  std::map<std::uint32_t, const signed_message*> legacy_by_uid;
+  for (auto& m : legacy_sigs) {
+    legacy_by_uid[m.uid] = &m;
+    // Pending ones know from the scan; a journaled one outside it (settled
+    // below the checkpoint, or the scan did not run) from the message map.
+    const bool rec = recorded.contains(m.uid) ||
+                     (!in_todo.contains(m.uid) && state.message(user, folder, m.uid).has_value());
+    candidates.push_back({m.uid, m.signature, rec});
+  }
+  late_copies_plan plan = resolve_late_copies(unknown, candidates, journal);
+  if (!plan.remove.empty()) {
+    bool removed = false;
+    if (auto ec = co_await remove_copies(fresh, folder, plan.remove, removed, report, r)) co_return ec;
+    if (removed) report.removed += plan.remove.size();
+    else plan.resolved.clear();  // still there: the next run tries again
+  }
+  for (auto& [lu, nu] : plan.record)
+    out.records.push_back({lu, nu, flags_text(legacy_by_uid[lu]->flags)});
+  out.resolved = std::move(plan.resolved);
+  co_return std::error_code{};
+}
+
 }  // namespace
 
 const std::error_category& copy_category() noexcept {
@@ -669,18 +783,15 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
       co_return ec;
   }
   if (exists == 0) co_return std::error_code{};
-  if (legacy_uidnext && *legacy_uidnext <= st.last_legacy_uid + 1ull) co_return std::error_code{};
+  // Batches an earlier run sent without knowing their fate (late_copies.hpp):
+  // until they are found or expire, the folder is looked at on every run.
+  std::vector<journal_entry> journal = state.journal(user, mapping.legacy_name);
+  const bool legacy_news = !(legacy_uidnext && *legacy_uidnext <= st.last_legacy_uid + 1ull);
+  if (!legacy_news && journal.empty()) co_return std::error_code{};
 
   // What is new, with sizes (no bodies yet).
-  struct pending {
-    std::uint32_t uid;
-    std::uint64_t size;
-    std::vector<std::string> flags;  // for streamed messages
-    std::string internaldate;
-    std::int64_t when = 0;  // internaldate as an instant (instant_of)
-  };
   std::vector<pending> todo;
-  {
+  if (legacy_news) {
     std::string scan =
         "UID FETCH " + std::to_string(st.last_legacy_uid + 1) + ":* (UID RFC822.SIZE FLAGS INTERNALDATE)";
     if (auto ec = co_await legacy.simple(scan, r)) co_return ec;
@@ -699,71 +810,56 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
                todo.end());
   }
 
-  // Crash reconciliation (issue 4 item 6). A kill between an APPEND and its
-  // record_batch leaves copies on the new server above last_new_uid that the
-  // store does not know, while their legacy originals are still above
-  // last_legacy_uid (or above it and not in the message map, when INBOX's
-  // recent mail went first). Without this they would be appended a second
-  // time. So: when the new folder has UIDs above last_new_uid (its UIDNEXT
-  // says so, cheaply), fetch their signatures, then those of the pending
-  // legacy messages with the same size and INTERNALDATE as one of them (the
-  // scan already has both: the candidates are found without a fetch), pair
-  // them by content signature and record the pairs. Anything
-  // on the new server that pairs with nothing is the user's own (mail
-  // delivered to the new server, a message the user appended) and is left
-  // alone, but last_new_uid moves past it so it is not looked at again. A
-  // pair is a message with the same size, INTERNALDATE and identifying header
-  // fields, which is the same message for every purpose of the user.
+  // Crash reconciliation (issue 4 item 6) and late copies (late_copies.hpp).
+  // A kill between an APPEND and its record_batch leaves copies on the new
+  // server above last_new_uid that the store does not know, while their legacy
+  // originals are still pending; a batch a dead run left in flight may land
+  // there too, even after its messages were copied again. So: when the new
+  // folder has UIDs above last_new_uid (its UIDNEXT says so, cheaply) and
+  // there is something they could be (pending messages, a journal entry),
+  // fetch their signatures and those of the candidates (pending messages of
+  // the same size and INTERNALDATE, found from the scan without a fetch, and
+  // the journaled ones), then record the pairs, remove our second copies and
+  // leave the user's own alone; last_new_uid moves past all of them so they
+  // are not looked at again.
   // Pending UIDs already in the message map (above the checkpoint): one query.
   std::set<std::uint32_t> recorded;
   if (had_state && !todo.empty())
     recorded = state.recorded_above(user, mapping.legacy_name, st.last_legacy_uid);
-  if (!todo.empty() && new_exists != 0 &&
+  std::vector<shape> shapes;
+  shapes.reserve(todo.size());
+  for (auto& p : todo) shapes.push_back({p.uid, p.size, p.when});
+  auto resolved_in = [&](std::span<const std::int64_t> ids) {
+    std::erase_if(journal, [&](const journal_entry& e) {
+      return std::find(ids.begin(), ids.end(), e.id) != ids.end();
+    });
+  };
+  if (new_exists != 0 && (!todo.empty() || !journal.empty()) &&
       (!new_uidnext || *new_uidnext > st.last_new_uid + 1ull)) {
-    std::vector<signed_message> fresh_sigs, legacy_sigs;
-    if (auto ec = co_await fetch_signatures(fresh, std::to_string(st.last_new_uid + 1) + ":*",
-                                            st.last_new_uid, fresh_sigs, r))
-      co_return ec == copy_errc::fetch_failed
-          ? fail(copy_errc::fetch_failed, "UID FETCH (new server, reconcile): " + r.text)
-          : ec;
-    std::set<std::pair<std::uint64_t, std::int64_t>> shapes;  // (size, instant)
-    for (auto& m : fresh_sigs) shapes.emplace(m.size, m.when);
-    // Candidates: not those already in the map (copied earlier above the
-    // checkpoint, INBOX's recent mail): an exact duplicate of one of them
-    // must pair with its own unrecorded copy, not take the recorded one's.
-    std::vector<std::uint32_t> uids;
-    for (auto& p : todo)
-      if (shapes.contains({p.size, p.when}) && !recorded.contains(p.uid))
-        uids.push_back(p.uid);
-    if (!uids.empty()) {
-      if (auto ec = co_await fetch_signatures(legacy, imap::format_sequence_set(uids),
-                                              st.last_legacy_uid, legacy_sigs, r))
-        co_return ec == copy_errc::fetch_failed
-            ? fail(copy_errc::fetch_failed, "UID FETCH (reconcile): " + r.text)
-            : ec;
-      auto pairs = match_by_signature(uid_signatures(legacy_sigs), uid_signatures(fresh_sigs));
-      std::sort(pairs.begin(), pairs.end());
-      std::map<std::uint32_t, const signed_message*> legacy_by_uid;
-      for (auto& m : legacy_sigs) legacy_by_uid[m.uid] = &m;
-      std::vector<message_record> recs;
-      for (auto& [lu, nu] : pairs) {
-        const signed_message* lm = legacy_by_uid[lu];
-        recs.push_back({lu, nu, flags_text(lm->flags)});
-        recorded.insert(lu);
-      }
-      // The checkpoint moves over the matched legacy UIDs that follow it without a gap.
-      std::size_t prefix = 0;
-      while (prefix < pairs.size() && pairs[prefix].first == todo[prefix].uid) ++prefix;
-      if (prefix > 0) st.last_legacy_uid = pairs[prefix - 1].first;
-      st.last_new_uid = std::max(st.last_new_uid, fresh_sigs.back().uid);
-      state.record_batch(user, st, recs);
-      report.reconciled += recs.size();
-      if (!recs.empty()) had_state = true;
-    } else if (!fresh_sigs.empty()) {
-      // Only the user's own mail: look no more at it.
-      st.last_new_uid = std::max(st.last_new_uid, fresh_sigs.back().uid);
-      state.save_folder(user, st);
-    }
+    late_outcome lo;
+    if (auto ec = co_await check_late_copies(legacy, fresh, state, user, mapping.legacy_name,
+                                             std::to_string(st.last_new_uid + 1) + ":*",
+                                             st.last_new_uid, shapes, recorded, journal, lo,
+                                             report, r))
+      co_return ec;
+    for (auto& rec : lo.records) recorded.insert(rec.legacy_uid);
+    // The checkpoint moves over the matched legacy UIDs that follow it without a gap.
+    std::size_t prefix = 0;
+    while (prefix < lo.records.size() && prefix < todo.size() &&
+           lo.records[prefix].legacy_uid == todo[prefix].uid)
+      ++prefix;
+    if (prefix > 0) st.last_legacy_uid = lo.records[prefix - 1].legacy_uid;
+    st.last_new_uid = std::max(st.last_new_uid, lo.highest_unknown);
+    if (lo.highest_unknown != 0 || !lo.records.empty())
+      state.record_batch(user, st, lo.records, lo.resolved);
+    if (!lo.records.empty()) had_state = true;
+    report.reconciled += lo.records.size();
+    resolved_in(lo.resolved);
+  }
+  // Entries not found by now and old enough will never land.
+  if (auto old = expired_entries(journal, {}, unix_now()); !old.empty()) {
+    state.drop_journal(old);
+    resolved_in(old);
   }
   // Skip what is already recorded above the checkpoint (matched just now, or
   // by an earlier re-match or reconciliation that could not move it over them,
@@ -828,10 +924,30 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
   const bool multiappend = fresh.capabilities().has("MULTIAPPEND");
   const std::size_t max_messages = std::max<std::size_t>(1, opts.batch_messages);
 
+  // The new folder's next UID as this run knows it (SELECT's UIDNEXT, then
+  // past each APPENDUID range): an APPENDUID range that starts above it
+  // reveals UIDs that appeared in between (the user's new mail, or a dead
+  // run's batch landing late: the gap step below tells them apart).
+  std::optional<std::uint32_t> expected_next = new_uidnext;
+  // Each batch is journaled before it is sent (late_copies.hpp); the entry
+  // goes with its record_batch, or when the server refuses the batch.
+  auto journal_sent = [&](std::span<const std::uint32_t> uids) {
+    return state.journal_batch(user, mapping.legacy_name, uids, expected_next.value_or(0),
+                               unix_now());
+  };
+  auto refused = [&](std::int64_t jid) {
+    const std::int64_t one[1] = {jid};
+    state.drop_journal(one);
+  };
+  // Legacy UIDs found on the new server by the gap step, so not sent again.
+  std::set<std::uint32_t> found_late;
+  std::optional<std::pair<std::uint32_t, std::uint32_t>> gap;  // new UIDs [first, last]
+
   // Records messages the new server accepted (r holds its answer) and settles
   // the legacy UIDs `settled` (the messages and those of their batch that
-  // vanished from legacy).
-  auto record = [&](std::span<message* const> done, std::span<const std::uint32_t> settled) {
+  // vanished from legacy); `jid` is the batch's journal entry.
+  auto record = [&](std::span<message* const> done, std::span<const std::uint32_t> settled,
+                    std::int64_t jid) {
     std::vector<std::uint32_t> new_uids;
     std::optional<imap::appenduid_data> appenduid;
     if (r.code) appenduid = imap::decode_appenduid(*r.code);
@@ -857,8 +973,14 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
       bytes += done[i]->body.size();
       recs.push_back(std::move(rec));
     }
+    if (!new_uids.empty() && expected_next) {
+      const auto [lo, hi] = std::minmax_element(new_uids.begin(), new_uids.end());
+      if (*lo > *expected_next && !journal.empty()) gap.emplace(*expected_next, *lo - 1);
+      expected_next = std::max(*expected_next, *hi + 1);
+    }
     settle(settled);
-    state.record_batch(user, st, recs);
+    const std::int64_t resolved[1] = {jid};
+    state.record_batch(user, st, recs, resolved);
     dropped(settled, done);
     report.copied += done.size();
     report.bytes += bytes;
@@ -868,6 +990,31 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     settle(settled);
     state.record_batch(user, st, std::span<const message_record>{});
     dropped(settled, {});
+  };
+  // The gap step: UIDs that appeared between this run's appends while an
+  // earlier run's batch was unaccounted for. Copies found are recorded (and
+  // not sent again), our second copies removed, the user's mail left alone.
+  auto check_gap = [&]() -> awaitable<std::error_code> {
+    const auto [first, last] = *std::exchange(gap, std::nullopt);
+    std::vector<shape> left;
+    for (auto& p : todo)
+      if (unsettled.contains(p.uid)) left.push_back({p.uid, p.size, p.when});
+    late_outcome lo;
+    const std::string set = std::to_string(first) + ":" + std::to_string(last);
+    if (auto ec = co_await check_late_copies(legacy, fresh, state, user, mapping.legacy_name, set,
+                                             first - 1, left, recorded, journal, lo, report, r))
+      co_return ec;
+    std::vector<std::uint32_t> found;
+    for (auto& rec : lo.records) {
+      found.push_back(rec.legacy_uid);
+      found_late.insert(rec.legacy_uid);
+      recorded.insert(rec.legacy_uid);
+    }
+    settle(found);
+    state.record_batch(user, st, lo.records, lo.resolved);
+    report.reconciled += lo.records.size();
+    resolved_in(lo.resolved);
+    co_return std::error_code{};
   };
 
   // The work in order: batches (at most max_messages and batch_bytes) and, alone,
@@ -908,15 +1055,18 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     const unit& u = units[ui];
     if (u.streamed) {
       const pending& p = todo[u.begin];
+      const std::uint32_t uid[1] = {p.uid};
+      if (found_late.contains(p.uid)) continue;  // settled by the gap step
+      const std::int64_t jid = journal_sent(uid);
       auto so = co_await stream_message(legacy, fresh, mapping.new_name, p.uid, p.flags,
                                         p.internaldate, r);
-      const std::uint32_t uid[1] = {p.uid};
+      if (!so.appended && !so.ec) refused(jid);  // nothing sent, or refused: cannot land
       if (so.appended && r.status == imap::status::ok) {
         message m;
         m.uid = p.uid;
         m.flags = p.flags;
         message* one[1] = {&m};
-        record(one, uid);
+        record(one, uid, jid);
         report.bytes += so.size;  // record() counted the (empty) buffered body
         if (opts.on_copied) opts.on_copied(0, so.size);
       } else if (so.ec) {
@@ -940,6 +1090,8 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
         final_ec = so.ec;
         goto finish;
       }
+      if (so.appended && r.status != imap::status::ok) refused(jid);
+      if (gap && (final_ec = co_await check_gap())) goto finish;
       continue;
     }
 
@@ -971,7 +1123,9 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     for (std::size_t i = u.begin; i < u.end; ++i) {
       unit_uids.push_back(todo[i].uid);
       auto it = by_uid.find(todo[i].uid);
-      if (it == by_uid.end()) {
+      if (found_late.contains(todo[i].uid)) {
+        vanished.push_back(todo[i].uid);  // settled by the gap step: settles with the batch
+      } else if (it == by_uid.end()) {
         ++report.skipped;  // expunged on legacy meanwhile
         vanished.push_back(todo[i].uid);
       } else {
@@ -984,11 +1138,16 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
     }
 
     if (multiappend && ready.size() > 1) {
+      std::vector<std::uint32_t> sent;
+      for (message* m : ready) sent.push_back(m->uid);
+      const std::int64_t jid = journal_sent(sent);
       if ((final_ec = co_await append_messages(fresh, mapping.new_name, ready, r))) goto finish;
       if (r.status == imap::status::ok) {
-        record(ready, unit_uids);
+        record(ready, unit_uids, jid);
+        if (gap && (final_ec = co_await check_gap())) goto finish;
         continue;
       }
+      refused(jid);  // a refused MULTIAPPEND stores nothing (RFC 3502)
       if (transient_refusal(r)) {
         final_ec = fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
         goto finish;
@@ -1001,11 +1160,15 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
       std::vector<std::uint32_t> settled{m->uid};
       if (j + 1 == ready.size()) settled.insert(settled.end(), vanished.begin(), vanished.end());
       std::span<message* const> one(&ready[j], 1);
+      const std::uint32_t sent[1] = {m->uid};
+      const std::int64_t jid = journal_sent(sent);
       if ((final_ec = co_await append_messages(fresh, mapping.new_name, one, r))) goto finish;
       if (r.status == imap::status::ok) {
-        record(one, settled);
+        record(one, settled, jid);
+        if (gap && (final_ec = co_await check_gap())) goto finish;
         continue;
       }
+      refused(jid);
       if (transient_refusal(r)) {
         final_ec = fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
         goto finish;

@@ -98,6 +98,7 @@ struct copy_options {
 struct folder_copy_report {
   std::uint64_t copied = 0, bytes = 0, skipped = 0, failed = 0;
   std::uint64_t reconciled = 0;  // copies left unrecorded by a crash, found and recorded
+  std::uint64_t removed = 0;     // our second copies (a dead run's batch landed late) removed
   std::uint64_t rematched = 0;   // pairs found by signature after a legacy UIDVALIDITY change
   std::uint64_t flags_updated = 0;  // copies whose flags got a legacy change (UID STORE)
   std::vector<std::string> errors;

@@ -53,6 +53,18 @@ constexpr const char* kMigrations[] = {
     R"sql(
     ALTER TABLE runs ADD COLUMN pid INTEGER NOT NULL DEFAULT 0;
     )sql",
+    // 2 -> 3: the append journal (APPENDs sent, outcome not recorded yet)
+    R"sql(
+    CREATE TABLE append_journal (
+      id INTEGER PRIMARY KEY AUTOINCREMENT,
+      user TEXT NOT NULL,
+      legacy_name TEXT NOT NULL,
+      legacy_uids TEXT NOT NULL,
+      uidnext_seen INTEGER NOT NULL,
+      written_at INTEGER NOT NULL
+    );
+    CREATE INDEX append_journal_by_folder ON append_journal (user, legacy_name);
+    )sql",
 };
 static_assert(std::size(kMigrations) == state_store::kSchemaVersion);
 
@@ -244,6 +256,7 @@ void state_store::forget_folder(std::string_view user, std::string_view legacy_n
   exec("BEGIN IMMEDIATE");
   try {
     for (const char* sql : {"DELETE FROM messages WHERE user = ?1 AND legacy_name = ?2",
+                            "DELETE FROM append_journal WHERE user = ?1 AND legacy_name = ?2",
                             "DELETE FROM folders WHERE user = ?1 AND legacy_name = ?2"}) {
       statement st(db_, sql);
       st.bind(1, user).bind(2, legacy_name);
@@ -257,7 +270,8 @@ void state_store::forget_folder(std::string_view user, std::string_view legacy_n
 }
 
 void state_store::record_batch(std::string_view user, const folder_state& updated,
-                               std::span<const message_record> copied) {
+                               std::span<const message_record> copied,
+                               std::span<const std::int64_t> resolved) {
   exec("BEGIN IMMEDIATE");
   try {
     statement st(db_,
@@ -274,11 +288,88 @@ void state_store::record_batch(std::string_view user, const folder_state& update
       st.reset();
     }
     save_folder(user, updated);
+    delete_journal(resolved);
     exec("COMMIT");
   } catch (...) {
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     throw;
   }
+}
+
+void state_store::delete_journal(std::span<const std::int64_t> ids) {
+  if (ids.empty()) return;
+  statement st(db_, "DELETE FROM append_journal WHERE id = ?1");
+  for (auto id : ids) {
+    st.bind(1, id);
+    st.run();
+    st.reset();
+  }
+}
+
+std::int64_t state_store::journal_batch(std::string_view user, std::string_view legacy_name,
+                                        std::span<const std::uint32_t> legacy_uids,
+                                        std::uint32_t uidnext_seen, std::int64_t now) {
+  std::string uids;
+  for (auto u : legacy_uids) {
+    if (!uids.empty()) uids += ',';
+    uids += std::to_string(u);
+  }
+  statement st(db_,
+               "INSERT INTO append_journal (user, legacy_name, legacy_uids, uidnext_seen, written_at)"
+               " VALUES (?1, ?2, ?3, ?4, ?5)");
+  st.bind(1, user).bind(2, legacy_name).bind(3, uids).bind(4, std::int64_t{uidnext_seen}).bind(5, now);
+  st.run();
+  return sqlite3_last_insert_rowid(db_);
+}
+
+void state_store::drop_journal(std::span<const std::int64_t> ids) {
+  if (ids.empty()) return;
+  exec("BEGIN IMMEDIATE");
+  try {
+    delete_journal(ids);
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+}
+
+std::vector<journal_entry> state_store::journal(std::string_view user,
+                                                std::string_view legacy_name) const {
+  statement st(db_,
+               "SELECT id, legacy_uids, uidnext_seen, written_at FROM append_journal"
+               " WHERE user = ?1 AND legacy_name = ?2 ORDER BY id");
+  st.bind(1, user).bind(2, legacy_name);
+  std::vector<journal_entry> out;
+  while (st.step()) {
+    journal_entry e;
+    e.id = st.integer(0);
+    const std::string uids = st.text(1);
+    std::uint64_t v = 0;
+    bool digits = false;
+    for (char c : uids + ",") {
+      if (c >= '0' && c <= '9') {
+        v = v * 10 + static_cast<std::uint64_t>(c - '0');
+        digits = true;
+      } else {
+        if (digits && v > 0 && v <= UINT32_MAX) e.legacy_uids.push_back(static_cast<std::uint32_t>(v));
+        v = 0;
+        digits = false;
+      }
+    }
+    e.uidnext_seen = static_cast<std::uint32_t>(st.integer(2));
+    e.written_at = st.integer(3);
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+std::set<std::string> state_store::journaled_folders(std::string_view user) const {
+  statement st(db_, "SELECT DISTINCT legacy_name FROM append_journal WHERE user = ?1");
+  st.bind(1, user);
+  std::set<std::string> out;
+  while (st.step()) out.insert(st.text(0));
+  return out;
 }
 
 std::optional<message_record> state_store::message(std::string_view user, std::string_view legacy_name,

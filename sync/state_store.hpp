@@ -1,6 +1,7 @@
 // The engine's memory between runs: per user and folder a checkpoint, per
 // copied message the legacy UID -> new UID map with the flags last agreed,
-// and the history of runs. SQLite in WAL mode, one file; the schema is
+// the append journal (batches sent whose outcome is not known yet), and the
+// history of runs. SQLite in WAL mode, one file; the schema is
 // versioned (PRAGMA user_version) and migrated forward on open.
 //
 // Failures of the store itself (disk full, a corrupt file) are not expected
@@ -54,6 +55,19 @@ struct message_record {
   bool operator==(const message_record&) const = default;
 };
 
+// One APPEND sent to the new server whose answer was not recorded yet: written
+// before the command goes out, deleted with the batch's record_batch (or when
+// the server refused it). One left behind by a kill or a lost connection means
+// the new server may still commit that batch, even after the next run began
+// (it goes on reading the dead connection's bytes): see late_copies.hpp.
+struct journal_entry {
+  std::int64_t id = 0;
+  std::vector<std::uint32_t> legacy_uids;  // the batch, in the order sent
+  std::uint32_t uidnext_seen = 0;          // the new folder's next UID as the run knew it
+  std::int64_t written_at = 0;             // unix seconds
+  bool operator==(const journal_entry&) const = default;
+};
+
 enum class run_result : std::uint8_t { running, done, failed, interrupted };
 std::string_view to_string(run_result r);
 
@@ -73,7 +87,7 @@ struct run_totals {
 
 class state_store {
  public:
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   // Opens (creating the file and its folder if needed), sets WAL, migrates.
   explicit state_store(const std::filesystem::path& path);
@@ -91,9 +105,22 @@ class state_store {
 
   // Records one APPEND batch (its APPENDUID answer) and the folder's new
   // checkpoint in one transaction: after a crash either both are there or
-  // neither is.
+  // neither is. `resolved`: journal entries settled by it, deleted in the
+  // same transaction.
   void record_batch(std::string_view user, const folder_state& updated,
-                    std::span<const message_record> copied);
+                    std::span<const message_record> copied,
+                    std::span<const std::int64_t> resolved = {});
+
+  // The append journal (journal_entry). journal_batch writes an entry and
+  // returns its id; drop_journal deletes entries (a refused batch, one
+  // resolved without a record, one expired).
+  std::int64_t journal_batch(std::string_view user, std::string_view legacy_name,
+                             std::span<const std::uint32_t> legacy_uids,
+                             std::uint32_t uidnext_seen, std::int64_t now);
+  void drop_journal(std::span<const std::int64_t> ids);
+  std::vector<journal_entry> journal(std::string_view user, std::string_view legacy_name) const;
+  // The legacy folders of `user` with an entry: never skipped as unchanged.
+  std::set<std::string> journaled_folders(std::string_view user) const;
   std::optional<message_record> message(std::string_view user, std::string_view legacy_name,
                                         std::uint32_t legacy_uid) const;
   std::vector<message_record> messages(std::string_view user, std::string_view legacy_name) const;
@@ -122,6 +149,7 @@ class state_store {
   static std::vector<run_record> read_runs(statement& st);
   void exec(const char* sql);
   void migrate();
+  void delete_journal(std::span<const std::int64_t> ids);  // inside a transaction
   sqlite3* db_ = nullptr;
   std::filesystem::path path_;
 };

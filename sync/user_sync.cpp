@@ -205,6 +205,7 @@ boost::asio::awaitable<void> copy_worker(copy_run& run, session& legacy, session
     fr.skipped = cr.skipped;
     fr.failed = cr.failed;
     fr.reconciled = cr.reconciled;
+    fr.removed = cr.removed;
     fr.rematched = cr.rematched;
     fr.flags_updated = cr.flags_updated;
     for (auto& e : cr.errors) run.rep.errors.push_back(m.legacy_name + ": " + e);
@@ -396,6 +397,8 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
         // Read once for the no-change test: nothing writes a checkpoint while planning.
         std::map<std::string, folder_state> checkpoints;
         for (auto& f : state.folders(key)) checkpoints.emplace(f.legacy_name, f);
+        // A batch an earlier run left in flight may still land: never skipped.
+        const std::set<std::string> journaled = state.journaled_folders(key);
         const bool condstore = legacy.c->capabilities().has("CONDSTORE");
         for (auto& m : plan.folders) {
           folder_report fr;
@@ -440,7 +443,8 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
                           cp->highest_modseq == *legacy_modseq && st->uidvalidity &&
                           *st->uidvalidity == cp->legacy_uidvalidity && st->uidnext &&
                           *st->uidnext <= cp->last_legacy_uid + 1ull &&
-                          cp->new_name == m.new_name && cp->new_uidvalidity != 0;
+                          cp->new_name == m.new_name && cp->new_uidvalidity != 0 &&
+                          !journaled.contains(m.legacy_name);
             }
           }
           if (dry_run) {

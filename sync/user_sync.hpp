@@ -102,7 +102,7 @@ struct folder_report {
   std::uint32_t legacy_messages = 0;
   std::uint32_t to_copy = 0;
   std::uint64_t copied = 0, bytes = 0, skipped = 0, failed = 0;
-  std::uint64_t reconciled = 0, rematched = 0;  // see folder_copy_report
+  std::uint64_t reconciled = 0, rematched = 0, removed = 0;  // see folder_copy_report
   std::uint64_t flags_updated = 0;              // see folder_copy_report
   bool done = false;     // copy_folder processed it (or it needs no copy)
   std::string error;     // why the folder stopped, if it did

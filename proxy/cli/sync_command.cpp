@@ -115,6 +115,7 @@ nlohmann::json to_json(const sync::user_sync_report& r) {
     x["skipped"] = f.skipped;
     x["failed"] = f.failed;
     x["reconciled"] = f.reconciled;
+    x["removed"] = f.removed;
     x["rematched"] = f.rematched;
     x["flags_updated"] = f.flags_updated;
     if (!f.error.empty()) x["error"] = f.error;

@@ -5,7 +5,8 @@ Run by hand (root: the test bed starts Dovecot), from the repository root, after
 daemon; a full run (10,000 messages, about 1.1 GB, 3 repetitions) takes about 2 minutes here:
 
     python3 tests/bench/sync_bench.py [--messages 10000] [--folders 20] [--large-mb 50]
-        [--reps 3] [--reruns 3] [--only suction,dsync] [--out FILE] [--binary PATH] [--keep]
+        [--reps 3] [--reruns 3] [--only suction,suction-base,dsync] [--out FILE] [--binary PATH]
+        [--baseline-binary PATH] [--keep]
 
 What it does (all on 127.0.0.1; everything stopped and the work directory removed at the end,
 also on failure, Ctrl-C or SIGTERM):
@@ -22,6 +23,9 @@ also on failure, Ctrl-C or SIGTERM):
        suction  `suction sync --config C --user alice --password-file F --json`, into new
                 alice, with a fresh state db (the JSON report's duration_ms is the in-process
                 time; the wall time includes process start, config and state-db open);
+       suction-base  the same with the --baseline-binary binary (only when given), into new
+                alice too (emptied again before its first copy), so that a before/after pair of
+                binaries is measured alike, in the same repetitions;
        dsync    `doveadm -c <new dovecot.conf> -o imapc_host=127.0.0.1 -o imapc_port=P
                 -o imapc_user=alice -o imapc_password=... -o imapc_list_prefix=INBOX
                 -o "imapc_features=rfc822.size fetch-headers" -o mail_prefetch_count=20
@@ -32,7 +36,8 @@ also on failure, Ctrl-C or SIGTERM):
   4. checks every first copy: per folder MESSAGES and SIZE (STATUS) on the new server equal
      legacy's, and 40 sampled messages plus the large one (found by Message-ID) have legacy's
      bytes (sha256), flags and INTERNALDATE; a tool that fails the check is reported, not hidden;
-  5. prints the tables (medians of the repetitions; ratio = suction / dsync of the same row) and
+  5. prints the tables (medians of the repetitions; ratio = suction (or suction-base) / dsync of
+     the same row; with --baseline-binary also the paired suction / suction-base ratios) and
      writes them with the command line, commit, machine and versions to --out (markdown) if given.
 """
 from __future__ import annotations
@@ -65,10 +70,11 @@ from benchlib import dovecot_version, empty_dir, platform_cpu, proc_times as _pr
 
 HOST = "127.0.0.1"
 LEGACY_USER = "alice"
-SUCTION_USER = "alice"          # new-server user the suction copy goes to (same login as legacy)
+SUCTION_USER = "alice"          # new-server user the suction (and suction-base) copy goes to
+                                # (suction logs in to both servers with the same login)
 DSYNC_USER = "bob"              # new-server user the dsync copy goes to
 DEFAULT_BINARY = os.path.join(ROOT, "build", "proxy", "cli", "suction")
-TOOLS = ("suction", "dsync")
+TOOLS = ("suction", "suction-base", "dsync")   # suction-base: --baseline-binary, run like suction
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
 
@@ -311,13 +317,14 @@ def wipe_user(tb: tbm.Testbed, user: str) -> None:
 
 
 class Suction:
-    name = "suction"
     user = SUCTION_USER
 
     def __init__(self, binary: str, work: str, tb: tbm.Testbed, timeout: float,
-                 settings: list[str] | None = None):
+                 settings: list[str] | None = None, name: str = "suction"):
+        # suction and suction-base differ only in the binary: own work dir, config and state db
+        self.name = name
         self.binary = binary
-        self.work = os.path.join(work, "suction")
+        self.work = os.path.join(work, name)
         self.tb = tb
         self.timeout = timeout
         os.makedirs(self.work, exist_ok=True)
@@ -440,6 +447,33 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def paired_ratios(runs: list[dict], ref: list[dict], per: int) -> list[float]:
+    """Per repetition, the median wall of `runs` over that of `ref` (`per` runs of each in one
+    repetition): the two ran back to back, so machine noise hits both alike."""
+    if per <= 0:
+        return []
+    out = []
+    for i in range(min(len(runs), len(ref)) // per):
+        a = med([r["wall"] for r in runs[i * per:(i + 1) * per]])
+        b = med([r["wall"] for r in ref[i * per:(i + 1) * per]])
+        out.append(a / b)
+    return out
+
+
+def base_line(results: dict, args) -> str | None:
+    """suction against the baseline binary, paired per repetition (the before/after figure;
+    dsync is only the common yardstick of the table). None without suction-base."""
+    cur, base = results.get("suction"), results.get("suction-base")
+    if not cur or not base:
+        return None
+
+    def ratio(kind: str, per: int) -> str:
+        pr = paired_ratios(cur[kind], base[kind], per)
+        return f"{med(pr):.2f}x" if pr else "-"
+    return (f"suction vs suction-base: first copy {ratio('first', 1)} (paired median), "
+            f"re-run {ratio('rerun', args.reruns)}")
+
+
 def git_commit() -> str:
     try:
         r = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
@@ -454,8 +488,9 @@ def report(results: dict, manifest: dict, args, meta: dict) -> str:
     total_msgs = manifest["total_messages"]
     total_mb = manifest["total_bytes"] / 1e6
     out = []
+    base = f", suction-base binary {meta['base_sha']}" if meta.get("base_sha") else ""
     out.append(f"suction sync vs dsync: commit {meta['commit']} (suction binary "
-               f"{meta['binary_sha']}), {meta['date']}, {meta['nproc']} cores ({meta['cpu']}), "
+               f"{meta['binary_sha']}{base}), {meta['date']}, {meta['nproc']} cores ({meta['cpu']}), "
                f"Dovecot {meta['dovecot']}, Python {platform.python_version()}")
     out.append(f"Corpus: {total_msgs} messages ({manifest['messages']} + one "
                f"{manifest['large_mb']:g} MiB) in {len(manifest['folders'])} folders, "
@@ -480,15 +515,10 @@ def report(results: dict, manifest: dict, args, meta: dict) -> str:
             walls = [r["wall"] for r in runs]
             w = med(walls)
             ratio = f"{w / ref_wall:.3f}x" if ref_wall else "-"
-            # median of the per-repetition ratios (the two tools ran back to back in each)
+            # median of the per-repetition ratios (the tools ran back to back in each)
             paired = "-"
             if ref and tool != "dsync":
-                per = args.reruns if kind == "rerun" else 1
-                pr = []
-                for i in range(min(len(runs), len(ref)) // per):
-                    a = med([r["wall"] for r in runs[i * per:(i + 1) * per]])
-                    b = med([r["wall"] for r in ref[i * per:(i + 1) * per]])
-                    pr.append(a / b)
+                pr = paired_ratios(runs, ref, args.reruns if kind == "rerun" else 1)
                 if pr:
                     paired = f"{med(pr):.3f}x"
             elif ref:
@@ -506,11 +536,15 @@ def report(results: dict, manifest: dict, args, meta: dict) -> str:
     out.append(fmt_table(hdr, rows))
     out.append("wall: fork to exit of the tool process. msg/s and MB/s: the whole corpus over wall "
                "(for a re-run: messages checked per second; no MB/s, nothing is copied).")
-    out.append("ratio wall: suction median / dsync median, same row kind; paired: median over "
-               "the repetitions of suction / dsync within one repetition (they ran back to back).")
+    out.append("ratio wall: the tool's median / dsync's median, same row kind; paired: median "
+               "over the repetitions of tool / dsync within one repetition (they ran back to back).")
     out.append("CPU: tool = the suction or doveadm process (wait4); legacy/new = the Dovecot "
                "instance meanwhile (dsync writes the new sdbox in its own process, so its 'new' "
                "is ~0; suction APPENDs through the new server's imap process).")
+    vs_base = base_line(results, args)
+    if vs_base:
+        out.append("")
+        out.append(vs_base)
     sre = results.get("suction", {}).get("rerun") or []
     if sre:
         inproc = [r["inproc"] for r in sre if "inproc" in r]
@@ -532,7 +566,7 @@ def report(results: dict, manifest: dict, args, meta: dict) -> str:
         for kind in ("first", "rerun"):
             runs = results.get(tool, {}).get(kind) or []
             if runs:
-                out.append(f"  {tool:8} {kind:6} " + " ".join(f"{r['wall']:.3f}" for r in runs))
+                out.append(f"  {tool:12} {kind:6} " + " ".join(f"{r['wall']:.3f}" for r in runs))
     out.append("")
     out.append("Checks of each first copy (STATUS MESSAGES/SIZE of every folder vs legacy; "
                f"{len(manifest['samples'])} sampled messages + the large one by Message-ID: "
@@ -553,6 +587,16 @@ def report(results: dict, manifest: dict, args, meta: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # Main
 
+def private_copy(path: str, work: str, name: str) -> tuple[str, str]:
+    """Copy a suction binary into the work directory (others may rebuild build/ while this
+    runs); returns the copy's path and a short sha256 naming it in the report."""
+    os.makedirs(os.path.join(work, "bin"), exist_ok=True)
+    dest = os.path.join(work, "bin", name)
+    shutil.copy2(path, dest)
+    with open(dest, "rb") as f:
+        return dest, "sha256:" + hashlib.sha256(f.read()).hexdigest()[:12]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="suction sync vs dsync through imapc")
     ap.add_argument("--messages", type=int, default=10000)
@@ -561,8 +605,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=gen_corpus.DEFAULT_SEED)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--reruns", type=int, default=3, help="no-change re-runs per first copy")
-    ap.add_argument("--only", default="suction,dsync")
+    ap.add_argument("--only", default=None, help="comma-separated subset of "
+                    f"{','.join(TOOLS)} (default: suction,dsync, and suction-base with "
+                    "--baseline-binary)")
     ap.add_argument("--binary", default=DEFAULT_BINARY)
+    ap.add_argument("--baseline-binary", default=None,
+                    help="a second suction binary, the tool suction-base, run exactly like "
+                         "suction in the same repetitions (a before/after pair in one run)")
     ap.add_argument("--timeout", type=float, default=1200, help="per tool run, seconds")
     ap.add_argument("--max-seconds", type=int, default=4 * 3600, help="whole run")
     ap.add_argument("--dsync-opt", action="append", default=[],
@@ -573,15 +622,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="also write the report here (markdown section)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args(argv)
+    if args.only is None:
+        args.only = "suction,suction-base,dsync" if args.baseline_binary else "suction,dsync"
     tools = [t for t in args.only.split(",") if t]
     if any(t not in TOOLS for t in tools):
         ap.error(f"--only: {TOOLS}")
+    if "suction-base" in tools and not args.baseline_binary:
+        ap.error("--only suction-base needs --baseline-binary")
     if os.geteuid() != 0:
         print("sync_bench.py: must run as root (the test bed starts Dovecot)", file=sys.stderr)
         return 2
-    if "suction" in tools and not os.access(args.binary, os.X_OK):
-        print(f"sync_bench.py: {args.binary} not found; build it first", file=sys.stderr)
-        return 2
+    for t, path in (("suction", args.binary), ("suction-base", args.baseline_binary)):
+        if t in tools and not os.access(path, os.X_OK):
+            print(f"sync_bench.py: {path} not found; build it first", file=sys.stderr)
+            return 2
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -600,15 +654,13 @@ def main(argv: list[str] | None = None) -> int:
                 "nproc": os.cpu_count(), "cpu": platform_cpu(), "dovecot": dovecot_version(),
                 "binary_sha": "-",
                 "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
-        binary = None
+        binary = base_binary = None
         if "suction" in tools:
-            # a private copy: others may rebuild build/ while this runs
-            os.makedirs(os.path.join(work, "bin"))
-            binary = os.path.join(work, "bin", "suction")
-            shutil.copy2(args.binary, binary)
-            with open(binary, "rb") as f:
-                meta["binary_sha"] = "sha256:" + hashlib.sha256(f.read()).hexdigest()[:12]
+            binary, meta["binary_sha"] = private_copy(args.binary, work, "suction")
             meta["binary_mtime"] = time.strftime("%H:%M UTC", time.gmtime(os.path.getmtime(args.binary)))
+        if "suction-base" in tools:
+            base_binary, meta["base_sha"] = private_copy(args.baseline_binary, work,
+                                                         "suction-base")
         log(f"work dir {work}; starting the test bed")
         tb = tbm.Testbed(os.path.join(work, "bed"), seed=False)
         tb.start()
@@ -623,6 +675,11 @@ def main(argv: list[str] | None = None) -> int:
         objs = {}
         if "suction" in tools:
             objs["suction"] = Suction(binary, work, tb, args.timeout, args.suction_set)
+        if "suction-base" in tools:
+            # same config shape, own state db; same new-server user as suction (its reset
+            # empties alice's home again before each first copy)
+            objs["suction-base"] = Suction(base_binary, work, tb, args.timeout, args.suction_set,
+                                           name="suction-base")
         if "dsync" in tools:
             objs["dsync"] = Dsync(work, tb, args.timeout, [x for o in args.dsync_opt
                                                             for x in ("-o", o)])
@@ -681,6 +738,9 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.out, "w") as f:
                 f.write(f"Command: `{cmdline}`\n\n")
                 f.write(f"suction: {meta['suction_cmd']}\n\ndsync: {meta['dsync_cmd']}\n\n")
+                if "suction-base" in objs:
+                    f.write(f"suction-base: the same command with `{args.baseline_binary}` "
+                            f"({meta['base_sha']})\n\n")
                 f.write("```\n" + text + "\n```\n")
                 sre = results.get("suction", {}).get("rerun")
                 if sre and sre[-1].get("report"):

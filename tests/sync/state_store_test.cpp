@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "sync/state_store.hpp"
@@ -247,5 +248,42 @@ TEST_CASE("state store: SIGKILL at any instant leaves map and checkpoint in agre
     CHECK(msgs.size() == f->last_legacy_uid);
     if (!msgs.empty()) CHECK(msgs.back().legacy_uid == f->last_legacy_uid);
     CHECK(f->last_new_uid == f->last_legacy_uid + 1000);
+  }
+}
+
+TEST_CASE("state store: the append journal is written before a batch and goes with its record") {
+  temp_dir t;
+  state_store s(t.path / "state.db");
+  folder_state f = sent_items();
+  s.save_folder("alice", f);
+  const std::uint32_t batch[] = {3, 4, 9};
+  const std::int64_t id = s.journal_batch("alice", f.legacy_name, batch, 17, 5000);
+  const std::uint32_t other[] = {1};
+  const std::int64_t id2 = s.journal_batch("alice", "INBOX", other, 2, 5001);
+  CHECK(s.journaled_folders("alice") == std::set<std::string>{"INBOX", f.legacy_name});
+  CHECK(s.journaled_folders("bob").empty());
+  auto j = s.journal("alice", f.legacy_name);
+  REQUIRE(j.size() == 1);
+  CHECK(j[0] == journal_entry{id, {3, 4, 9}, 17, 5000});
+
+  SUBCASE("recorded: the entry goes in the same transaction") {
+    f.last_legacy_uid = 9;
+    f.last_new_uid = 19;
+    std::vector<message_record> recs{{3, 17, ""}, {4, 18, "\\Seen"}, {9, 19, ""}};
+    const std::int64_t resolved[] = {id};
+    s.record_batch("alice", f, recs, resolved);
+    CHECK(s.journal("alice", f.legacy_name).empty());
+    CHECK(s.journal("alice", "INBOX").size() == 1);
+  }
+  SUBCASE("dropped (a refused batch), kept across a reopen until then") {
+    state_store again(t.path / "state.db");
+    CHECK(again.journal("alice", f.legacy_name).size() == 1);
+    const std::int64_t ids[] = {id, id2};
+    again.drop_journal(ids);
+    CHECK(again.journaled_folders("alice").empty());
+  }
+  SUBCASE("forgotten with its folder") {
+    s.forget_folder("alice", f.legacy_name);
+    CHECK(s.journal("alice", f.legacy_name).empty());
   }
 }
