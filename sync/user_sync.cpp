@@ -336,6 +336,9 @@ std::string describe_run(const user_sync_report& r) {
                      " copied=" + std::to_string(r.messages_copied) +
                      " bytes=" + std::to_string(r.bytes) +
                      " failed=" + std::to_string(r.messages_failed);
+  // Only when it happened: a crash's leftovers found, a late batch's second copies removed.
+  if (r.messages_reconciled > 0) line += " reconciled=" + std::to_string(r.messages_reconciled);
+  if (r.messages_removed > 0) line += " removed=" + std::to_string(r.messages_removed);
   char duration[32];
   std::snprintf(duration, sizeof duration, " duration=%.3fs", r.duration.count() / 1000.0);
   line += duration;
@@ -504,6 +507,8 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
           rep.bytes += fr.bytes;
           rep.messages_skipped += fr.skipped;
           rep.messages_failed += fr.failed;
+          rep.messages_reconciled += fr.reconciled;
+          rep.messages_removed += fr.removed;
         }
         if (!dry_run)
           for (auto& s : plan.subscribe_only) {

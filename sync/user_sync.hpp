@@ -122,6 +122,9 @@ struct user_sync_report {
   // (RFC 5819) answered them all with the LIST.
   std::size_t legacy_status_commands = 0;
   std::uint64_t messages_copied = 0, messages_skipped = 0, messages_failed = 0, bytes = 0;
+  // Copies found on the new server instead of copied (crash leftovers, late
+  // batches) and our second copies removed: see folder_copy_report.
+  std::uint64_t messages_reconciled = 0, messages_removed = 0;
   std::chrono::milliseconds duration{0};
   std::vector<folder_report> folders;        // the plan, in its order
   std::vector<std::string> subscribe_only;   // subscribed on legacy, no such folder

@@ -37,8 +37,9 @@ import time
 import unittest
 from collections import Counter
 
-from proxyfixture import bed, qmailbox, start_bed, tmp_root
+from proxyfixture import Proxy, bed, qmailbox, start_bed, tmp_root
 from syncfixture import SUCTION_BIN, folders, legacy_state, messages, run_sync, write_config
+from test_migration_e2e import ask, login, wait_state
 from test_sync_crash import SyncProc, append_all, bulk_messages, new_counts, reset_new, runs
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -399,6 +400,39 @@ class ExactlyOnce(unittest.TestCase):
 
     def test_late_batch_lands_after_next_run_finished(self):
         self.late_case("after")
+
+    def test_daemon_killed_with_batch_in_flight_then_login_again(self):
+        """The same through the daemon: migrate at login, SIGKILL the daemon with its second
+        MULTIAPPEND held in the relay, restart it on the same state db; the dead daemon's batch
+        lands when the new daemon's job SELECTs the folder; the user logs in again: exact."""
+        tb = bed()
+        relay = LateRelay(tb.new.host, tb.new.imap_port, LATE_NEW)
+        self.addCleanup(relay.close)
+        reset_new(LATE_USER)
+        overrides = {"new": {"port": relay.port}, "sync": {"connections_per_user": 1}}
+        relay.arm(2)
+        with Proxy(overrides=overrides) as p:
+            login(p, LATE_USER)
+            self.assertTrue(relay.held.wait(60), "the second MULTIAPPEND never came\n"
+                            + p.log_tail())
+            p.proc.kill()
+            p.proc.wait(10)
+            state_db, sock = p.config["sync"]["state_db"], p.config["status"]["socket"]
+        self.assertEqual(new_counts(LATE_USER).get(LATE_NEW), 100, "first batch only")
+        relay.release_on("select")
+        overrides["sync"]["state_db"] = state_db
+        overrides["status"] = {"socket": sock}
+        with Proxy(overrides=overrides) as p2:
+            self.assertEqual(ask(p2, {"cmd": "user", "user": LATE_USER})["state"], "interrupted")
+            login(p2, LATE_USER)
+            u = wait_state(p2, LATE_USER, ("done",), 90, runs=2)
+            self.assertTrue(relay.trigger_seen.is_set(), p2.log_tail())
+            self.assertTrue(relay.late_answer.split(b" ")[1:2] == [b"OK"], relay.late_answer)
+            p2.wait_log(rf"migration user=\"?{LATE_USER}\"? result=ok .* removed=100 ")
+        note(f"daemon: late batch {relay.late_answer!r}; runs {[r['result'] for r in u['runs']]}")
+        rep = {"folders": [{"legacy": "INBOX", "new": "INBOX", "selectable": True},
+                           {"legacy": LATE_LEGACY, "new": LATE_NEW, "selectable": True}]}
+        self.assertExact(LATE_USER, rep)
 
     # --- kills at wall-clock instants
     def test_twenty_kills_at_instants_then_exact(self):
