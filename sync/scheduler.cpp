@@ -223,19 +223,18 @@ struct scheduler::impl {
         e.state = user_state::done;
         e.completed_at = e.finished_at;
         e.attempts = 0;
-      } else if (rep.transient && rep.outcome != sync_outcome::login_failed) {
+      } else if (policy(rep.failure).retried) {
         ++e.attempts;
         if (stopped) {
           e.state = user_state::interrupted;
-        } else if (e.attempts >= opts.max_attempts) {
+        } else if (!opts.retry.allows(e.attempts)) {
           e.state = user_state::failed;
           retry_note = " retry=no (" + std::to_string(e.attempts) + " attempts)";
         } else if (!e.has_password) {
           e.state = user_state::failed;
           retry_note = " retry=no (no credentials held)";
         } else {
-          auto delay = opts.retry_initial * (1u << std::min<std::uint32_t>(e.attempts - 1, 16));
-          delay = std::min<std::chrono::milliseconds>(delay, opts.retry_max);
+          const auto delay = opts.retry.delay(e.attempts);
           e.state = user_state::pending;
           e.retry_at = unix_now() + std::chrono::ceil<std::chrono::seconds>(delay).count();
           char buf[48];
@@ -244,11 +243,11 @@ struct scheduler::impl {
           asio::co_spawn(io, retry_later(name, delay, ++e.retry_generation), asio::detached);
         }
       } else {
-        // A refused login (legacy or new) is not retried: the credentials are
-        // dropped; refused messages are reported and were accounted for.
+        // Not retried (failure.hpp): refused credentials are dropped; refused
+        // messages are reported and were accounted for.
         e.state = user_state::failed;
         e.attempts = 0;
-        if (rep.outcome == sync_outcome::login_failed) e.drop_credentials();
+        if (!policy(rep.failure).keeps_credentials) e.drop_credentials();
       }
       if (opts.credential_ttl.count() == 0 && !e.retry_at) e.drop_credentials();
       log("migration " + describe_run(rep) + " client=" + e.client_address + " legacy=" +

@@ -14,9 +14,10 @@
 //   leaving one connection for each queued job that could start, so a few
 //   big mailboxes do not keep small ones waiting. Queued jobs start in login
 //   order as room frees up.
-// - A transient failure (legacy or new server unreachable, a connection lost)
-//   is tried again after retry_initial, doubling up to retry_max, at most
-//   max_attempts times in a row; a refused legacy login is not retried and is
+// - A failure its policy retries (failure.hpp: a server unreachable, a
+//   connection lost, a login refused for now with [UNAVAILABLE] and the like)
+//   is tried again with the backoff policy, the credentials kept meanwhile; a
+//   login refused for its credentials is not retried, its password wiped, and
 //   reported ("failed" with the server's words).
 // - Credentials live in memory only: kept for credential_ttl after the login
 //   (for retries and operator resyncs), then wiped (OPENSSL_cleanse); a job's
@@ -52,9 +53,8 @@ struct scheduler_options {
   std::uint32_t legacy_max_connections = 16;
   std::chrono::seconds resync_interval{600};
   std::chrono::seconds credential_ttl{3600};
-  std::chrono::milliseconds retry_initial{std::chrono::seconds(5)};
-  std::chrono::milliseconds retry_max{std::chrono::minutes(10)};
-  std::uint32_t max_attempts = 10;             // transient failures in a row before "failed"
+  // Retried failures (failure.hpp): 5 s doubling to 10 min, 10 in a row at most.
+  backoff_policy retry;
   // One line per run and per notable event (credentials expired, a retry
   // scheduled). Never given a credential. Called on the scheduler's thread.
   std::function<void(const std::string&)> log;

@@ -56,6 +56,7 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
     if (ec) {
       tls.reset();
       rep.outcome = sync_outcome::failed;
+      note_failure(rep, failure_kind::tls);
       rep.errors.push_back(std::string(which) + " server " + where(so) + ": TLS setup: " +
                            ec.message());
       co_return false;
@@ -66,21 +67,26 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
     rep.outcome = sync_outcome::failed;
     rep.errors.push_back("cannot reach the " + std::string(which) + " server " + where(so) +
                          ": " + ec.message());
-    rep.transient = true;
+    note_failure(rep, connect_failure(ec));
     co_return false;
   }
   command_result r;
   if (auto ec = co_await s.c->login(user, password, &r)) {
     if (ec == imap::errc::auth_failed) {
-      rep.outcome = sync_outcome::login_failed;
+      // Refused for good (the credentials), or for now ([UNAVAILABLE] ...): retried.
+      const failure_kind kind = login_refusal(r);
+      rep.outcome = kind == failure_kind::credentials ? sync_outcome::login_failed
+                                                      : sync_outcome::failed;
+      note_failure(rep, kind);
       rep.errors.push_back("the " + std::string(which) + " server " + where(so) +
-                           " refused the login for " + std::string(user) +
-                           (r.text.empty() ? std::string() : ": " + r.text));
+                           (kind == failure_kind::credentials ? " refused the login for "
+                                                              : " refused the login for now for ") +
+                           std::string(user) + (r.text.empty() ? std::string() : ": " + r.text));
     } else {
       rep.outcome = sync_outcome::failed;
       rep.errors.push_back("login on the " + std::string(which) + " server " + where(so) +
                            " failed: " + ec.message());
-      rep.transient = true;
+      note_failure(rep, failure_kind::greeting);
     }
     s.c->close();
     co_return false;
@@ -208,7 +214,9 @@ boost::asio::awaitable<void> copy_worker(copy_run& run, session& legacy, session
     fr.removed = cr.removed;
     fr.rematched = cr.rematched;
     fr.flags_updated = cr.flags_updated;
-    for (auto& e : cr.errors) run.rep.errors.push_back(m.legacy_name + ": " + e);
+    // copy_folder's errors name their folder already.
+    for (auto& e : cr.errors) run.rep.errors.push_back(e);
+    if (ec == copy_errc::append_refused_transient) note_failure(run.rep, failure_kind::quota);
     if (ec) {
       fr.error = ec.message();
       fr.error_is_connection = ec.category() != copy_category() &&
@@ -229,7 +237,7 @@ boost::asio::awaitable<void> copy_worker(copy_run& run, session& legacy, session
     }
     // A broken connection ends this worker: nothing more can be done on it.
     if (fr.error_is_connection) {
-      run.rep.transient = true;
+      note_failure(run.rep, failure_kind::connect);
       run.rep.errors.push_back("connection lost while copying " + m.legacy_name);
       co_return;
     }
@@ -370,6 +378,7 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
     auto nboxes = co_await read_mailboxes(*fresh.c);
     if (!lns || !nns || !lboxes || !nboxes) {
       rep.outcome = sync_outcome::failed;
+      note_failure(rep, failure_kind::protocol);
       rep.errors.push_back("could not read NAMESPACE/LIST/LSUB on " +
                            std::string(!lns || !lboxes ? "the legacy server " + where(opts.legacy)
                                                        : "the new server " + where(opts.fresh)));
@@ -379,6 +388,7 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
         plan = plan_folders(*lboxes, *lns, *nboxes, *nns, opts.rules);
       } catch (const std::exception& e) {
         rep.outcome = sync_outcome::failed;
+        note_failure(rep, failure_kind::protocol);
         rep.errors.push_back(std::string("folder plan: ") + e.what());
         ok = false;
       }
@@ -485,7 +495,7 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
           rep.folders.push_back(std::move(fr));
           // A broken connection ends the planning: nothing more can be done on it.
           if (broken) {
-            rep.transient = true;
+            note_failure(rep, failure_kind::connect);
             rep.errors.push_back("run stopped after " + m.legacy_name + ": connection lost");
             jobs.clear();
             break;
@@ -522,8 +532,10 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
               rep.problems.push_back("subscription to the missing folder " + s.new_name +
                                      " not kept: the new server refused it (" + r.text + ")");
           }
-        if (!rep.errors.empty() || rep.messages_failed > 0)
+        if (!rep.errors.empty() || rep.messages_failed > 0) {
           rep.outcome = sync_outcome::finished_with_errors;
+          note_failure(rep, failure_kind::message_refused);
+        }
       }
     }
   }
@@ -551,7 +563,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
       // One migration per user, also across processes (`suction sync` beside
       // the daemon): try again later.
       rep.outcome = sync_outcome::failed;
-      rep.transient = true;
+      note_failure(rep, failure_kind::busy);
       rep.errors.push_back(e.what());
       co_return rep;
     }
@@ -568,6 +580,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
     try {
       std::rethrow_exception(failure);
     } catch (const state_error& e) {
+      note_failure(rep, failure_kind::state_store);
       rep.errors.insert(rep.errors.begin(), std::string("state store: ") + e.what());
     } catch (const std::exception& e) {
       rep.errors.insert(rep.errors.begin(), std::string("internal error: ") + e.what());

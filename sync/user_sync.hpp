@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "imap/client/client.hpp"
+#include "sync/failure.hpp"
 #include "sync/folder_copy.hpp"
 #include "sync/folder_plan.hpp"
 #include "sync/state_store.hpp"
@@ -131,10 +132,12 @@ struct user_sync_report {
   std::vector<std::string> excluded;
   std::vector<std::string> problems;         // the plan's notes (merges, renames)
   std::vector<std::string> errors;           // first one is the run's error
-  // A server could not be reached or a connection broke: trying again later
-  // may succeed (a refused login or a refused message is not transient).
-  bool transient = false;
+  // What decides what happens next (failure.hpp): retried or not, the
+  // credentials kept or not, the exit code. note_failure keeps the worst.
+  failure_kind failure = failure_kind::none;
 };
+
+inline void note_failure(user_sync_report& r, failure_kind k) { r.failure = worse(r.failure, k); }
 
 // The user's key in the state store and the scheduler (fold_user_case).
 std::string user_key(const user_sync_options& opts, std::string_view user);

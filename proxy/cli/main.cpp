@@ -109,7 +109,8 @@ int main(int argc, char** argv) {
   sync->add_flag("--json", sync_args.json, "Print the report as one JSON object");
   sync->add_option("--retries", sync_args.retries,
                    "Times to try again after a transient failure (server unreachable, "
-                   "connection lost), waiting 1, 2, 4, ... s (max 60 s) in between")
+                   "connection lost, login refused for now with [UNAVAILABLE] and the like), "
+                   "waiting 1, 2, 4, ... s (max 60 s) in between")
       ->check(CLI::Range(0u, 100u))
       ->capture_default_str();
 

@@ -90,6 +90,7 @@ nlohmann::json to_json(const sync::user_sync_report& r) {
   j["user"] = r.user;
   j["dry_run"] = r.dry_run;
   j["outcome"] = sync::to_string(r.outcome);
+  j["failure"] = sync::to_string(r.failure);
   j["folders_planned"] = r.folders_planned;
   j["folders_copied"] = r.folders_copied;
   j["folders_examined"] = r.folders_examined;
@@ -216,15 +217,19 @@ int run_sync_command(const sync_command_args& a) {
       failed += report->messages_failed;
       skipped += report->messages_skipped;
       spent += report->duration;
-      const bool again = report->transient && report->outcome != sync::sync_outcome::ok &&
-                         report->outcome != sync::sync_outcome::login_failed &&
-                         attempt < a.retries;
+      // The scheduler's backoff policy, with a shorter start for a command
+      // someone waits on: 1 s doubling to 60 s.
+      const sync::backoff_policy backoff{std::chrono::seconds(1), std::chrono::seconds(60),
+                                         a.retries + 1};
+      const bool again = sync::policy(report->failure).retried && backoff.allows(attempt + 1);
       if (!again) break;
-      const auto pause = std::chrono::seconds(std::min(60u, 1u << std::min(attempt, 6u)));
-      std::fprintf(stderr, "suction sync: attempt %u of %u failed (%s); trying again in %lld s\n",
+      const auto pause = backoff.delay(attempt + 1);
+      std::fprintf(stderr,
+                   "suction sync: attempt %u of %u failed (%s: %s); trying again in %.1f s\n",
                    attempt + 1, a.retries + 1,
+                   std::string(sync::to_string(report->failure)).c_str(),
                    report->errors.empty() ? "?" : report->errors.front().c_str(),
-                   static_cast<long long>(pause.count()));
+                   pause.count() / 1000.0);
       std::this_thread::sleep_for(pause);
     }
     if (report) {
@@ -250,13 +255,10 @@ int run_sync_command(const sync_command_args& a) {
   else print_text(*report);
   if (report->outcome != sync::sync_outcome::ok && !report->errors.empty())
     std::fprintf(stderr, "suction sync: %s\n", report->errors.front().c_str());
-  switch (report->outcome) {
-    case sync::sync_outcome::ok: return 0;
-    case sync::sync_outcome::login_failed: return 3;
-    case sync::sync_outcome::finished_with_errors: return 4;
-    case sync::sync_outcome::failed: return 1;
-  }
-  return 1;
+  if (report->outcome == sync::sync_outcome::ok) return 0;
+  // The failure's policy (sync/failure.hpp); a failure without a name (an
+  // internal error) is 1.
+  return std::max(1, sync::policy(report->failure).exit_code);
 }
 
 }  // namespace suction::cli

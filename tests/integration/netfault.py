@@ -137,3 +137,98 @@ class Forwarder:
             pass
         self.sock.close()
         self._sel.close()
+
+
+class TempfailFront:
+    """A legacy server that is busy at first: the first `refusals` connections are answered by
+    this front itself, a greeting and `tag NO [UNAVAILABLE] ...` to every LOGIN (RFC 5530, as a
+    server at its connection limit says); later ones are forwarded to `target` unchanged.
+    Bounded: socket timeouts, daemon threads, close() ends it."""
+
+    def __init__(self, target: tuple[str, int], refusals: int):
+        self.target, self.left = target, refusals
+        self.refused = 0          # LOGINs answered NO [UNAVAILABLE]
+        self.forwarded = 0        # connections passed to target
+        self._lock = threading.Lock()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            c.settimeout(30)
+            with self._lock:
+                refuse = self.left > 0
+                self.left -= 1 if refuse else 0
+            threading.Thread(target=self._refuse if refuse else self._forward, args=(c,),
+                             daemon=True).start()
+
+    def _refuse(self, c: socket.socket) -> None:
+        try:
+            c.sendall(b"* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] busy legacy ready\r\n")
+            buf = b""
+            while True:
+                data = c.recv(4096)
+                if not data:
+                    return
+                buf += data
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    tag, _, rest = line.partition(b" ")
+                    verb = rest.split(b" ", 1)[0].upper()
+                    if verb == b"LOGIN" or verb == b"AUTHENTICATE":
+                        with self._lock:
+                            self.refused += 1
+                        c.sendall(tag + b" NO [UNAVAILABLE] Maximum number of connections "
+                                  b"reached, try again later\r\n")
+                    elif verb == b"CAPABILITY":
+                        c.sendall(b"* CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN\r\n" + tag +
+                                  b" OK done\r\n")
+                    elif verb == b"LOGOUT":
+                        c.sendall(b"* BYE bye\r\n" + tag + b" OK done\r\n")
+                        return
+                    else:
+                        c.sendall(tag + b" BAD not now\r\n")
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def _forward(self, c: socket.socket) -> None:
+        try:
+            s = socket.create_connection(self.target, timeout=30)
+        except OSError:
+            c.close()
+            return
+        with self._lock:
+            self.forwarded += 1
+
+        def pump(a: socket.socket, b: socket.socket) -> None:
+            try:
+                while True:
+                    data = a.recv(65536)
+                    if not data:
+                        break
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for x in (a, b):
+                    try:
+                        x.close()
+                    except OSError:
+                        pass
+        threading.Thread(target=pump, args=(s, c), daemon=True).start()
+        pump(c, s)

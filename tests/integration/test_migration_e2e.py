@@ -18,7 +18,7 @@ import threading
 import time
 import unittest
 
-from netfault import Forwarder
+from netfault import Forwarder, TempfailFront
 from proxyfixture import SUCTION_BIN, Proxy, bed, qmailbox, start_bed, wait_until
 from syncfixture import expected_corpus, legacy_state, mailbox, run_sync, write_config
 from testbed import extra_user_names
@@ -348,6 +348,31 @@ class MigrationE2E(unittest.TestCase):
             wait_state(p4, user, ("done",), 90, runs=4)
         self.assertEqual(mailbox(bed().new, user, ["More"])["More"],
                          mailbox(bed().legacy, user, ["INBOX.More"])["INBOX.More"])
+
+    # ---- 4b: legacy refusing the login for now (NO [UNAVAILABLE]) is retried, not a failure
+    def test_4b_legacy_unavailable_twice_then_done(self):
+        user = "user004"
+        seed(user, {"INBOX.Busy": 3}, tag="-busy")
+        tb = bed()
+        front = TempfailFront((tb.legacy.host, tb.legacy.imap_port), refusals=2)
+        try:
+            with Proxy(overrides={"legacy": {"port": front.port}}) as p:
+                login(p, user)
+                self.assertTrue(wait_until(lambda: front.refused >= 1, 20))
+                u = wait_state(p, user, ("pending",), 20)
+                self.assertTrue(u["credentials_held"], u)
+                self.assertIn("refused the login for now", u["last_error"] or "")
+                p.wait_log(rf"migration user=\"?{user}\"? result=failed .* retry_in=5\.0s")
+                u = wait_state(p, user, ("done",), 60)
+                self.assertEqual(front.refused, 2)
+                self.assertEqual([r["result"] for r in u["runs"]], ["done", "failed", "failed"])
+                self.assertTrue(u["credentials_held"], u)  # credential_ttl still runs
+                p.wait_log(rf"migration user=\"?{user}\"? result=failed .* retry_in=10\.0s")
+                self.assertNoSecrets(p)
+        finally:
+            front.close()
+        self.assertEqual(mailbox(tb.new, user, ["Busy"])["Busy"],
+                         mailbox(tb.legacy, user, ["INBOX.Busy"])["INBOX.Busy"])
 
     # ---- 6: a refused legacy login is reported and not retried; credentials dropped
     def test_6_legacy_refusing_the_login_is_not_retried(self):
