@@ -20,6 +20,7 @@
 #include "imap/date.hpp"
 #include "imap/response.hpp"
 #include "sync/flags_merge.hpp"
+#include "sync/folder_brain.hpp"
 #include "sync/late_copies.hpp"
 #include "imap/sequence_set.hpp"
 #include "imap/serialize.hpp"
@@ -65,17 +66,6 @@ struct message {
   std::string body;
   bool have_body = false;
 };
-
-std::string flags_text(const std::vector<std::string>& flags) {
-  std::vector<std::string> sorted = flags;
-  std::sort(sorted.begin(), sorted.end());
-  std::string out;
-  for (auto& f : sorted) {
-    if (!out.empty()) out += ' ';
-    out += f;
-  }
-  return out;
-}
 
 // The bodies, flags and dates of one batch's UID FETCH, by sequence number.
 class batch_collector final : public imap::response_handler {
@@ -135,14 +125,6 @@ awaitable<std::error_code> append_messages(imap::client& c, std::string_view mai
   std::span<imap::append_item> span(items);
   co_return co_await c.append(mailbox, span, r);
 }
-
-// A refusal about the account or the server, not about the message.
-bool transient_refusal(const imap::command_result& r) {
-  if (!r.code) return false;
-  const auto& n = r.code->name;
-  return n == "OVERQUOTA" || n == "UNAVAILABLE" || n == "INUSE" || n == "SERVERBUG";
-}
-
 
 // --- One large message streamed from legacy's FETCH literal into the APPEND
 // literal: at most a read buffer's worth of bytes is held.
@@ -440,7 +422,20 @@ std::map<std::uint32_t, std::vector<std::string>> flags_by_uid(const imap::comma
   return out;
 }
 
-// See the flag step in copy_folder. Both folders are selected (legacy EXAMINEd).
+std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); }
+
+// The flag step (issue 4 item 5, "the user's work wins"), before new mail is
+// copied: for every copied message, per flag, merge_flags(base = flags last
+// agreed, legacy = legacy's flags now, fresh = the new copy's flags now), as
+// planned by plan_flag_changes (folder_brain.hpp). Legacy is only read (FETCH
+// FLAGS on the EXAMINEd folder); the changes go to the new server as UID STORE
+// +FLAGS.SILENT / -FLAGS.SILENT, one command per identical change; the store
+// then holds legacy's flags as the new "last agreed". A copy the user deleted
+// (its new UID is gone) or moved is not touched, and never copied again either
+// (only UIDs above the checkpoint are). Copies recorded without a new UID (no
+// UIDPLUS) cannot be addressed: skipped. With CONDSTORE (RFC 7162) and the
+// HIGHESTMODSEQ of the last complete run, legacy names only the messages whose
+// flags changed since (CHANGEDSINCE); without, every copied message is looked at.
 awaitable<std::error_code> sync_flags(imap::client& legacy, imap::client& fresh,
                                       state_store& state, std::string_view user,
                                       const folder_mapping& mapping, const folder_state& st,
@@ -448,11 +443,6 @@ awaitable<std::error_code> sync_flags(imap::client& legacy, imap::client& fresh,
   std::vector<message_record> recs = state.messages(user, mapping.legacy_name);
   std::erase_if(recs, [](const message_record& m) { return m.new_uid == 0; });
   if (recs.empty()) co_return std::error_code{};
-
-  // With CONDSTORE (RFC 7162) and the HIGHESTMODSEQ of the last complete run,
-  // legacy names only the messages whose flags changed since: a message it
-  // does not name still has the flags last agreed, and merge_flags would
-  // change nothing for it. Without, every copied message is looked at.
   std::string cmd = "UID FETCH 1:" + std::to_string(st.last_legacy_uid) + " (UID FLAGS)";
   const bool changedsince = st.highest_modseq != 0 && legacy.capabilities().has("CONDSTORE");
   if (changedsince) cmd += " (CHANGEDSINCE " + std::to_string(st.highest_modseq) + ")";
@@ -475,34 +465,12 @@ awaitable<std::error_code> sync_flags(imap::client& legacy, imap::client& fresh,
     report.errors.push_back(mapping.legacy_name + ": new server " + cmd + ": " + r.text);
     co_return make_error_code(copy_errc::fetch_failed);
   }
-  auto fresh_flags = flags_by_uid(r);
-
-  // Identical changes grouped: (add, remove) -> the records.
-  std::map<std::pair<std::string, std::string>, std::vector<const message_record*>> groups;
-  std::vector<std::pair<std::uint32_t, std::string>> agreed_only;  // no STORE needed
-  std::map<const message_record*, std::string> agreed_of;
-  for (auto& m : recs) {
-    auto l = legacy_flags.find(m.legacy_uid);
-    auto n = fresh_flags.find(m.new_uid);
-    if (l == legacy_flags.end() || n == fresh_flags.end()) continue;  // gone on one side
-    std::vector<std::string> base = split_flags(m.flags);
-    flag_merge fm = merge_flags(base, l->second, n->second);
-    std::string agreed = join_flags(fm.agreed);
-    if (fm.changes()) {
-      groups[{join_flags(fm.add), join_flags(fm.remove)}].push_back(&m);
-      agreed_of[&m] = std::move(agreed);
-    } else if (agreed != join_flags(base)) {  // base is normalized by split_flags
-      agreed_only.emplace_back(m.legacy_uid, std::move(agreed));
-    }
-  }
-  for (auto& [change, members] : groups) {
-    std::vector<std::uint32_t> uids;
-    for (auto* m : members) uids.push_back(m->new_uid);
-    std::sort(uids.begin(), uids.end());
-    const std::string set = imap::format_sequence_set(uids);
+  const flag_plan plan = plan_flag_changes(recs, legacy_flags, flags_by_uid(r));
+  for (auto& store : plan.stores) {
+    const std::string set = imap::format_sequence_set(store.new_uids);
     bool ok = true;
     for (int add = 1; add >= 0 && ok; --add) {
-      const std::string& what = add ? change.first : change.second;
+      const std::string& what = add ? store.add : store.remove;
       if (what.empty()) continue;
       cmd = "UID STORE " + set + (add ? " +FLAGS.SILENT (" : " -FLAGS.SILENT (") + what + ")";
       if (auto ec = co_await fresh.simple(cmd, r)) co_return ec;
@@ -512,39 +480,12 @@ awaitable<std::error_code> sync_flags(imap::client& legacy, imap::client& fresh,
       }
     }
     if (!ok) continue;  // not agreed: the next run tries again
-    std::vector<std::pair<std::uint32_t, std::string>> agreed;
-    agreed.reserve(members.size());
-    for (auto* m : members) agreed.emplace_back(m->legacy_uid, std::move(agreed_of[m]));
-    state.update_flags(user, mapping.legacy_name, agreed);
-    report.flags_updated += members.size();
+    state.update_flags(user, mapping.legacy_name, store.agreed);
+    report.flags_updated += store.agreed.size();
   }
-  state.update_flags(user, mapping.legacy_name, agreed_only);
+  state.update_flags(user, mapping.legacy_name, plan.agreed_only);
   co_return std::error_code{};
 }
-
-// A legacy message above the checkpoint, from the scan (no body yet).
-struct pending {
-  std::uint32_t uid;
-  std::uint64_t size;
-  std::vector<std::string> flags;  // for streamed messages
-  std::string internaldate;
-  std::int64_t when = 0;  // internaldate as an instant (instant_of)
-};
-
-// What picks reconciliation candidates without a fetch: size and INTERNALDATE.
-struct shape {
-  std::uint32_t uid;
-  std::uint64_t size;
-  std::int64_t when;
-};
-
-std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); }
-
-struct late_outcome {
-  std::vector<message_record> records;  // copies found: legacy -> new, to record
-  std::vector<std::int64_t> resolved;   // journal entries whose batch was found
-  std::uint32_t highest_unknown = 0;    // the highest unknown new UID looked at
-};
 
 // UID STORE +FLAGS.SILENT (\Deleted) and UID EXPUNGE (UIDPLUS) of exactly `uids`:
 // nothing else the user marked \Deleted goes. False, with the reason in the
@@ -593,6 +534,11 @@ awaitable<std::error_code> check_late_copies(imap::client& legacy, imap::client&
     co_return ec == copy_errc::fetch_failed ? fetch_failed("new server, reconcile") : ec;
   if (fresh_sigs.empty()) co_return std::error_code{};
   out.highest_unknown = fresh_sigs.back().uid;
+  // Copies this engine recorded are known, whatever the range (a run killed
+  // during a gap step left its own batch above the gap).
+  const auto known = state.recorded_new_above(user, folder, above);
+  std::erase_if(fresh_sigs, [&](const signed_message& m) { return known.contains(m.uid); });
+  if (fresh_sigs.empty()) co_return std::error_code{};
   std::set<std::pair<std::uint64_t, std::int64_t>> shapes;  // (size, instant)
   for (auto& m : fresh_sigs) shapes.emplace(m.size, m.when);
   // Not those recorded above the checkpoint (INBOX's recent mail): an exact
@@ -634,6 +580,354 @@ awaitable<std::error_code> check_late_copies(imap::client& legacy, imap::client&
   co_return std::error_code{};
 }
 
+// The transport of one folder's copy: it talks to both servers, feeds the
+// answers to the folder's brain and writes what the brain decides. Stages as
+// in folder_brain.hpp; each returns the error that stops the folder, if any.
+class folder_transport {
+ public:
+  folder_transport(imap::client& legacy, imap::client& fresh, state_store& state,
+                   std::string_view user, const folder_mapping& mapping, const copy_options& opts,
+                   folder_copy_report& report)
+      : legacy_(legacy), fresh_(fresh), state_(state), user_(user), mapping_(mapping),
+        opts_(opts), report_(report) {}
+
+  awaitable<std::error_code> run() {
+    if (auto ec = co_await open_stage()) co_return ec;
+    if (brain_->wants_flag_step())
+      if (auto ec = co_await sync_flags(legacy_, fresh_, state_, user_, mapping_,
+                                        brain_->checkpoint(), report_, r_))
+        co_return ec;
+    if (!brain_->wants_scan()) co_return std::error_code{};
+    if (auto ec = co_await scan_stage()) co_return ec;
+    if (auto ec = co_await reconcile_stage()) co_return ec;
+    auto ec = co_await copy_stage();
+    // A fetch still running holds the legacy client: let it end first.
+    if (ahead_) co_await ahead_->wait();
+    co_return ec;
+  }
+
+  // The finish stage: after a complete run without errors.
+  void finish(std::optional<std::uint64_t> legacy_modseq) {
+    if (brain_)
+      if (auto w = brain_->finish(legacy_modseq)) save(*w);
+  }
+
+ private:
+  // The one place a checkpoint is written.
+  void save(const checkpoint_write& w) {
+    if (w.forget_first) state_.forget_folder(user_, mapping_.legacy_name);
+    state_.record_batch(user_, w.checkpoint, w.records, w.resolved);
+  }
+
+  std::error_code fail(copy_errc e, const std::string& what) {
+    report_.errors.push_back(mapping_.legacy_name + ": " + what);
+    return make_error_code(e);
+  }
+
+  // --- open (and rematch): the new folder SELECTed (CREATEd where it is not
+  // there: sync_user creates every planned folder up front, so a run pays no
+  // second CREATE per folder), legacy EXAMINEd: read-only, not even \Seen moves.
+  awaitable<std::error_code> open_stage() {
+    if (auto ec = co_await fresh_.mailbox_command("SELECT", mapping_.new_name, r_)) co_return ec;
+    if (r_.status == imap::status::no) {
+      if (auto ec = co_await fresh_.mailbox_command("CREATE", mapping_.new_name, r_)) co_return ec;
+      if (auto ec = co_await fresh_.mailbox_command("SELECT", mapping_.new_name, r_)) co_return ec;
+    }
+    if (r_.status != imap::status::ok)
+      co_return fail(copy_errc::new_select_failed, "SELECT " + mapping_.new_name + ": " + r_.text);
+    const mailbox_view fresh = view_of(r_);
+    if (auto ec = co_await legacy_.mailbox_command("EXAMINE", mapping_.legacy_name, r_)) co_return ec;
+    if (r_.status != imap::status::ok)
+      co_return fail(copy_errc::legacy_examine_failed, "EXAMINE: " + r_.text);
+    const mailbox_view legacy = view_of(r_);
+
+    brain_.emplace(mapping_, state_.folder(user_, mapping_.legacy_name),
+                   state_.journal(user_, mapping_.legacy_name));
+    auto opened = brain_->open(fresh, legacy);
+    if (opened.error) co_return fail(*opened.error, opened.error_text);
+    if (opened.write) save(*opened.write);
+    if (!opened.rematch) co_return std::error_code{};
+
+    // Re-match: signatures of the recorded copies and of every legacy message
+    // (only signatures are held, no bodies).
+    std::vector<message_record> old = state_.messages(user_, mapping_.legacy_name);
+    std::vector<std::uint32_t> uids;
+    for (auto& m : old)
+      if (m.new_uid != 0) uids.push_back(m.new_uid);
+    std::sort(uids.begin(), uids.end());
+    std::vector<signed_message> fresh_sigs, legacy_sigs;
+    if (!uids.empty())
+      if (auto ec = co_await fetch_signatures(fresh_, imap::format_sequence_set(uids), 0,
+                                              fresh_sigs, r_))
+        co_return ec == copy_errc::fetch_failed
+            ? fail(copy_errc::fetch_failed, "UID FETCH (new server, re-match): " + r_.text)
+            : ec;
+    if (legacy.exists != 0 && !fresh_sigs.empty())
+      if (auto ec = co_await fetch_signatures(legacy_, "1:*", 0, legacy_sigs, r_))
+        co_return ec == copy_errc::fetch_failed
+            ? fail(copy_errc::fetch_failed, "UID FETCH (re-match): " + r_.text)
+            : ec;
+    auto w = brain_->rematch(old, uid_signatures(legacy_sigs), uid_signatures(fresh_sigs));
+    report_.rematched += w.records.size();
+    save(w);
+    co_return std::error_code{};
+  }
+
+  // --- scan: what is new on legacy, with sizes (no bodies yet).
+  awaitable<std::error_code> scan_stage() {
+    std::vector<pending_message> todo;
+    const std::uint32_t above = brain_->checkpoint().last_legacy_uid;
+    if (brain_->legacy_news()) {
+      std::string scan = "UID FETCH " + std::to_string(above + 1) +
+                         ":* (UID RFC822.SIZE FLAGS INTERNALDATE)";
+      if (auto ec = co_await legacy_.simple(scan, r_)) co_return ec;
+      if (r_.status != imap::status::ok)
+        co_return fail(copy_errc::fetch_failed, scan + ": " + r_.text);
+      for (auto& u : r_.untagged)
+        if (auto f = imap::decode_fetch(u); f && f->uid && *f->uid > above) {
+          pending_message p{*f->uid, f->rfc822_size.value_or(0), {}, f->internaldate.value_or(""), 0};
+          p.when = instant_of(p.internaldate);
+          if (f->flags) p.flags = without_recent(*f->flags);
+          todo.push_back(std::move(p));
+        }
+    }
+    // Pending UIDs already in the message map (above the checkpoint): one query.
+    std::set<std::uint32_t> recorded;
+    if (brain_->had_state() && !todo.empty())
+      recorded = state_.recorded_above(user_, mapping_.legacy_name, above);
+    brain_->scanned(std::move(todo), std::move(recorded));
+    co_return std::error_code{};
+  }
+
+  // --- reconcile (issue 4 item 6, late_copies.hpp): when the new folder has
+  // UIDs above last_new_uid (its UIDNEXT says so, cheaply) and there is
+  // something they could be, the late-copies step pairs, removes our second
+  // copies and leaves the user's own alone; last_new_uid moves past them all.
+  awaitable<std::error_code> reconcile_stage() {
+    if (auto set = brain_->reconcile_set()) {
+      late_outcome lo;
+      if (auto ec = co_await check_late_copies(
+              legacy_, fresh_, state_, user_, mapping_.legacy_name, *set,
+              brain_->checkpoint().last_new_uid, brain_->pending_shapes(), brain_->recorded(),
+              brain_->journal(), lo, report_, r_))
+        co_return ec;
+      auto w = brain_->reconciled(lo);
+      if (lo.highest_unknown != 0 || !lo.records.empty()) save(w);
+      report_.reconciled += lo.records.size();
+    }
+    // Entries not found by now and old enough will never land.
+    if (auto old = brain_->expire_journal(unix_now()); !old.empty()) state_.drop_journal(old);
+    if (auto w = brain_->skip_recorded()) save(*w);
+    co_return std::error_code{};
+  }
+
+  // --- copy
+  awaitable<std::error_code> copy_stage() {
+    const auto units =
+        brain_->plan_units(opts_.batch_messages, opts_.batch_bytes, opts_.recent_since);
+    if (opts_.on_scanned) {
+      std::uint64_t bytes = 0;
+      for (auto& p : brain_->todo()) bytes += p.size;
+      opts_.on_scanned(brain_->todo().size(), bytes);
+    }
+    multiappend_ = fresh_.capabilities().has("MULTIAPPEND");
+    for (std::size_t ui = 0; ui < units.size(); ++ui) {
+      const copy_unit* next = ui + 1 < units.size() ? &units[ui + 1] : nullptr;
+      auto ec = units[ui].streamed ? co_await copy_streamed(units[ui].uids.front())
+                                   : co_await copy_batch(units[ui], next);
+      if (ec) co_return ec;
+    }
+    co_return std::error_code{};
+  }
+
+  std::int64_t journal_sent(std::span<const std::uint32_t> uids) {
+    return state_.journal_batch(user_, mapping_.legacy_name, uids, brain_->uidnext_seen(),
+                                unix_now());
+  }
+  void journal_refused(std::int64_t id) {
+    const std::int64_t one[1] = {id};
+    state_.drop_journal(one);
+  }
+
+  // Settled without being copied (refused, gone from legacy): out of the
+  // progress totals, so a finished folder shows 100 %.
+  void dropped(std::span<const std::uint32_t> uids, std::span<const sent_message> copied) {
+    if (!opts_.on_dropped) return;
+    std::uint64_t n = 0, bytes = 0;
+    for (auto u : uids)
+      if (std::none_of(copied.begin(), copied.end(), [u](const sent_message& m) { return m.uid == u; }))
+        if (auto* p = brain_->pending(u)) {
+          ++n;
+          bytes += p->size;
+        }
+    if (n > 0) opts_.on_dropped(n, bytes);
+  }
+
+  // The new server accepted `done` (r_ holds its answer): recorded, and the
+  // gap step when the brain saw UIDs appear in between.
+  awaitable<std::error_code> accepted(std::span<const sent_message> done,
+                                      std::span<const std::uint32_t> settled, std::int64_t jid) {
+    std::string appenduid;
+    if (r_.code)
+      if (auto a = imap::decode_appenduid(*r_.code)) appenduid = a->uids;
+    auto res = brain_->appended(done, settled, appenduid, jid);
+    if (!res.warning.empty()) report_.errors.push_back(res.warning);
+    save(res.write);
+    dropped(settled, done);
+    std::uint64_t bytes = 0;
+    for (auto& m : done) bytes += m.bytes;
+    report_.copied += done.size();
+    report_.bytes += bytes;
+    if (opts_.on_copied) opts_.on_copied(done.size(), bytes);
+    if (!res.gap) co_return std::error_code{};
+    // UIDs that appeared between this run's appends while an earlier run's
+    // batch was unaccounted for: copies found are recorded (and not sent
+    // again), our second copies removed, the user's mail left alone.
+    const auto [first, last] = *res.gap;
+    late_outcome lo;
+    if (auto ec = co_await check_late_copies(
+            legacy_, fresh_, state_, user_, mapping_.legacy_name,
+            std::to_string(first) + ":" + std::to_string(last), first - 1,
+            brain_->pending_shapes(), brain_->recorded(), brain_->journal(), lo, report_, r_))
+      co_return ec;
+    save(brain_->found_late(lo));
+    report_.reconciled += lo.records.size();
+    co_return std::error_code{};
+  }
+
+  void refused_alone(std::uint32_t uid, std::span<const std::uint32_t> settled) {
+    ++report_.failed;
+    report_.errors.push_back(mapping_.legacy_name + ": legacy UID " + std::to_string(uid) +
+                             " refused by the new server: " + r_.text);
+    save(brain_->accounted(settled));
+    dropped(settled, {});
+  }
+
+  // One message larger than batch_bytes, streamed FETCH -> APPEND.
+  awaitable<std::error_code> copy_streamed(std::uint32_t uid) {
+    if (brain_->found(uid)) co_return std::error_code{};  // settled by the gap step
+    const pending_message& p = *brain_->pending(uid);
+    const std::uint32_t one[1] = {uid};
+    const std::int64_t jid = journal_sent(one);
+    auto so = co_await stream_message(legacy_, fresh_, mapping_.new_name, p.uid, p.flags,
+                                      p.internaldate, r_);
+    if (so.appended && r_.status == imap::status::ok) {
+      const sent_message m{p.uid, flags_text(p.flags), so.size};
+      if (auto ec = co_await accepted({&m, 1}, one, jid)) co_return ec;
+      co_return so.ec;  // the FETCH may have failed after the APPEND went through
+    }
+    if (so.ec) co_return so.ec;  // the APPEND may still land: its journal entry stays
+    journal_refused(jid);        // nothing sent, or refused: cannot land
+    if (so.fetch_refused)
+      co_return fail(copy_errc::fetch_failed, "UID FETCH " + std::to_string(uid) + ": " + so.fetch_text);
+    if (so.vanished) {
+      ++report_.skipped;
+      save(brain_->accounted(one));
+      dropped(one, {});
+      co_return std::error_code{};
+    }
+    if (classify_refusal(r_) == refusal::account)
+      co_return fail(copy_errc::append_refused_transient, "APPEND: " + r_.text);
+    refused_alone(uid, one);
+    co_return std::error_code{};
+  }
+
+  // A batch: its bodies fetched (the next batch's fetch started meanwhile),
+  // MULTIAPPEND, or one APPEND at a time when the server lacks it or refused
+  // the batch as a whole (so only the bad message is reported).
+  awaitable<std::error_code> copy_batch(const copy_unit& u, const copy_unit* next) {
+    auto ex = co_await boost::asio::this_coro::executor;
+    std::shared_ptr<prefetch> cur = std::move(ahead_);
+    if (!cur) {
+      cur = std::make_shared<prefetch>(ex);
+      boost::asio::co_spawn(ex, run_prefetch(legacy_, fetch_command(u), cur), boost::asio::detached);
+    }
+    co_await cur->wait();
+    if (next && !next->streamed) {
+      ahead_ = std::make_shared<prefetch>(ex);
+      boost::asio::co_spawn(ex, run_prefetch(legacy_, fetch_command(*next), ahead_),
+                            boost::asio::detached);
+    }
+    if (cur->ec) co_return cur->ec;
+    if (cur->r.status != imap::status::ok)
+      co_return fail(copy_errc::fetch_failed, "UID FETCH: " + cur->r.text);
+
+    std::map<std::uint32_t, message*> by_uid;
+    for (auto& [seq, m] : cur->got.by_seq)
+      if (m.uid != 0 && m.have_body) by_uid[m.uid] = &m;
+    std::vector<message*> ready;
+    std::vector<std::uint32_t> gone;  // from legacy meanwhile, or found by the gap step
+    for (auto uid : u.uids) {
+      auto it = by_uid.find(uid);
+      if (brain_->found(uid)) {
+        gone.push_back(uid);
+      } else if (it == by_uid.end()) {
+        ++report_.skipped;  // expunged on legacy meanwhile
+        gone.push_back(uid);
+      } else {
+        ready.push_back(it->second);
+      }
+    }
+    if (ready.empty()) {
+      save(brain_->accounted(u.uids));
+      dropped(u.uids, {});
+      co_return std::error_code{};
+    }
+    if (multiappend_ && ready.size() > 1) {
+      std::vector<std::uint32_t> sent;
+      for (message* m : ready) sent.push_back(m->uid);
+      const std::int64_t jid = journal_sent(sent);
+      if (auto ec = co_await append_messages(fresh_, mapping_.new_name, ready, r_)) co_return ec;
+      if (r_.status == imap::status::ok) co_return co_await accepted(described(ready), u.uids, jid);
+      journal_refused(jid);  // a refused MULTIAPPEND stores nothing (RFC 3502)
+      if (classify_refusal(r_) == refusal::account)
+        co_return fail(copy_errc::append_refused_transient, "APPEND: " + r_.text);
+    }
+    for (std::size_t j = 0; j < ready.size(); ++j) {
+      message* m = ready[j];
+      // The batch's gone UIDs settle with its last message.
+      std::vector<std::uint32_t> settled{m->uid};
+      if (j + 1 == ready.size()) settled.insert(settled.end(), gone.begin(), gone.end());
+      std::span<message* const> one(&ready[j], 1);
+      const std::uint32_t sent[1] = {m->uid};
+      const std::int64_t jid = journal_sent(sent);
+      if (auto ec = co_await append_messages(fresh_, mapping_.new_name, one, r_)) co_return ec;
+      if (r_.status == imap::status::ok) {
+        if (auto ec = co_await accepted(described(one), settled, jid)) co_return ec;
+        continue;
+      }
+      journal_refused(jid);
+      if (classify_refusal(r_) == refusal::account)
+        co_return fail(copy_errc::append_refused_transient, "APPEND: " + r_.text);
+      refused_alone(m->uid, settled);
+    }
+    co_return std::error_code{};
+  }
+
+  static std::vector<sent_message> described(std::span<message* const> msgs) {
+    std::vector<sent_message> out;
+    out.reserve(msgs.size());
+    for (message* m : msgs) out.push_back({m->uid, flags_text(m->flags), m->body.size()});
+    return out;
+  }
+
+  static std::string fetch_command(const copy_unit& u) {
+    return "UID FETCH " + imap::format_sequence_set(u.uids) + " (UID FLAGS INTERNALDATE BODY.PEEK[])";
+  }
+
+  imap::client& legacy_;
+  imap::client& fresh_;
+  state_store& state_;
+  std::string_view user_;
+  const folder_mapping& mapping_;
+  const copy_options& opts_;
+  folder_copy_report& report_;
+  imap::command_result r_;
+  std::optional<folder_brain> brain_;
+  std::shared_ptr<prefetch> ahead_;  // the next batch's fetch, running
+  bool multiappend_ = false;
+};
+
 }  // namespace
 
 const std::error_category& copy_category() noexcept {
@@ -646,543 +940,15 @@ boost::asio::awaitable<std::error_code> copy_folder(imap::client& legacy, imap::
                                                     const folder_mapping& mapping,
                                                     const copy_options& opts,
                                                     folder_copy_report& report) {
-  auto fail = [&](copy_errc e, const std::string& what) {
-    report.errors.push_back(mapping.legacy_name + ": " + what);
-    return make_error_code(e);
-  };
-  imap::command_result r;
-
-  // The new folder: SELECT it, and CREATE it first only where it is not there
-  // (sync_user creates every planned folder up front: a run pays no second
-  // CREATE per folder). A parent without messages is only created.
-  if (!mapping.selectable) co_return co_await fresh.mailbox_command("CREATE", mapping.new_name, r);
-  if (auto ec = co_await fresh.mailbox_command("SELECT", mapping.new_name, r)) co_return ec;
-  if (r.status == imap::status::no) {
-    if (auto ec = co_await fresh.mailbox_command("CREATE", mapping.new_name, r)) co_return ec;
-    if (auto ec = co_await fresh.mailbox_command("SELECT", mapping.new_name, r)) co_return ec;
+  // A parent without messages is only created.
+  if (!mapping.selectable) {
+    imap::command_result r;
+    co_return co_await fresh.mailbox_command("CREATE", mapping.new_name, r);
   }
-  if (r.status != imap::status::ok)
-    co_return fail(copy_errc::new_select_failed, "SELECT " + mapping.new_name + ": " + r.text);
-  std::uint32_t new_uidvalidity = 0;
-  std::uint32_t new_exists = 0;
-  std::optional<std::uint32_t> new_uidnext;
-  for (auto& u : r.untagged) {
-    if (auto v = imap::decode_uidvalidity(u)) new_uidvalidity = *v;
-    if (auto v = imap::decode_uidnext(u)) new_uidnext = *v;
-    if (u.keyword == "EXISTS" && u.number) new_exists = *u.number;
-  }
-
-  // Legacy, read-only.
-  if (auto ec = co_await legacy.mailbox_command("EXAMINE", mapping.legacy_name, r)) co_return ec;
-  if (r.status != imap::status::ok)
-    co_return fail(copy_errc::legacy_examine_failed, "EXAMINE: " + r.text);
-  std::uint32_t legacy_uidvalidity = 0, exists = 0;
-  std::optional<std::uint32_t> legacy_uidnext;
-  for (auto& u : r.untagged) {
-    if (auto v = imap::decode_uidvalidity(u)) legacy_uidvalidity = *v;
-    if (auto v = imap::decode_uidnext(u)) legacy_uidnext = *v;
-    if (u.keyword == "EXISTS" && u.number) exists = *u.number;
-  }
-
-  // The checkpoint.
-  folder_state st;
-  bool had_state = false;
-  if (auto saved = state.folder(user, mapping.legacy_name)) {
-    st = *saved;
-    had_state = true;
-    if (st.new_uidvalidity != 0 && st.new_uidvalidity != new_uidvalidity)
-      co_return fail(copy_errc::new_uidvalidity_changed,
-                     "new UIDVALIDITY " + std::to_string(new_uidvalidity) + " != stored " +
-                         std::to_string(st.new_uidvalidity) + ": nothing copied");
-    if (st.legacy_uidvalidity != legacy_uidvalidity) {
-      // Re-matching after a legacy UIDVALIDITY change (issue 4 item 7): the old
-      // legacy UIDs mean nothing now, but the new copies they were mapped to are
-      // still there. Pair every legacy message (new UIDVALIDITY) with the new
-      // copies recorded for this folder by content signature (exact duplicates
-      // pair by count), then replace the folder's state with those pairs under
-      // the new UIDVALIDITY. The checkpoint covers only the legacy UIDs that are
-      // all matched from the bottom up; matched ones above it are skipped below
-      // through their records, unmatched ones are copied normally. Only
-      // signatures are held (no bodies). The new copies recorded with new UID 0
-      // (no UIDPLUS) cannot be fetched: their legacy messages are copied again.
-      std::vector<message_record> old = state.messages(user, mapping.legacy_name);
-      std::map<std::uint32_t, std::string> agreed;  // new uid -> flags last agreed
-      for (auto& m : old)
-        if (m.new_uid != 0) agreed.emplace(m.new_uid, std::move(m.flags));
-      old.clear();
-      old.shrink_to_fit();
-      std::vector<signed_message> fresh_sigs, legacy_sigs;
-      if (!agreed.empty()) {
-        std::vector<std::uint32_t> uids;
-        uids.reserve(agreed.size());
-        for (auto& [u, f] : agreed) uids.push_back(u);
-        if (auto ec = co_await fetch_signatures(fresh, imap::format_sequence_set(uids), 0,
-                                                fresh_sigs, r))
-          co_return ec == copy_errc::fetch_failed
-              ? fail(copy_errc::fetch_failed, "UID FETCH (new server, re-match): " + r.text)
-              : ec;
-      }
-      if (exists != 0 && !fresh_sigs.empty())
-        if (auto ec = co_await fetch_signatures(legacy, "1:*", 0, legacy_sigs, r))
-          co_return ec == copy_errc::fetch_failed
-              ? fail(copy_errc::fetch_failed, "UID FETCH (re-match): " + r.text)
-              : ec;
-      auto pairs = match_by_signature(uid_signatures(legacy_sigs), uid_signatures(fresh_sigs));
-      std::sort(pairs.begin(), pairs.end());
-      folder_state next;
-      next.legacy_name = mapping.legacy_name;
-      next.legacy_uidvalidity = legacy_uidvalidity;
-      next.new_name = mapping.new_name;
-      next.new_uidvalidity = new_uidvalidity;
-      next.last_new_uid = st.last_new_uid;
-      std::size_t prefix = 0;  // legacy_sigs is in UID order, pairs too
-      while (prefix < pairs.size() && prefix < legacy_sigs.size() &&
-             pairs[prefix].first == legacy_sigs[prefix].uid)
-        ++prefix;
-      if (prefix > 0) next.last_legacy_uid = pairs[prefix - 1].first;
-      std::vector<message_record> recs;
-      recs.reserve(pairs.size());
-      for (auto& [lu, nu] : pairs) {
-        recs.push_back({lu, nu, agreed[nu]});
-        next.last_new_uid = std::max(next.last_new_uid, nu);
-      }
-      // Two transactions: a kill between them leaves no state for the folder,
-      // and the next run's crash reconciliation (everything in the new folder
-      // is then above last_new_uid 0) pairs the copies again.
-      state.forget_folder(user, mapping.legacy_name);
-      state.record_batch(user, next, recs);
-      report.rematched += recs.size();
-      st = next;
-    } else if (st.new_uidvalidity == 0 || st.new_name != mapping.new_name) {
-      st.new_uidvalidity = new_uidvalidity;
-      st.new_name = mapping.new_name;
-      state.save_folder(user, st);
-    }
-  } else {
-    st.legacy_name = mapping.legacy_name;
-    st.legacy_uidvalidity = legacy_uidvalidity;
-    st.new_name = mapping.new_name;
-    st.new_uidvalidity = new_uidvalidity;
-    state.save_folder(user, st);
-  }
-  // The flag step (issue 4 item 5, "the user's work wins"), before new mail is
-  // copied: for every message already copied (in the message map), per flag,
-  // merge_flags(base = flags last agreed, legacy = legacy's flags now, fresh =
-  // the new copy's flags now). Legacy is only read (FETCH FLAGS on the
-  // EXAMINEd folder); the changes go to the new server as UID STORE
-  // +FLAGS.SILENT / -FLAGS.SILENT, one command per identical change with a
-  // sequence set of new UIDs; the store then holds legacy's flags as the new
-  // "last agreed". A copy the user deleted (its new UID is gone) or moved is
-  // not touched, and is never copied again either (only UIDs above the
-  // checkpoint are). A message gone from legacy is left alone. Copies
-  // recorded without a new UID (no UIDPLUS) cannot be addressed: skipped.
-  // With CONDSTORE only the messages changed since the last complete run
-  // (CHANGEDSINCE), else a FETCH FLAGS of 1:last_legacy_uid.
-  if (had_state && exists != 0 && st.last_legacy_uid > 0) {
-    if (auto ec = co_await sync_flags(legacy, fresh, state, user, mapping, st, report, r))
-      co_return ec;
-  }
-  if (exists == 0) co_return std::error_code{};
-  // Batches an earlier run sent without knowing their fate (late_copies.hpp):
-  // until they are found or expire, the folder is looked at on every run.
-  std::vector<journal_entry> journal = state.journal(user, mapping.legacy_name);
-  const bool legacy_news = !(legacy_uidnext && *legacy_uidnext <= st.last_legacy_uid + 1ull);
-  if (!legacy_news && journal.empty()) co_return std::error_code{};
-
-  // What is new, with sizes (no bodies yet).
-  std::vector<pending> todo;
-  if (legacy_news) {
-    std::string scan =
-        "UID FETCH " + std::to_string(st.last_legacy_uid + 1) + ":* (UID RFC822.SIZE FLAGS INTERNALDATE)";
-    if (auto ec = co_await legacy.simple(scan, r)) co_return ec;
-    if (r.status != imap::status::ok) co_return fail(copy_errc::fetch_failed, scan + ": " + r.text);
-    for (auto& u : r.untagged)
-      if (auto f = imap::decode_fetch(u); f && f->uid && *f->uid > st.last_legacy_uid)
-      {
-        pending p{*f->uid, f->rfc822_size.value_or(0), {}, f->internaldate.value_or(""), 0};
-        p.when = instant_of(p.internaldate);
-        if (f->flags) p.flags = without_recent(*f->flags);
-        todo.push_back(std::move(p));
-      }
-    std::sort(todo.begin(), todo.end(), [](auto& a, auto& b) { return a.uid < b.uid; });
-    todo.erase(std::unique(todo.begin(), todo.end(),
-                           [](auto& a, auto& b) { return a.uid == b.uid; }),
-               todo.end());
-  }
-
-  // Crash reconciliation (issue 4 item 6) and late copies (late_copies.hpp).
-  // A kill between an APPEND and its record_batch leaves copies on the new
-  // server above last_new_uid that the store does not know, while their legacy
-  // originals are still pending; a batch a dead run left in flight may land
-  // there too, even after its messages were copied again. So: when the new
-  // folder has UIDs above last_new_uid (its UIDNEXT says so, cheaply) and
-  // there is something they could be (pending messages, a journal entry),
-  // fetch their signatures and those of the candidates (pending messages of
-  // the same size and INTERNALDATE, found from the scan without a fetch, and
-  // the journaled ones), then record the pairs, remove our second copies and
-  // leave the user's own alone; last_new_uid moves past all of them so they
-  // are not looked at again.
-  // Pending UIDs already in the message map (above the checkpoint): one query.
-  std::set<std::uint32_t> recorded;
-  if (had_state && !todo.empty())
-    recorded = state.recorded_above(user, mapping.legacy_name, st.last_legacy_uid);
-  std::vector<shape> shapes;
-  shapes.reserve(todo.size());
-  for (auto& p : todo) shapes.push_back({p.uid, p.size, p.when});
-  auto resolved_in = [&](std::span<const std::int64_t> ids) {
-    std::erase_if(journal, [&](const journal_entry& e) {
-      return std::find(ids.begin(), ids.end(), e.id) != ids.end();
-    });
-  };
-  if (new_exists != 0 && (!todo.empty() || !journal.empty()) &&
-      (!new_uidnext || *new_uidnext > st.last_new_uid + 1ull)) {
-    late_outcome lo;
-    if (auto ec = co_await check_late_copies(legacy, fresh, state, user, mapping.legacy_name,
-                                             std::to_string(st.last_new_uid + 1) + ":*",
-                                             st.last_new_uid, shapes, recorded, journal, lo,
-                                             report, r))
-      co_return ec;
-    for (auto& rec : lo.records) recorded.insert(rec.legacy_uid);
-    // The checkpoint moves over the matched legacy UIDs that follow it without a gap.
-    std::size_t prefix = 0;
-    while (prefix < lo.records.size() && prefix < todo.size() &&
-           lo.records[prefix].legacy_uid == todo[prefix].uid)
-      ++prefix;
-    if (prefix > 0) st.last_legacy_uid = lo.records[prefix - 1].legacy_uid;
-    st.last_new_uid = std::max(st.last_new_uid, lo.highest_unknown);
-    if (lo.highest_unknown != 0 || !lo.records.empty())
-      state.record_batch(user, st, lo.records, lo.resolved);
-    if (!lo.records.empty()) had_state = true;
-    report.reconciled += lo.records.size();
-    resolved_in(lo.resolved);
-  }
-  // Entries not found by now and old enough will never land.
-  if (auto old = expired_entries(journal, {}, unix_now()); !old.empty()) {
-    state.drop_journal(old);
-    resolved_in(old);
-  }
-  // Skip what is already recorded above the checkpoint (matched just now, or
-  // by an earlier re-match or reconciliation that could not move it over them,
-  // or copied first by an interrupted recent-first run). They count as settled.
-  const std::uint32_t scan_top = todo.empty() ? 0 : todo.back().uid;  // todo is in UID order here
-  if (had_state && !todo.empty())
-    std::erase_if(todo, [&](const pending& p) {
-      return p.uid <= st.last_legacy_uid || recorded.contains(p.uid);
-    });
-
-  // The checkpoint moves over a legacy UID only when it and every pending UID
-  // below it are settled (copied, refused and reported, or gone from legacy):
-  // with the recent-first order below, later UIDs settle before earlier ones.
-  // Those copied above the checkpoint are in the message map, which the next
-  // run skips (the erase_if above).
-  std::set<std::uint32_t> unsettled;
-  for (auto& p : todo) unsettled.insert(p.uid);
-  auto settle = [&](std::span<const std::uint32_t> uids) {
-    for (auto u : uids) unsettled.erase(u);
-    const std::uint32_t covered = unsettled.empty() ? scan_top : *unsettled.begin() - 1;
-    st.last_legacy_uid = std::max(st.last_legacy_uid, covered);
-  };
-  if (todo.empty() && scan_top > st.last_legacy_uid) {
-    // Everything above the checkpoint was recorded already: it moves over it,
-    // so the no-change skip and the flag step cover those messages again.
-    settle({});
-    state.save_folder(user, st);
-  }
-
-  // Recent first (issue 4 item 9, for INBOX): the messages of the last days,
-  // newest INTERNALDATE first, then the rest in UID order, so the mail a user looks for
-  // first is there first.
-  if (opts.recent_since != 0) {
-    auto old_end = std::stable_partition(todo.begin(), todo.end(), [&](const pending& p) {
-      return p.when >= opts.recent_since;
-    });
-    std::sort(todo.begin(), old_end, [](const pending& a, const pending& b) {
-      return a.when != b.when ? a.when > b.when : a.uid > b.uid;
-    });
-  }
-  if (opts.on_scanned) {
-    std::uint64_t bytes = 0;
-    for (auto& p : todo) bytes += p.size;
-    opts.on_scanned(todo.size(), bytes);
-  }
-  // Settled without being copied (refused, gone from legacy): out of the
-  // progress totals, so a finished folder shows 100 %.
-  std::map<std::uint32_t, std::uint64_t> size_of;
-  if (opts.on_dropped)
-    for (auto& p : todo) size_of[p.uid] = p.size;
-  auto dropped = [&](std::span<const std::uint32_t> uids, std::span<message* const> copied) {
-    if (!opts.on_dropped) return;
-    std::uint64_t n = 0, bytes = 0;
-    for (auto u : uids)
-      if (std::none_of(copied.begin(), copied.end(), [u](const message* m) { return m->uid == u; })) {
-        ++n;
-        bytes += size_of[u];
-      }
-    if (n > 0) opts.on_dropped(n, bytes);
-  };
-
-  const bool multiappend = fresh.capabilities().has("MULTIAPPEND");
-  const std::size_t max_messages = std::max<std::size_t>(1, opts.batch_messages);
-
-  // The new folder's next UID as this run knows it (SELECT's UIDNEXT, then
-  // past each APPENDUID range): an APPENDUID range that starts above it
-  // reveals UIDs that appeared in between (the user's new mail, or a dead
-  // run's batch landing late: the gap step below tells them apart).
-  std::optional<std::uint32_t> expected_next = new_uidnext;
-  // Each batch is journaled before it is sent (late_copies.hpp); the entry
-  // goes with its record_batch, or when the server refuses the batch.
-  auto journal_sent = [&](std::span<const std::uint32_t> uids) {
-    return state.journal_batch(user, mapping.legacy_name, uids, expected_next.value_or(0),
-                               unix_now());
-  };
-  auto refused = [&](std::int64_t jid) {
-    const std::int64_t one[1] = {jid};
-    state.drop_journal(one);
-  };
-  // Legacy UIDs found on the new server by the gap step, so not sent again.
-  std::set<std::uint32_t> found_late;
-  std::optional<std::pair<std::uint32_t, std::uint32_t>> gap;  // new UIDs [first, last]
-
-  // Records messages the new server accepted (r holds its answer) and settles
-  // the legacy UIDs `settled` (the messages and those of their batch that
-  // vanished from legacy); `jid` is the batch's journal entry.
-  auto record = [&](std::span<message* const> done, std::span<const std::uint32_t> settled,
-                    std::int64_t jid) {
-    std::vector<std::uint32_t> new_uids;
-    std::optional<imap::appenduid_data> appenduid;
-    if (r.code) appenduid = imap::decode_appenduid(*r.code);
-    if (appenduid)
-      if (auto set = imap::parse_sequence_set(appenduid->uids))
-        if (auto uids = imap::expand_sequence_set(*set, 0, done.size() + 1))
-          new_uids = std::move(*uids);
-    if (appenduid && new_uids.size() != done.size()) {
-      report.errors.push_back(mapping.legacy_name + ": APPENDUID " + appenduid->uids +
-                              " does not name " + std::to_string(done.size()) +
-                              " UIDs; the batch is recorded without them");
-      new_uids.clear();
-    }
-    std::vector<message_record> recs;
-    recs.reserve(done.size());
-    std::uint64_t bytes = 0;
-    for (std::size_t i = 0; i < done.size(); ++i) {
-      message_record rec;
-      rec.legacy_uid = done[i]->uid;
-      rec.new_uid = new_uids.empty() ? 0 : new_uids[i];
-      rec.flags = flags_text(done[i]->flags);
-      st.last_new_uid = std::max(st.last_new_uid, rec.new_uid);
-      bytes += done[i]->body.size();
-      recs.push_back(std::move(rec));
-    }
-    if (!new_uids.empty() && expected_next) {
-      const auto [lo, hi] = std::minmax_element(new_uids.begin(), new_uids.end());
-      if (*lo > *expected_next && !journal.empty()) gap.emplace(*expected_next, *lo - 1);
-      expected_next = std::max(*expected_next, *hi + 1);
-    }
-    settle(settled);
-    const std::int64_t resolved[1] = {jid};
-    state.record_batch(user, st, recs, resolved);
-    dropped(settled, done);
-    report.copied += done.size();
-    report.bytes += bytes;
-    if (opts.on_copied) opts.on_copied(done.size(), bytes);
-  };
-  auto account_only = [&](std::span<const std::uint32_t> settled) {
-    settle(settled);
-    state.record_batch(user, st, std::span<const message_record>{});
-    dropped(settled, {});
-  };
-  // The gap step: UIDs that appeared between this run's appends while an
-  // earlier run's batch was unaccounted for. Copies found are recorded (and
-  // not sent again), our second copies removed, the user's mail left alone.
-  auto check_gap = [&]() -> awaitable<std::error_code> {
-    const auto [first, last] = *std::exchange(gap, std::nullopt);
-    std::vector<shape> left;
-    for (auto& p : todo)
-      if (unsettled.contains(p.uid)) left.push_back({p.uid, p.size, p.when});
-    late_outcome lo;
-    const std::string set = std::to_string(first) + ":" + std::to_string(last);
-    if (auto ec = co_await check_late_copies(legacy, fresh, state, user, mapping.legacy_name, set,
-                                             first - 1, left, recorded, journal, lo, report, r))
-      co_return ec;
-    std::vector<std::uint32_t> found;
-    for (auto& rec : lo.records) {
-      found.push_back(rec.legacy_uid);
-      found_late.insert(rec.legacy_uid);
-      recorded.insert(rec.legacy_uid);
-    }
-    settle(found);
-    state.record_batch(user, st, lo.records, lo.resolved);
-    report.reconciled += lo.records.size();
-    resolved_in(lo.resolved);
-    co_return std::error_code{};
-  };
-
-  // The work in order: batches (at most max_messages and batch_bytes) and, alone,
-  // messages larger than batch_bytes, which are streamed.
-  struct unit {
-    std::size_t begin, end;
-    bool streamed;
-  };
-  std::vector<unit> units;
-  for (std::size_t next = 0; next < todo.size();) {
-    if (todo[next].size > opts.batch_bytes) {
-      units.push_back({next, next + 1, true});
-      ++next;
-      continue;
-    }
-    std::size_t end = next;
-    std::uint64_t bytes = 0;
-    while (end < todo.size() && end - next < max_messages &&
-           bytes + todo[end].size <= opts.batch_bytes) {
-      bytes += todo[end].size;
-      ++end;
-    }
-    units.push_back({next, end, false});
-    next = end;
-  }
-  auto fetch_command = [&](const unit& u) {
-    std::vector<std::uint32_t> uids;
-    for (std::size_t i = u.begin; i < u.end; ++i) uids.push_back(todo[i].uid);
-    return "UID FETCH " + imap::format_sequence_set(uids) + " (UID FLAGS INTERNALDATE BODY.PEEK[])";
-  };
-
-  // Pipelined: while a batch is appended on the new server, the next one is
-  // fetched from legacy (so up to two batches are in memory).
-  auto ex = co_await boost::asio::this_coro::executor;
-  std::shared_ptr<prefetch> ahead;
-  std::error_code final_ec;
-  for (std::size_t ui = 0; ui < units.size(); ++ui) {
-    const unit& u = units[ui];
-    if (u.streamed) {
-      const pending& p = todo[u.begin];
-      const std::uint32_t uid[1] = {p.uid};
-      if (found_late.contains(p.uid)) continue;  // settled by the gap step
-      const std::int64_t jid = journal_sent(uid);
-      auto so = co_await stream_message(legacy, fresh, mapping.new_name, p.uid, p.flags,
-                                        p.internaldate, r);
-      if (!so.appended && !so.ec) refused(jid);  // nothing sent, or refused: cannot land
-      if (so.appended && r.status == imap::status::ok) {
-        message m;
-        m.uid = p.uid;
-        m.flags = p.flags;
-        message* one[1] = {&m};
-        record(one, uid, jid);
-        report.bytes += so.size;  // record() counted the (empty) buffered body
-        if (opts.on_copied) opts.on_copied(0, so.size);
-      } else if (so.ec) {
-      } else if (so.fetch_refused) {
-        final_ec = fail(copy_errc::fetch_failed,
-                        "UID FETCH " + std::to_string(p.uid) + ": " + so.fetch_text);
-        goto finish;
-      } else if (so.vanished) {
-        ++report.skipped;
-        account_only(uid);
-      } else if (transient_refusal(r)) {
-        final_ec = fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
-        goto finish;
-      } else {
-        ++report.failed;
-        report.errors.push_back(mapping.legacy_name + ": legacy UID " + std::to_string(p.uid) +
-                                " refused by the new server: " + r.text);
-        account_only(uid);
-      }
-      if (so.ec) {
-        final_ec = so.ec;
-        goto finish;
-      }
-      if (so.appended && r.status != imap::status::ok) refused(jid);
-      if (gap && (final_ec = co_await check_gap())) goto finish;
-      continue;
-    }
-
-    std::shared_ptr<prefetch> cur = std::move(ahead);
-    if (!cur) {
-      cur = std::make_shared<prefetch>(ex);
-      boost::asio::co_spawn(ex, run_prefetch(legacy, fetch_command(u), cur), boost::asio::detached);
-    }
-    co_await cur->wait();
-    if (ui + 1 < units.size() && !units[ui + 1].streamed) {
-      ahead = std::make_shared<prefetch>(ex);
-      boost::asio::co_spawn(ex, run_prefetch(legacy, fetch_command(units[ui + 1]), ahead),
-                            boost::asio::detached);
-    }
-    if (cur->ec) {
-      final_ec = cur->ec;
-      goto finish;
-    }
-    if (cur->r.status != imap::status::ok) {
-      final_ec = fail(copy_errc::fetch_failed, "UID FETCH: " + cur->r.text);
-      goto finish;
-    }
-
-    std::map<std::uint32_t, message*> by_uid;
-    for (auto& [seq, m] : cur->got.by_seq)
-      if (m.uid != 0 && m.have_body) by_uid[m.uid] = &m;
-    std::vector<message*> ready;
-    std::vector<std::uint32_t> unit_uids, vanished;
-    for (std::size_t i = u.begin; i < u.end; ++i) {
-      unit_uids.push_back(todo[i].uid);
-      auto it = by_uid.find(todo[i].uid);
-      if (found_late.contains(todo[i].uid)) {
-        vanished.push_back(todo[i].uid);  // settled by the gap step: settles with the batch
-      } else if (it == by_uid.end()) {
-        ++report.skipped;  // expunged on legacy meanwhile
-        vanished.push_back(todo[i].uid);
-      } else {
-        ready.push_back(it->second);
-      }
-    }
-    if (ready.empty()) {
-      account_only(unit_uids);
-      continue;
-    }
-
-    if (multiappend && ready.size() > 1) {
-      std::vector<std::uint32_t> sent;
-      for (message* m : ready) sent.push_back(m->uid);
-      const std::int64_t jid = journal_sent(sent);
-      if ((final_ec = co_await append_messages(fresh, mapping.new_name, ready, r))) goto finish;
-      if (r.status == imap::status::ok) {
-        record(ready, unit_uids, jid);
-        if (gap && (final_ec = co_await check_gap())) goto finish;
-        continue;
-      }
-      refused(jid);  // a refused MULTIAPPEND stores nothing (RFC 3502)
-      if (transient_refusal(r)) {
-        final_ec = fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
-        goto finish;
-      }
-      // Refused as a whole: one at a time, so only the bad message is reported.
-    }
-    for (std::size_t j = 0; j < ready.size(); ++j) {
-      message* m = ready[j];
-      // The batch's vanished UIDs settle with its last message.
-      std::vector<std::uint32_t> settled{m->uid};
-      if (j + 1 == ready.size()) settled.insert(settled.end(), vanished.begin(), vanished.end());
-      std::span<message* const> one(&ready[j], 1);
-      const std::uint32_t sent[1] = {m->uid};
-      const std::int64_t jid = journal_sent(sent);
-      if ((final_ec = co_await append_messages(fresh, mapping.new_name, one, r))) goto finish;
-      if (r.status == imap::status::ok) {
-        record(one, settled, jid);
-        if (gap && (final_ec = co_await check_gap())) goto finish;
-        continue;
-      }
-      refused(jid);
-      if (transient_refusal(r)) {
-        final_ec = fail(copy_errc::append_refused_transient, "APPEND: " + r.text);
-        goto finish;
-      }
-      ++report.failed;
-      report.errors.push_back(mapping.legacy_name + ": legacy UID " + std::to_string(m->uid) +
-                              " refused by the new server: " + r.text);
-      account_only(settled);
-    }
-  }
-finish:
-  // A fetch still running holds the legacy client: let it end first.
-  if (ahead) co_await ahead->wait();
-  co_return final_ec;
+  folder_transport t(legacy, fresh, state, user, mapping, opts, report);
+  auto ec = co_await t.run();
+  if (!ec && report.errors.empty()) t.finish(opts.legacy_modseq);
+  co_return ec;
 }
 
 }  // namespace suction::sync

@@ -71,6 +71,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -93,6 +94,10 @@ struct copy_options {
   // copied after all (refused, gone from legacy). Any may be empty.
   std::function<void(std::uint64_t messages, std::uint64_t bytes)> on_scanned, on_copied,
       on_dropped;
+  // Legacy's HIGHESTMODSEQ from its STATUS before this run (CONDSTORE): kept
+  // in the checkpoint when the folder completes without errors, for the
+  // no-change skip and CHANGEDSINCE of the next run.
+  std::optional<std::uint64_t> legacy_modseq;
 };
 
 struct folder_copy_report {

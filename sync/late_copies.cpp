@@ -8,10 +8,12 @@ namespace suction::sync {
 
 namespace {
 
-// One journaled, recorded legacy message: it may have one late second copy.
+// One journaled legacy message of one entry: that entry's batch may bring one
+// copy of it, at or above the UIDNEXT the entry was written with.
 struct slot {
   std::int64_t entry = 0;
   std::uint32_t from_uid = 0;  // the entry's uidnext_seen
+  std::uint32_t legacy_uid = 0;
   bool used = false;
 };
 
@@ -34,45 +36,48 @@ late_copies_plan resolve_late_copies(std::span<const unknown_copy> unknown,
     std::sort(v.begin(), v.end());
     v.erase(std::unique(v.begin(), v.end()), v.end());
   }
-  // Rule 2's budget: one slot per journaled legacy message that is recorded.
+  // Every entry (oldest first) can bring one copy of each of its messages:
+  // two dead runs with the same batch in flight can both land.
+  std::vector<const journal_entry*> entries;
+  for (auto& e : journal) entries.push_back(&e);
+  std::sort(entries.begin(), entries.end(), [](auto* a, auto* b) { return a->id < b->id; });
   std::map<std::string_view, std::vector<slot>> slots;
-  for (auto& e : journal)
-    for (auto lu : e.legacy_uids)
-      if (auto it = by_uid.find(lu); it != by_uid.end() && it->second->recorded)
-        slots[it->second->signature].push_back({e.id, e.uidnext_seen, false});
+  for (auto* e : entries)
+    for (auto lu : e->legacy_uids)
+      if (auto it = by_uid.find(lu); it != by_uid.end())
+        slots[it->second->signature].push_back({e->id, e->uidnext_seen, lu, false});
 
   std::set<std::int64_t> resolved;
-  // Rule 1 also resolves the entries that held the paired message, when the
-  // copy is where that entry's batch could land.
-  auto resolve_holders = [&](std::uint32_t legacy_uid, std::uint32_t new_uid) {
-    for (auto& e : journal)
-      if (new_uid >= e.uidnext_seen &&
-          std::find(e.legacy_uids.begin(), e.legacy_uids.end(), legacy_uid) != e.legacy_uids.end())
-        resolved.insert(e.id);
+  std::set<std::uint32_t> paired;  // legacy UIDs rule 1 gave a copy now
+  auto take = [&](std::string_view sig, std::uint32_t new_uid, auto&& fits) -> bool {
+    auto s = slots.find(sig);
+    if (s == slots.end()) return false;
+    for (auto& sl : s->second)
+      if (!sl.used && new_uid >= sl.from_uid && fits(sl)) {
+        sl.used = true;
+        resolved.insert(sl.entry);
+        return true;
+      }
+    return false;
   };
   for (auto& [sig, fresh] : copies) {
     std::size_t i = 0;
+    // Rule 1: copies of pending messages. The entry that sent it is found
+    // (one entry per copy: another may still bring its own).
     if (auto p = pending.find(sig); p != pending.end())
       for (; i < fresh.size() && i < p->second.size(); ++i) {
-        plan.record.emplace_back(p->second[i], fresh[i]);
-        resolve_holders(p->second[i], fresh[i]);
+        const std::uint32_t lu = p->second[i];
+        plan.record.emplace_back(lu, fresh[i]);
+        paired.insert(lu);
+        take(sig, fresh[i], [&](const slot& sl) { return sl.legacy_uid == lu; });
       }
-    auto s = slots.find(sig);
+    // Rule 2: a further copy of a message that has one (recorded before, or
+    // paired just now), brought by an entry that held it.
     for (; i < fresh.size(); ++i) {
-      slot* free_slot = nullptr;
-      if (s != slots.end())
-        for (auto& sl : s->second)
-          if (!sl.used && fresh[i] >= sl.from_uid) {
-            free_slot = &sl;
-            break;
-          }
-      if (free_slot) {
-        free_slot->used = true;
-        resolved.insert(free_slot->entry);
-        plan.remove.push_back(fresh[i]);
-      } else {
-        plan.users_own.push_back(fresh[i]);
-      }
+      const bool ours = take(sig, fresh[i], [&](const slot& sl) {
+        return by_uid.at(sl.legacy_uid)->recorded || paired.contains(sl.legacy_uid);
+      });
+      (ours ? plan.remove : plan.users_own).push_back(fresh[i]);
     }
   }
   std::sort(plan.record.begin(), plan.record.end());

@@ -64,6 +64,21 @@ struct late_copies_plan {
   bool operator==(const late_copies_plan&) const = default;
 };
 
+// A pending legacy message's shape: picks reconciliation candidates among
+// the pending messages without a fetch (size and INTERNALDATE).
+struct shape {
+  std::uint32_t uid = 0;
+  std::uint64_t size = 0;
+  std::int64_t when = 0;
+};
+
+// What the transport's late-copies step found, for the brain to record.
+struct late_outcome {
+  std::vector<message_record> records;  // copies found: legacy -> new
+  std::vector<std::int64_t> resolved;   // journal entries whose batch was found
+  std::uint32_t highest_unknown = 0;    // the highest unknown new UID looked at
+};
+
 late_copies_plan resolve_late_copies(std::span<const unknown_copy> unknown,
                                      std::span<const legacy_candidate> candidates,
                                      std::span<const journal_entry> journal);

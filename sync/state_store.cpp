@@ -394,6 +394,17 @@ std::set<std::uint32_t> state_store::recorded_above(std::string_view user, std::
   return out;
 }
 
+std::set<std::uint32_t> state_store::recorded_new_above(std::string_view user,
+                                                       std::string_view legacy_name,
+                                                       std::uint32_t above) const {
+  statement st(db_,
+               "SELECT new_uid FROM messages WHERE user = ?1 AND legacy_name = ?2 AND new_uid > ?3");
+  st.bind(1, user).bind(2, legacy_name).bind(3, std::int64_t{above});
+  std::set<std::uint32_t> out;
+  while (st.step()) out.insert(static_cast<std::uint32_t>(st.integer(0)));
+  return out;
+}
+
 std::vector<message_record> state_store::messages(std::string_view user, std::string_view legacy_name) const {
   statement st(db_,
                "SELECT legacy_uid, new_uid, flags FROM messages"

@@ -127,6 +127,9 @@ class state_store {
   // The legacy UIDs above `above` in the message map, in one query.
   std::set<std::uint32_t> recorded_above(std::string_view user, std::string_view legacy_name,
                                          std::uint32_t above) const;
+  // The new UIDs above `above` in the message map (copies this engine made).
+  std::set<std::uint32_t> recorded_new_above(std::string_view user, std::string_view legacy_name,
+                                             std::uint32_t above) const;
   // New "last agreed" flags for (legacy UID, flags) pairs, in one transaction.
   void update_flags(std::string_view user, std::string_view legacy_name,
                     std::span<const std::pair<std::uint32_t, std::string>> flags);

@@ -180,6 +180,7 @@ boost::asio::awaitable<void> copy_worker(copy_run& run, session& legacy, session
     folder_report& fr = run.rep.folders[j.report_index];
     ++run.rep.folders_examined;
     copy_options co = run.opts.copy;
+    co.legacy_modseq = j.legacy_modseq;
     if (is_inbox(m.legacy_name) && run.opts.recent_first_days > 0)
       co.recent_since = static_cast<std::int64_t>(std::time(nullptr)) -
                         static_cast<std::int64_t>(run.opts.recent_first_days) * 86400;
@@ -226,14 +227,6 @@ boost::asio::awaitable<void> copy_worker(copy_run& run, session& legacy, session
     } else {
       fr.done = true;
       if (progress) ++progress->folders_done;
-      // The HIGHESTMODSEQ seen before this complete run: a later change
-      // raises it, so the next run looks again.
-      if (j.legacy_modseq && *j.legacy_modseq != 0 && cr.errors.empty())
-        if (auto cp = run.state.folder(run.key, m.legacy_name);
-            cp && cp->highest_modseq != *j.legacy_modseq) {
-          cp->highest_modseq = *j.legacy_modseq;
-          run.state.save_folder(run.key, *cp);
-        }
     }
     // A broken connection ends this worker: nothing more can be done on it.
     if (fr.error_is_connection) {

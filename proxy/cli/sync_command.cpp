@@ -225,7 +225,7 @@ int run_sync_command(const sync_command_args& a) {
       if (!again) break;
       const auto pause = backoff.delay(attempt + 1);
       std::fprintf(stderr,
-                   "suction sync: attempt %u of %u failed (%s: %s); trying again in %.1f s\n",
+                   "suction sync: attempt %u of %u failed (%s: %s); trying again in %g s\n",
                    attempt + 1, a.retries + 1,
                    std::string(sync::to_string(report->failure)).c_str(),
                    report->errors.empty() ? "?" : report->errors.front().c_str(),

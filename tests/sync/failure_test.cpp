@@ -19,7 +19,7 @@ imap::command_result no(const char* code, const char* text) {
 
 }  // namespace
 
-TEST_CASE("failure: a LOGIN refused for now is retried with the credentials kept; for its credentials it is not") {
+TEST_CASE("failure: a LOGIN refused for now is retried with the credentials kept, one refused for its credentials is not") {
   for (const char* code : {"UNAVAILABLE", "LIMIT", "INUSE", "SERVERBUG", "unavailable"}) {
     CAPTURE(code);
     auto k = login_refusal(no(code, "try later"));

@@ -116,3 +116,33 @@ TEST_CASE("late copies: an entry never found expires after the grace period, not
   CHECK(expired_entries(j, resolved, 1001 + kJournalGraceSeconds) == std::vector<std::int64_t>{1});
   CHECK(expired_entries(j, {}, 1601 + kJournalGraceSeconds) == std::vector<std::int64_t>{1, 2, 3});
 }
+
+TEST_CASE("late copies: two dead runs with the same batch in flight: finding one leaves the other open") {
+  // Runs 1 and 2 both died with legacy 5 in flight (entries 1 and 2, same
+  // UIDNEXT). Run 2's batch landed: it is paired, and only one entry resolved:
+  // run 1's may still land.
+  std::vector<unknown_copy> unknown{{10, "A"}};
+  std::vector<legacy_candidate> cand{{5, "A", false}};
+  std::vector<journal_entry> j{entry(1, {5}, 10), entry(2, {5}, 10)};
+  auto plan = resolve_late_copies(unknown, cand, j);
+  CHECK(plan.record == std::vector<std::pair<std::uint32_t, std::uint32_t>>{{5, 10}});
+  CHECK(plan.resolved == std::vector<std::int64_t>{1});
+  // Later run 1's batch lands too: a second copy, removed, its entry resolved.
+  std::vector<unknown_copy> later{{11, "A"}};
+  std::vector<legacy_candidate> now{{5, "A", true}};
+  std::vector<journal_entry> left{entry(2, {5}, 10)};
+  auto plan2 = resolve_late_copies(later, now, left);
+  CHECK(plan2.remove == std::vector<std::uint32_t>{11});
+  CHECK(plan2.resolved == std::vector<std::int64_t>{2});
+}
+
+TEST_CASE("late copies: both batches of the same pending message landed before anyone looked") {
+  std::vector<unknown_copy> unknown{{10, "A"}, {11, "A"}};
+  std::vector<legacy_candidate> cand{{5, "A", false}};
+  std::vector<journal_entry> j{entry(1, {5}, 10), entry(2, {5}, 10)};
+  auto plan = resolve_late_copies(unknown, cand, j);
+  CHECK(plan.record == std::vector<std::pair<std::uint32_t, std::uint32_t>>{{5, 10}});
+  CHECK(plan.remove == std::vector<std::uint32_t>{11});
+  CHECK(plan.resolved == std::vector<std::int64_t>{1, 2});
+  CHECK(plan.users_own.empty());
+}
