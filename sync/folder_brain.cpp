@@ -67,6 +67,36 @@ flag_plan plan_flag_changes(std::span<const message_record> records,
   return plan;
 }
 
+std::string_view to_string(folder_check c) {
+  switch (c) {
+    case folder_check::unchanged: return "unchanged";
+    case folder_check::no_status: return "no_status";
+    case folder_check::no_checkpoint: return "no_checkpoint";
+    case folder_check::no_condstore: return "no_condstore";
+    case folder_check::uidvalidity_changed: return "uidvalidity_changed";
+    case folder_check::new_mail: return "new_mail";
+    case folder_check::flags_changed: return "flags_changed";
+    case folder_check::renamed: return "renamed";
+    case folder_check::journal_open: return "journal_open";
+  }
+  return "unknown";
+}
+
+folder_check check_folder(const std::optional<imap::status_data>& st,
+                          const std::optional<folder_state>& cp, bool condstore,
+                          const folder_mapping& m, bool journaled) {
+  if (!st) return folder_check::no_status;
+  if (!cp) return folder_check::no_checkpoint;
+  if (journaled) return folder_check::journal_open;
+  if (cp->new_name != m.new_name || cp->new_uidvalidity == 0) return folder_check::renamed;
+  if (!st->uidvalidity || *st->uidvalidity != cp->legacy_uidvalidity)
+    return folder_check::uidvalidity_changed;
+  if (!st->uidnext || *st->uidnext > cp->last_legacy_uid + 1ull) return folder_check::new_mail;
+  if (!condstore || !st->highestmodseq || *st->highestmodseq == 0) return folder_check::no_condstore;
+  if (cp->highest_modseq != *st->highestmodseq) return folder_check::flags_changed;
+  return folder_check::unchanged;
+}
+
 folder_brain::folder_brain(folder_mapping mapping, std::optional<folder_state> saved,
                            std::vector<journal_entry> journal)
     : mapping_(std::move(mapping)), journal_(std::move(journal)) {

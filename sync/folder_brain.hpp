@@ -97,6 +97,28 @@ flag_plan plan_flag_changes(std::span<const message_record> records,
                             const std::map<std::uint32_t, std::vector<std::string>>& legacy_flags,
                             const std::map<std::uint32_t, std::vector<std::string>>& fresh_flags);
 
+// Whether a run must look at a folder (issue 4 item 4), and why: with
+// CONDSTORE, a folder whose STATUS shows the checkpoint's UIDVALIDITY, nothing
+// above last_legacy_uid and the HIGHESTMODSEQ stored by the last complete run
+// (no flag changed either) is skipped whole: no SELECT, EXAMINE or FETCH.
+// Without CONDSTORE STATUS cannot show flag changes, so the folder is looked
+// at (its flag step), copying nothing when UIDNEXT says so.
+enum class folder_check : std::uint8_t {
+  unchanged,            // skipped
+  no_status,            // STATUS not answered
+  no_checkpoint,        // never copied
+  no_condstore,         // flag changes are invisible to STATUS
+  uidvalidity_changed,  // legacy renumbered: a re-match
+  new_mail,             // UIDNEXT above the checkpoint
+  flags_changed,        // HIGHESTMODSEQ moved
+  renamed,              // the plan maps it elsewhere now, or the new folder is unknown
+  journal_open,         // an earlier run's batch may still land
+};
+std::string_view to_string(folder_check c);
+folder_check check_folder(const std::optional<imap::status_data>& legacy_status,
+                          const std::optional<folder_state>& checkpoint, bool condstore,
+                          const folder_mapping& mapping, bool journaled);
+
 // "a b c" from flags, sorted (the message map's form).
 std::string flags_text(const std::vector<std::string>& flags);
 

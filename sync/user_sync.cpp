@@ -5,7 +5,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/context.hpp>
-#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/experimental/channel.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
@@ -18,6 +18,7 @@
 
 #include "imap/response.hpp"
 #include "imap/serialize.hpp"
+#include "sync/folder_brain.hpp"
 
 namespace suction::sync {
 
@@ -260,6 +261,13 @@ boost::asio::awaitable<void> extra_worker(copy_run& run, boost::asio::any_io_exe
   if (fresh.logged_in) co_await fresh.c->logout();
 }
 
+// A worker's end: wrapped, as a bare exception_ptr would be rethrown by the
+// awaitable receiving it.
+struct worker_end {
+  std::exception_ptr failure;
+};
+using worker_ends = boost::asio::experimental::channel<void(boost::system::error_code, worker_end)>;
+
 // Copies the folders of `jobs` over up to opts.connections pairs of
 // connections (the first pair is the run's own), INBOX first, then the
 // largest first so one big folder does not end the run alone.
@@ -288,19 +296,22 @@ boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
     granted = opts.acquire_connections(static_cast<std::uint32_t>(workers - 1));
     workers = 1 + granted;
   }
-  boost::asio::steady_timer all_done(ex, std::chrono::steady_clock::time_point::max());
-  std::size_t running = workers;
-  std::exception_ptr failure;
-  auto finished = [&](std::exception_ptr e) {
-    if (e && !failure) failure = e;
-    if (--running == 0) all_done.cancel();
+  // Each worker reports its end (and an exception, the state store's) on a
+  // channel with room for all of them; the run waits for every report.
+  worker_ends ends(ex, workers);
+  auto finished = [&ends](std::exception_ptr e) {
+    ends.try_send(boost::system::error_code{}, worker_end{e});
   };
   boost::asio::co_spawn(ex, copy_worker(run, legacy, fresh), finished);
   for (std::size_t i = 1; i < workers; ++i)
     boost::asio::co_spawn(ex, extra_worker(run, ex, password), finished);
-  boost::system::error_code ignored;
-  if (running > 0)
-    co_await all_done.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ignored));
+  std::exception_ptr failure;
+  for (std::size_t i = 0; i < workers; ++i) {
+    boost::system::error_code ignored;
+    auto end = co_await ends.async_receive(
+        boost::asio::redirect_error(boost::asio::use_awaitable, ignored));
+    if (end.failure && !failure) failure = end.failure;
+  }
   if (granted > 0 && opts.release_connections) opts.release_connections(granted);
   if (failure) std::rethrow_exception(failure);  // the state store failed
   if (run.next < run.jobs.size())
@@ -331,6 +342,9 @@ std::string user_key(const user_sync_options& opts, std::string_view user) {
 
 std::string describe_run(const user_sync_report& r) {
   std::string line = "user=" + log_value(r.user) + " result=" + to_string(r.outcome) +
+                     (r.failure != failure_kind::none
+                          ? " failure=" + std::string(to_string(r.failure))
+                          : std::string()) +
                      (r.dry_run ? " dry_run=yes" : "") +
                      " folders=" + std::to_string(r.folders_copied) + "/" +
                      std::to_string(r.folders_planned) +
@@ -414,14 +428,7 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
           fr.selectable = m.selectable;
           fr.subscribe = m.subscribe;
           fr.note = m.note;
-          // Legacy STATUS, and the no-change test (issue 4 item 4): with
-          // CONDSTORE, a folder whose UIDVALIDITY is the checkpoint's, whose
-          // UIDNEXT shows nothing above last_legacy_uid and whose
-          // HIGHESTMODSEQ is the one stored by the last complete run (no flag
-          // changed either) is skipped whole: no EXAMINE, no FETCH, no SELECT.
-          // Without CONDSTORE, STATUS cannot tell flag changes: copy_folder
-          // still runs (EXAMINE, the flag step; it copies nothing when UIDNEXT
-          // says so).
+          // Legacy STATUS, and the no-change test (check_folder).
           std::optional<std::uint64_t> legacy_modseq;
           bool unchanged = false;
           if (m.selectable) {
@@ -439,19 +446,17 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
                 for (auto& u : r.untagged)
                   if (auto d = imap::decode_status(u)) st = std::move(*d);  // the last one counts
             }
+            std::optional<folder_state> cp;
+            if (auto it = checkpoints.find(m.legacy_name); it != checkpoints.end()) cp = it->second;
             if (st) {
-              std::optional<folder_state> cp;
-              if (auto it = checkpoints.find(m.legacy_name); it != checkpoints.end()) cp = it->second;
               fr.legacy_messages = st->messages.value_or(0);
               fr.to_copy = approx_to_copy(*st, cp);
               if (condstore) legacy_modseq = st->highestmodseq;
-              unchanged = cp && legacy_modseq && *legacy_modseq != 0 &&
-                          cp->highest_modseq == *legacy_modseq && st->uidvalidity &&
-                          *st->uidvalidity == cp->legacy_uidvalidity && st->uidnext &&
-                          *st->uidnext <= cp->last_legacy_uid + 1ull &&
-                          cp->new_name == m.new_name && cp->new_uidvalidity != 0 &&
-                          !journaled.contains(m.legacy_name);
             }
+            const folder_check check =
+                check_folder(st, cp, condstore, m, journaled.contains(m.legacy_name));
+            fr.check = std::string(to_string(check));
+            unchanged = check == folder_check::unchanged;
           }
           if (dry_run) {
             rep.folders.push_back(std::move(fr));

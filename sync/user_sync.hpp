@@ -105,6 +105,7 @@ struct folder_report {
   std::uint64_t copied = 0, bytes = 0, skipped = 0, failed = 0;
   std::uint64_t reconciled = 0, rematched = 0, removed = 0;  // see folder_copy_report
   std::uint64_t flags_updated = 0;              // see folder_copy_report
+  std::string check;     // why it was looked at, or "unchanged" (check_folder)
   bool done = false;     // copy_folder processed it (or it needs no copy)
   std::string error;     // why the folder stopped, if it did
   bool error_is_connection = false;  // the error broke a connection: the run stopped there

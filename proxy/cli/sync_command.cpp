@@ -115,6 +115,7 @@ nlohmann::json to_json(const sync::user_sync_report& r) {
     x["bytes"] = f.bytes;
     x["skipped"] = f.skipped;
     x["failed"] = f.failed;
+    x["check"] = f.check;
     x["reconciled"] = f.reconciled;
     x["removed"] = f.removed;
     x["rematched"] = f.rematched;

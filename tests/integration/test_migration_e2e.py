@@ -362,7 +362,7 @@ class MigrationE2E(unittest.TestCase):
                 u = wait_state(p, user, ("pending",), 20)
                 self.assertTrue(u["credentials_held"], u)
                 self.assertIn("refused the login for now", u["last_error"] or "")
-                p.wait_log(rf"migration user=\"?{user}\"? result=failed .* retry_in=5\.0s")
+                p.wait_log(rf"migration user=\"?{user}\"? result=failed failure=unavailable .* retry_in=5\.0s")
                 u = wait_state(p, user, ("done",), 60)
                 self.assertEqual(front.refused, 2)
                 self.assertEqual([r["result"] for r in u["runs"]], ["done", "failed", "failed"])
@@ -402,7 +402,7 @@ class MigrationE2E(unittest.TestCase):
                 self.assertIsNone(u["retry_at"])
                 self.assertFalse(u["credentials_held"])
                 self.assertEqual(u["runs"][0]["result"], "failed")
-                p.wait_log(rf"migration user={user} result=login_failed ")
+                p.wait_log(rf"migration user={user} result=login_failed failure=credentials ")
                 time.sleep(6)  # longer than the first retry's delay: nothing else ran
                 self.assertEqual(len(ask(p, {"cmd": "user", "user": user})["runs"]), 1)
                 self.assertIn("no credentials held", ask(p, {"cmd": "resync", "user": user})["error"])

@@ -95,7 +95,7 @@ TEST_CASE("folder brain: recent first, and the checkpoint only moves over settle
   CHECK_FALSE(r3.gap);
 }
 
-TEST_CASE("folder brain: a refused message is accounted for; a refusal about the account stops the folder") {
+TEST_CASE("folder brain: a refused message is accounted for, a refusal about the account stops the folder") {
   CHECK(classify_refusal(no(nullptr)) == refusal::message);
   CHECK(classify_refusal(no("TOOBIG")) == refusal::message);
   for (const char* code : {"OVERQUOTA", "UNAVAILABLE", "INUSE", "SERVERBUG"}) {
@@ -194,7 +194,7 @@ TEST_CASE("folder brain: a pending message found by the gap step is not sent aga
   CHECK(b.appended(sent({2}), std::vector<std::uint32_t>{2}, "3", 21).write.checkpoint.last_legacy_uid == 3);
 }
 
-TEST_CASE("folder brain: a legacy UIDVALIDITY change re-matches by signature; a recreated new folder stops") {
+TEST_CASE("folder brain: a legacy UIDVALIDITY change re-matches by signature, a recreated new folder stops") {
   folder_state saved;
   saved.legacy_name = "INBOX";
   saved.legacy_uidvalidity = 5;
@@ -250,4 +250,37 @@ TEST_CASE("folder brain: a complete run keeps legacy's HIGHESTMODSEQ once") {
   CHECK(w->checkpoint.highest_modseq == 42);
   CHECK_FALSE(b.finish(42));
   CHECK_FALSE(b.finish(std::nullopt));
+}
+
+TEST_CASE("folder brain: the no-change check says why a folder is looked at") {
+  folder_mapping m = inbox();
+  folder_state cp;
+  cp.legacy_name = "INBOX";
+  cp.legacy_uidvalidity = 5;
+  cp.last_legacy_uid = 10;
+  cp.highest_modseq = 40;
+  cp.new_name = "INBOX";
+  cp.new_uidvalidity = 77;
+  imap::status_data st;
+  st.uidvalidity = 5;
+  st.uidnext = 11;
+  st.highestmodseq = 40;
+  CHECK(check_folder(st, cp, true, m, false) == folder_check::unchanged);
+  CHECK(check_folder(std::nullopt, cp, true, m, false) == folder_check::no_status);
+  CHECK(check_folder(st, std::nullopt, true, m, false) == folder_check::no_checkpoint);
+  CHECK(check_folder(st, cp, true, m, true) == folder_check::journal_open);
+  CHECK(check_folder(st, cp, false, m, false) == folder_check::no_condstore);
+  auto s2 = st;
+  s2.uidnext = 12;
+  CHECK(check_folder(s2, cp, true, m, false) == folder_check::new_mail);
+  s2 = st;
+  s2.highestmodseq = 41;
+  CHECK(check_folder(s2, cp, true, m, false) == folder_check::flags_changed);
+  s2 = st;
+  s2.uidvalidity = 6;
+  CHECK(check_folder(s2, cp, true, m, false) == folder_check::uidvalidity_changed);
+  auto m2 = m;
+  m2.new_name = "Inbox2";
+  CHECK(check_folder(st, cp, true, m2, false) == folder_check::renamed);
+  CHECK(to_string(folder_check::journal_open) == "journal_open");
 }
