@@ -10,10 +10,15 @@
 //   it, its state replaced by the pairs under the new UIDVALIDITY, and only the
 //   unmatched legacy messages are copied (report.rematched). A new folder whose
 //   UIDVALIDITY changed is reported as an error and nothing is copied.
-// - Crash reconciliation: new-server UIDs above last_new_uid (appended, not
-//   recorded before a kill) are paired by signature with the lowest pending
-//   legacy UIDs and recorded instead of being appended again
-//   (report.reconciled); unpaired ones are the user's own and left alone.
+// - The decisions are folder_brain's (folder_brain.hpp: stages, checkpoint);
+//   this is the transport that talks and writes what the brain decides.
+// - Exactly once (late_copies.hpp): each batch is journaled before it is sent.
+//   New-server UIDs the store does not know (above last_new_uid: appended, not
+//   recorded before a kill; or a killed run's batch committed late, found in a
+//   gap of an APPENDUID range) are paired by signature with pending legacy
+//   messages and recorded instead of appended again (report.reconciled), or
+//   removed when provably our second copy (report.removed); the rest is the
+//   user's own and left alone.
 // - Messages go in MULTIAPPEND batches (single APPENDs without MULTIAPPEND) of at
 //   most batch_messages / batch_bytes, each with its exact bytes, INTERNALDATE and
 //   flags (minus \Recent). Each accepted batch is recorded with its APPENDUID in
