@@ -5,15 +5,6 @@
 
 namespace suction::proxy {
 
-// RFC 5530 codes that say the server, not the credentials, is at fault
-// (after Dovecot's imap-proxy auth_resp_code_is_tempfail).
-bool is_tempfail(const imap::command_result& answer) {
-  if (!answer.code) return false;
-  for (const char* c : {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE"})
-    if (answer.code->name == c) return true;
-  return false;
-}
-
 namespace asio = boost::asio;
 
 std::string backend_settings::display() const { return imap::display(endpoint); }
@@ -86,7 +77,7 @@ asio::awaitable<backend_result> backend_login(asio::any_io_executor ex,
   else
     ec = co_await c.login(creds.user, creds.password, &r.answer);
   if (ec == imap::errc::auth_failed || ec == imap::errc::command_bad) {
-    r.outcome = is_tempfail(r.answer) ? backend_outcome::temporary : backend_outcome::refused;
+    r.outcome = imap::login_tempfail(r.answer) ? backend_outcome::temporary : backend_outcome::refused;
     r.reason = r.answer.code ? "[" + r.answer.code->name + "] " + r.answer.text : r.answer.text;
     co_return r;
   }

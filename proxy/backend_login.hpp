@@ -53,9 +53,6 @@ struct backend_result {
   std::string unparsed;                   // ok: bytes the backend sent after its answer
 };
 
-// Whether a NO says the server is in trouble rather than the credentials wrong.
-bool is_tempfail(const imap::command_result& answer);
-
 boost::asio::awaitable<backend_result> backend_login(boost::asio::any_io_executor ex,
                                                      const backend_settings& settings,
                                                      const credentials& creds,

@@ -34,18 +34,7 @@ failure_kind worse(failure_kind a, failure_kind b) {
 }
 
 failure_kind login_refusal(const imap::command_result& r) {
-  if (r.code) {
-    const std::string& n = r.code->name;
-    for (std::string_view temp : {"UNAVAILABLE", "LIMIT", "INUSE", "SERVERBUG"})
-      if (imap::iequals(n, temp)) return failure_kind::unavailable;
-  }
-  // Courier-IMAP's per-IP limit answers without a code.
-  std::string text = r.text;
-  std::transform(text.begin(), text.end(), text.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  if (text.find("maximum connection count exceeded") != std::string::npos)
-    return failure_kind::unavailable;
-  return failure_kind::credentials;
+  return imap::login_tempfail(r) ? failure_kind::unavailable : failure_kind::credentials;
 }
 
 failure_kind connect_failure(std::error_code ec) {

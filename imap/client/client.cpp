@@ -36,6 +36,17 @@ awaitable<std::string_view> string_source::next() {
 
 std::string display(const endpoint& e) { return e.host + ":" + std::to_string(e.port); }
 
+bool login_tempfail(const command_result& answer) {
+  if (answer.code)
+    for (std::string_view c : {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE"})
+      if (iequals(answer.code->name, c)) return true;
+  static constexpr std::string_view kCourier = "maximum connection count exceeded";
+  const std::string& t = answer.text;
+  for (std::size_t i = 0; i + kCourier.size() <= t.size(); ++i)
+    if (iequals(std::string_view(t).substr(i, kCourier.size()), kCourier)) return true;
+  return false;
+}
+
 std::error_code status_error(const command_result& r) {
   switch (r.status) {
     case status::ok: return {};

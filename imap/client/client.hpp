@@ -178,4 +178,11 @@ class client {
 // A command's tagged outcome as an error code: OK -> {}, NO -> command_no, BAD -> command_bad.
 std::error_code status_error(const command_result& r);
 
+// A NO to LOGIN or AUTHENTICATE that says the server, not the credentials, is
+// at fault: RFC 5530's [UNAVAILABLE], [SERVERBUG], [LIMIT], [INUSE] (Dovecot's
+// imap-proxy auth_resp_code_is_tempfail), and Courier-IMAP's per-address
+// limit, which answers "Maximum connection count exceeded" without a code.
+// The proxy passes such an answer on uncounted; the engine retries it.
+bool login_tempfail(const command_result& answer);
+
 }  // namespace suction::imap

@@ -77,3 +77,10 @@ TEST_CASE("failure: one backoff, doubling from its start up to its cap, a bounde
   CHECK(cli.allows(2));
   CHECK_FALSE(cli.allows(3));
 }
+
+TEST_CASE("failure: the proxy and the engine read a temporary LOGIN refusal the same way") {
+  CHECK(imap::login_tempfail(no("UNAVAILABLE", "x")));
+  CHECK(imap::login_tempfail(no(nullptr, "Courier: MAXIMUM CONNECTION COUNT EXCEEDED, try later")));
+  CHECK_FALSE(imap::login_tempfail(no("AUTHENTICATIONFAILED", "Authentication failed.")));
+  CHECK_FALSE(imap::login_tempfail(no(nullptr, "Maximum")));
+}
