@@ -4,6 +4,7 @@
 #include <toml++/toml.h>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +20,8 @@ namespace suction::config {
 namespace {
 
 constexpr std::array<std::string_view, 3> tls_names = {"none", "starttls", "implicit"};
+constexpr std::array<std::string_view, 3> verify_names = {"new", "legacy", "new_then_legacy"};
+constexpr std::array<std::string_view, 2> master_login_names = {"authzid", "separator"};
 constexpr std::array<std::string_view, 5> level_names = {"trace", "debug", "info", "warn", "error"};
 
 constexpr std::int64_t max_u32 = std::numeric_limits<std::uint32_t>::max();
@@ -261,6 +264,15 @@ std::vector<key_spec<Server>> server_keys(std::initializer_list<key_spec<Server>
       {"verify_certificate", [](const field& f, Server& s) { s.verify_certificate = f.boolean(); }},
       {"connect_timeout", [](const field& f, Server& s) { s.connect_timeout = f.seconds(1); }},
       {"command_timeout", [](const field& f, Server& s) { s.command_timeout = f.seconds(1); }},
+      {"master_user", [](const field& f, Server& s) { s.master_user = f.nonempty_string(); }},
+      {"master_password_file",
+       [](const field& f, Server& s) { s.master_password_file = f.nonempty_string(); }},
+      {"master_login",
+       [](const field& f, Server& s) {
+         s.master_login = f.one_of<master_login_form>(master_login_names);
+       }},
+      {"master_separator",
+       [](const field& f, Server& s) { s.master_separator = f.nonempty_string(); }},
   };
   keys.insert(keys.end(), own);
   return keys;
@@ -273,6 +285,15 @@ const auto new_keys = server_keys<new_section>({
 const auto legacy_keys = server_keys<legacy_section>({
     {"max_connections", [](const field& f, legacy_section& s) { s.max_connections = f.count(1); }},
 });
+
+using A = auth_section;
+const std::vector<key_spec<A>> auth_keys = {
+    {"verify", [](const field& f, A& s) { s.verify = f.one_of<verify_mode>(verify_names); }},
+    // 0: no delay (tests); the doubling still limits.
+    {"failure_delay", [](const field& f, A& s) { s.failure_delay = f.seconds(0); }},
+    {"max_failures", [](const field& f, A& s) { s.max_failures = f.count(1); }},
+    {"failure_window", [](const field& f, A& s) { s.failure_window = f.seconds(1); }},
+};
 
 using M = limits_section;
 const std::vector<key_spec<M>> limits_keys = {
@@ -375,6 +396,7 @@ const std::vector<section_spec> sections = {
     {"listen", read_section<&config::listen, listen_keys>},
     {"new", read_section<&config::fresh, new_keys>},
     {"legacy", read_section<&config::legacy, legacy_keys>},
+    {"auth", read_section<&config::auth, auth_keys>},
     {"limits", read_section<&config::limits, limits_keys>},
     {"sync", read_section<&config::sync, sync_keys>},
     {"folders", read_section<&config::folders, folders_keys>},
@@ -402,6 +424,20 @@ void check_combinations(const toml::table& root, const std::string& file, const 
     fail_at(file, line_of(root, "legacy", "host"), "legacy", "host",
             "required (the server mail is copied from)");
   }
+  // Master credentials come in pairs; verify = "legacy" needs the new server's.
+  for (auto [name, s] : {std::pair<std::string_view, const server_section*>{"new", &c.fresh},
+                         {"legacy", &c.legacy}}) {
+    if (!s->master_user.empty() && s->master_password_file.empty())
+      fail_at(file, line_of(root, name, "master_user"), name, "master_password_file",
+              "required with master_user");
+    if (s->master_user.empty() && !s->master_password_file.empty())
+      fail_at(file, line_of(root, name, "master_password_file"), name, "master_user",
+              "required with master_password_file");
+  }
+  if (c.auth.verify != verify_mode::fresh && c.fresh.master_user.empty())
+    fail_at(file, line_of(root, "auth", "verify"), "new", "master_user",
+            "required with [auth] verify = \"" + std::string(to_string(c.auth.verify)) +
+                "\" (the new server is logged in to with master credentials)");
   const listen_section& l = c.listen;
   if (l.imap.empty() && l.imaps.empty()) {
     fail_at(file, line_of(root, "listen", "imap"), "listen", "imap",
@@ -513,6 +549,18 @@ std::vector<std::string> check_files(const config& c) {
     problems.push_back(c.source.string() + ": [" + std::string(r.section) + "] " +
                        std::string(r.key) + ": " + reason);
   }
+  // Master passwords: read (and dropped) here so a bad file stops the start
+  // with its one line; the composition root reads them again to use them.
+  for (auto [section, s] : {std::pair<std::string_view, const server_section*>{"new", &c.fresh},
+                            {"legacy", &c.legacy}}) {
+    if (s->master_password_file.empty()) continue;
+    try {
+      std::string pw = read_password_file(c, section, "master_password_file", s->master_password_file);
+      ::explicit_bzero(pw.data(), pw.size());
+    } catch (const config_error& e) {
+      problems.push_back(e.what());
+    }
+  }
   return problems;
 }
 
@@ -548,6 +596,28 @@ std::optional<host_port> split_host_port(std::string_view address) {
 }
 
 std::string_view to_string(tls_mode m) { return tls_names.at(static_cast<std::size_t>(m)); }
+std::string_view to_string(verify_mode m) { return verify_names.at(static_cast<std::size_t>(m)); }
+
+std::string read_password_file(const config& c, std::string_view section, std::string_view key,
+                               const std::string& path) {
+  auto fail = [&](const std::string& reason) -> std::string {
+    throw config_error(c.source.string() + ": [" + std::string(section) + "] " +
+                       std::string(key) + ": " + reason);
+  };
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    return fail("cannot read " + in_quotes(path) + ": " + std::strerror(errno));
+  if ((st.st_mode & 077) != 0)
+    return fail(in_quotes(path) + " is readable or writable by group or others (chmod 600 it)");
+  std::string content;
+  if (int error = read_file(path, content))
+    return fail("cannot read " + in_quotes(path) + ": " + std::strerror(error));
+  std::string line = content.substr(0, content.find('\n'));
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  ::explicit_bzero(content.data(), content.size());  // the rest of the file
+  if (line.empty()) return fail(in_quotes(path) + " is empty (the password is its first line)");
+  return line;
+}
 std::string_view to_string(log_level l) { return level_names.at(static_cast<std::size_t>(l)); }
 
 }  // namespace suction::config

@@ -16,6 +16,10 @@ namespace suction::config {
 
 enum class tls_mode : std::uint8_t { none, starttls, implicit };
 enum class log_level : std::uint8_t { trace, debug, info, warn, error };
+// [auth] verify: where a client's password is checked ("new", "legacy", "new_then_legacy").
+enum class verify_mode : std::uint8_t { fresh, legacy, fresh_then_legacy };
+// [new]/[legacy] master_login: AUTHENTICATE PLAIN with authzid, or LOGIN "user<sep>master".
+enum class master_login_form : std::uint8_t { authzid, separator };
 
 struct listen_section {
   std::string imap = "127.0.0.1:1143";   // plaintext + STARTTLS; "" disables
@@ -35,6 +39,12 @@ struct server_section {
   bool verify_certificate = true;
   std::chrono::seconds connect_timeout{10};
   std::chrono::seconds command_timeout{120};
+  // Logging in as any user with a master user's credentials (where the server
+  // allows it): [new] for verify = "legacy", [legacy] for bulk migration.
+  std::string master_user;               // "" = none
+  std::string master_password_file;      // first line; mode 0600 or stricter
+  master_login_form master_login = master_login_form::authzid;
+  std::string master_separator = "*";    // for master_login = "separator"
 
   bool operator==(const server_section&) const = default;
 };
@@ -49,6 +59,20 @@ struct legacy_section : server_section {
   std::uint32_t max_connections = 16;    // across all users, to this host
 
   bool operator==(const legacy_section&) const = default;
+};
+
+struct auth_section {
+  verify_mode verify = verify_mode::fresh;
+  // A failed check against legacy (verify = "legacy" / "new_then_legacy")
+  // answers after this delay, doubled per failure of the address or the user
+  // in failure_window (at most 15 s, like Dovecot's auth penalty); past
+  // max_failures in the window, checks of that address or user are refused
+  // without asking legacy until the window passes.
+  std::chrono::seconds failure_delay{2};
+  std::uint32_t max_failures = 10;
+  std::chrono::seconds failure_window{300};
+
+  bool operator==(const auth_section&) const = default;
 };
 
 struct limits_section {
@@ -114,6 +138,7 @@ struct config {
   listen_section listen;
   new_section fresh;             // [new]
   legacy_section legacy;         // [legacy]
+  auth_section auth;
   limits_section limits;
   sync_section sync;
   folders_section folders;
@@ -136,8 +161,10 @@ class config_error : public std::runtime_error {
 config load(const std::filesystem::path& path);
 config parse(std::string_view toml_text, const std::filesystem::path& source_name);
 
-// The files the configuration names (tls_cert, tls_key, ca_file) that cannot be
-// read, one line each: "FILE: [section] key: reason". Empty when all are readable.
+// The files the configuration names (tls_cert, tls_key, ca_file,
+// master_password_file) that cannot be read (or, for a password, are readable
+// by group or others), one line each: "FILE: [section] key: reason". Empty
+// when all are fine.
 // Separate from parse() so that a config can be checked on a machine without them;
 // the daemon calls it at start-up.
 std::vector<std::string> check_files(const config& c);
@@ -153,7 +180,14 @@ struct host_port {
 };
 std::optional<host_port> split_host_port(std::string_view address);
 
+// The first line of a password file named by `key` of `section` (a master
+// password): refused, with one line "CONFIG: [section] key: reason", when it
+// cannot be read, is empty, or is readable or writable by group or others.
+std::string read_password_file(const config& c, std::string_view section, std::string_view key,
+                               const std::string& path);
+
 std::string_view to_string(tls_mode m);
+std::string_view to_string(verify_mode m);
 std::string_view to_string(log_level l);
 
 }  // namespace suction::config

@@ -50,7 +50,8 @@ asio::awaitable<std::pair<std::error_code, imap::capability_set>> probe_capabili
 asio::awaitable<backend_result> backend_login(asio::any_io_executor ex,
                                               const backend_settings& settings,
                                               const credentials& creds,
-                                              const client_info& client) {
+                                              const client_info& client,
+                                              const imap::master_credentials* master) {
   backend_result r;
   imap::client c(ex, options_for(settings));
   if (auto ec = co_await c.connect(settings.endpoint, settings.tls)) {
@@ -72,7 +73,9 @@ asio::awaitable<backend_result> backend_login(asio::any_io_executor ex,
   }
   std::error_code ec;
   // LOGIN carries any password; AUTHENTICATE PLAIN where the backend refuses LOGIN.
-  if (c.capabilities().has("LOGINDISABLED"))
+  if (master)
+    ec = co_await c.login_as(creds.user, *master, &r.answer);
+  else if (c.capabilities().has("LOGINDISABLED"))
     ec = co_await c.authenticate_plain(creds.user, creds.password, {}, &r.answer);
   else
     ec = co_await c.login(creds.user, creds.password, &r.answer);

@@ -53,10 +53,13 @@ struct backend_result {
   std::string unparsed;                   // ok: bytes the backend sent after its answer
 };
 
+// With `master`, the user `creds.user` is logged in with the master's
+// credentials (creds.password is not sent).
 boost::asio::awaitable<backend_result> backend_login(boost::asio::any_io_executor ex,
                                                      const backend_settings& settings,
                                                      const credentials& creds,
-                                                     const client_info& client);
+                                                     const client_info& client,
+                                                     const imap::master_credentials* master = nullptr);
 
 // Asks the backend what it offers before login (greeting or CAPABILITY).
 boost::asio::awaitable<std::pair<std::error_code, imap::capability_set>> probe_capabilities(

@@ -161,20 +161,25 @@ void daemon::start() {
   st.preauth_limits.max_message = opt.limits.max_line + 2 * std::size_t(opt.limits.max_literal);
   st.preauth_limits.max_depth = 8;
 
-  auto& b = st.backend;
-  b.endpoint = opt.backend.endpoint;
-  b.connect_timeout = opt.backend.connect_timeout;
-  b.command_timeout = opt.backend.command_timeout;
-  b.forward_client_info = opt.backend.forward_client_info;
-  if (b.endpoint.tls != imap::tls_mode::none) {
-    std::error_code ec;
-    b.tls = imap::make_client_tls_context(opt.backend.tls, ec);
-    if (!b.tls)
-      throw startup_error(opt.origin + ": [new] ca_file: cannot load " +
-                          (opt.backend.tls.ca_file.empty() ? std::string("the system CA store")
-                                                           : opt.backend.tls.ca_file) +
-                          ": " + ec.message());
-  }
+  auto settings_of = [&](const backend_options& o, const char* section) {
+    backend_settings b;
+    b.endpoint = o.endpoint;
+    b.connect_timeout = o.connect_timeout;
+    b.command_timeout = o.command_timeout;
+    b.forward_client_info = o.forward_client_info;
+    if (b.endpoint.tls != imap::tls_mode::none) {
+      std::error_code ec;
+      b.tls = imap::make_client_tls_context(o.tls, ec);
+      if (!b.tls)
+        throw startup_error(opt.origin + ": [" + section + "] ca_file: cannot load " +
+                            (o.tls.ca_file.empty() ? std::string("the system CA store")
+                                                   : o.tls.ca_file) +
+                            ": " + ec.message());
+    }
+    return b;
+  };
+  st.backend = settings_of(opt.backend, "new");
+  if (opt.auth.verify != verify_mode::fresh) st.legacy = settings_of(opt.auth.legacy, "legacy");
 
   if (opt.listen.imap) st.acceptors.push_back(bind_listener(st.io, opt, "imap", *opt.listen.imap));
   if (opt.listen.imaps) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "imap/parser.hpp"
+#include "proxy/auth_penalty.hpp"
 #include "proxy/backend_login.hpp"
 #include "proxy/daemon.hpp"
 #include "proxy/refusal_log.hpp"
@@ -41,7 +42,8 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   state(boost::asio::io_context& io, options o, std::shared_ptr<login_trigger> t,
         status_backend* sb)
       : io(io), opt(std::move(o)), trigger(std::move(t)), status(sb), signals(io), grace_timer(io),
-        refusal_timer(io), idle_sweep_timer(io), refusals(opt.limits.refusal_log_interval) {}
+        refusal_timer(io), idle_sweep_timer(io), refusals(opt.limits.refusal_log_interval),
+        penalty(opt.auth.failure_delay, opt.auth.max_failures, opt.auth.failure_window) {}
 
   boost::asio::io_context& io;
   options opt;
@@ -57,6 +59,7 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
 
   std::shared_ptr<boost::asio::ssl::context> server_tls;  // null without a certificate
   backend_settings backend;
+  backend_settings legacy;  // [auth] verify = "legacy" / "new_then_legacy": where passwords are checked
   imap::capability_set backend_capabilities;  // pre-login, refreshed on every backend connect
   imap::parser_limits preauth_limits;
 
@@ -69,6 +72,7 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   std::unordered_map<std::uint64_t, session_handle*> sessions;
   std::unordered_map<std::string, std::uint32_t> per_address;
   refusal_log refusals;  // flushed every interval by the daemon
+  auth_penalty penalty;  // failed checks against legacy
   std::uint64_t next_session = 0;
   std::uint64_t session_id_salt = 0;
   bool stopping = false;

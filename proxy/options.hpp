@@ -55,12 +55,30 @@ struct status_options {
   std::string group;
 };
 
+// Where a client's password is checked ([auth] verify).
+enum class verify_mode : std::uint8_t {
+  fresh,              // the new server (LOGIN with the client's credentials), as a plain proxy
+  legacy,             // the legacy server; then the new server with master credentials
+  fresh_then_legacy,  // the new server; a refusal is checked again on legacy
+};
+
+struct auth_options {
+  verify_mode verify = verify_mode::fresh;
+  backend_options legacy;                // where legacy checks go ([legacy])
+  imap::master_credentials new_master;   // the new server's master login ([new] master_*)
+  // Failed legacy checks (auth_penalty.hpp): delayed, doubled per failure, limited.
+  std::chrono::milliseconds failure_delay{std::chrono::seconds(2)};
+  std::uint32_t max_failures = 10;
+  std::chrono::seconds failure_window{300};
+};
+
 struct options {
   // Where these options came from (the config file): the prefix of start-up
   // errors, so they read "FILE: [section] key: reason".
   std::string origin;
   listen_options listen;
   backend_options backend;
+  auth_options auth;
   limit_options limits;
   status_options status;
 };

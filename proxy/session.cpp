@@ -14,6 +14,7 @@
 #include "imap/log_value.hpp"
 #include "proxy/daemon_state.hpp"
 #include "proxy/preauth.hpp"
+#include "proxy/verify.hpp"
 
 namespace suction::proxy {
 
@@ -347,7 +348,8 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         const auto login_started = clock::now();
         credentials creds = pa.take_credentials();
         const std::string user = imap::log_value(pa.login_user());
-        backend_result res = co_await backend_login(ex, st->backend, creds, ci);
+        verified_login v = co_await verify_and_login(*st, creds, ci);
+        backend_result& res = v.result;
         if (!res.preauth_capabilities.empty()) st->backend_capabilities = res.preauth_capabilities;
         const auto login_ms = ms_since(login_started);
         if (res.outcome == backend_outcome::unavailable || res.outcome == backend_outcome::temporary) {
@@ -366,9 +368,9 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         }
         if (res.outcome == backend_outcome::refused) {
           ++st->logins_failed;
-          spdlog::info("login failed user={} client={} backend={} mech=\"{}\" reason={} duration={}ms session={}",
-                       user, client, st->backend.display(), pa.mechanism(), imap::log_value(res.reason), login_ms,
-                       ci.session_id);
+          spdlog::info("login failed user={} client={} backend={} mech=\"{}\" {}reason={} duration={}ms session={}",
+                       user, client, st->backend.display(), pa.mechanism(), checked_by(*st, v),
+                       imap::log_value(res.reason), login_ms, ci.session_id);
           auto next = pa.on_login_refused(client_answer(pa.login_tag(), res));
           co_await say(pa.out());
           if (next == preauth::action::send_and_close) {
@@ -382,9 +384,9 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
           break;
         }
         ++st->logins_ok;
-        spdlog::info("login ok user={} client={} backend={} mech=\"{}\" tls={} duration={}ms session={}", user,
-                     client, st->backend.display(), pa.mechanism(), stream.tls_active() ? "yes" : "no", login_ms,
-                     ci.session_id);
+        spdlog::info("login ok user={} client={} backend={} mech=\"{}\" {}tls={} duration={}ms session={}",
+                     user, client, st->backend.display(), pa.mechanism(), checked_by(*st, v),
+                     stream.tls_active() ? "yes" : "no", login_ms, ci.session_id);
         if (!co_await say(client_answer(pa.login_tag(), res))) co_return;
         st->trigger->on_login(login_event{std::move(creds), ci.address, ci.session_id});
 

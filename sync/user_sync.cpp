@@ -72,7 +72,12 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
     co_return false;
   }
   command_result r;
-  if (auto ec = co_await s.c->login(user, password, &r)) {
+  std::error_code ec;  // two statements, no co_await in ?: (GCC 12, imap/client/README.md)
+  if (so.master.configured())
+    ec = co_await s.c->login_as(user, so.master, &r);
+  else
+    ec = co_await s.c->login(user, password, &r);
+  if (ec) {
     if (ec == imap::errc::auth_failed) {
       // Refused for good (the credentials), or for now ([UNAVAILABLE] ...): retried.
       const failure_kind kind = login_refusal(r);

@@ -46,6 +46,9 @@ struct server_options {
   imap::tls_settings tls;
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
   std::chrono::milliseconds command_timeout{std::chrono::seconds(120)};
+  // Configured: the user is logged in with these master credentials instead
+  // of the user's password (a new server that does not know it yet).
+  imap::master_credentials master;
 };
 
 struct user_sync_options {

@@ -466,6 +466,15 @@ awaitable<std::error_code> client::login(std::string_view user, std::string_view
   co_return ec;
 }
 
+master_credentials::~master_credentials() { secure_wipe(password); }
+
+awaitable<std::error_code> client::login_as(std::string_view user, const master_credentials& m,
+                                            command_result* result) {
+  if (!m.separator_form) co_return co_await authenticate_plain(m.user, m.password, user, result);
+  std::string name = std::string(user) + m.separator + m.user;
+  co_return co_await login(name, m.password, result);
+}
+
 awaitable<std::error_code> client::authenticate_plain(std::string_view user,
                                                       std::string_view password,
                                                       std::string_view authzid,

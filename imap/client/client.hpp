@@ -45,6 +45,22 @@ struct endpoint {
 };
 std::string display(const endpoint& e);  // "host:port", for logs and messages
 
+// Logging in as a user with a master user's credentials, where the server
+// allows it: AUTHENTICATE PLAIN with authzid = the user and authcid = the
+// master (RFC 4616; Dovecot, Cyrus, Stalwart), or LOGIN "user<sep>master"
+// (Dovecot's auth_master_user_separator). The password is wiped with it.
+struct master_credentials {
+  std::string user;  // "" = none configured
+  std::string password;
+  bool separator_form = false;
+  std::string separator = "*";
+  master_credentials() = default;
+  master_credentials(const master_credentials&) = default;
+  master_credentials& operator=(const master_credentials&) = default;
+  ~master_credentials();
+  bool configured() const { return !user.empty(); }
+};
+
 // Verification is on by default; ca_file "" means the system's store.
 struct tls_settings {
   std::string ca_file;
@@ -129,6 +145,10 @@ class client {
   // `result`, if given, receives the server's tagged answer (code and text).
   awaitable<std::error_code> login(std::string_view user, std::string_view password,
                                    command_result* result = nullptr);
+  // `user` logged in with master credentials (master_credentials); a NO is
+  // errc::auth_failed like login().
+  awaitable<std::error_code> login_as(std::string_view user, const master_credentials& master,
+                                      command_result* result = nullptr);
   // AUTHENTICATE PLAIN, with SASL-IR where the server offers it.
   awaitable<std::error_code> authenticate_plain(std::string_view user, std::string_view password,
                                                 std::string_view authzid = {},

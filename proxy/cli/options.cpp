@@ -37,10 +37,24 @@ sync::server_options to_server(const config::server_section& s) {
   return o;
 }
 
+imap::master_credentials master_of(const config::config& c, const config::server_section& s,
+                                   std::string_view section) {
+  imap::master_credentials m;
+  if (s.master_user.empty()) return m;
+  m.user = s.master_user;
+  m.password = config::read_password_file(c, section, "master_password_file", s.master_password_file);
+  m.separator_form = s.master_login == config::master_login_form::separator;
+  m.separator = s.master_separator;
+  return m;
+}
+
 sync::user_sync_options sync_options_from(const config::config& c) {
   sync::user_sync_options o;
   o.legacy = to_server(c.legacy);
   o.fresh = to_server(c.fresh);
+  // The new server may not know the user's password (verify = "legacy"):
+  // the engine logs in there with the master credentials too.
+  if (c.auth.verify != config::verify_mode::fresh) o.fresh.master = master_of(c, c.fresh, "new");
   for (auto& r : c.folders.rename) o.rules.rename.emplace_back(r.from, r.to);
   o.rules.exclude = c.folders.exclude;
   o.copy.batch_messages = c.sync.batch_messages;
@@ -80,6 +94,26 @@ proxy::options proxy_options_from(const config::config& c) {
   o.backend.connect_timeout = fresh.connect_timeout;
   o.backend.command_timeout = fresh.command_timeout;
   o.backend.forward_client_info = c.fresh.forward_client_info;
+
+  switch (c.auth.verify) {
+    case config::verify_mode::fresh: o.auth.verify = proxy::verify_mode::fresh; break;
+    case config::verify_mode::legacy: o.auth.verify = proxy::verify_mode::legacy; break;
+    case config::verify_mode::fresh_then_legacy:
+      o.auth.verify = proxy::verify_mode::fresh_then_legacy;
+      break;
+  }
+  if (o.auth.verify != proxy::verify_mode::fresh) {
+    const sync::server_options legacy = to_server(c.legacy);
+    o.auth.legacy.endpoint = legacy.endpoint;
+    o.auth.legacy.tls = legacy.tls;
+    o.auth.legacy.connect_timeout = legacy.connect_timeout;
+    o.auth.legacy.command_timeout = legacy.command_timeout;
+    o.auth.legacy.forward_client_info = false;  // legacy does not trust us with ID
+    o.auth.new_master = master_of(c, c.fresh, "new");
+  }
+  o.auth.failure_delay = c.auth.failure_delay;
+  o.auth.max_failures = c.auth.max_failures;
+  o.auth.failure_window = c.auth.failure_window;
 
   const auto& l = c.limits;
   o.limits.max_line = l.max_line;

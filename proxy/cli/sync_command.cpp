@@ -185,7 +185,13 @@ int run_sync_command(const sync_command_args& a) {
   secret pw;
   if (!read_password(a, pw)) return 2;
 
-  sync::user_sync_options opts = sync_options_from(*cfg);
+  sync::user_sync_options opts;
+  try {
+    opts = sync_options_from(*cfg);
+  } catch (const config::config_error& e) {
+    std::fprintf(stderr, "suction: %s\n", e.what());
+    return 2;
+  }
   std::optional<sync::user_sync_report> report;
   std::exception_ptr failure;
   try {

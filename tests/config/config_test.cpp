@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -379,7 +380,7 @@ TEST_CASE("errors: unknown sections and keys") {
        "test.toml:8: [limit]: unknown section (did you mean \"limits\"?)"},
       {minimal + "\n[server]\n",
        "test.toml:9: [server]: unknown section "
-       "(valid: listen, new, legacy, limits, sync, folders, status, log)"},
+       "(valid: listen, new, legacy, auth, limits, sync, folders, status, log)"},
       {"level = \"info\"\n" + minimal, "test.toml:1: level: a key outside any section"},
       {"log = \"info\"\n" + minimal, "test.toml:1: [log]: expected a table, got a string"},
       {minimal + "[sync]\nstate_dbs = \"x\"\n",
@@ -391,7 +392,8 @@ TEST_CASE("errors: unknown sections and keys") {
        "unknown key (did you mean \"verify_certificate\"?)"},
       {"[legacy]\nforward_client_info = true\n",
        "test.toml:2: [legacy] forward_client_info: unknown key (valid: host, port, tls, ca_file, "
-       "verify_certificate, connect_timeout, command_timeout, max_connections)"},
+       "verify_certificate, connect_timeout, command_timeout, master_user, master_password_file, "
+       "master_login, master_separator, max_connections)"},
       {minimal + "log = \"info\"\n",
        "test.toml:8: [listen] log: "
        "unknown key (valid: imap, imaps, tls_cert, tls_key, login_requires_tls)"},
@@ -631,4 +633,85 @@ TEST_CASE("check_files: one line per referenced file that cannot be read") {
               "suction.toml: [legacy] ca_file: cannot read \"/nonexistent/ca.pem\": "
               "No such file or directory"});
   }
+}
+
+TEST_CASE("[auth] verify and the master credentials of [new] and [legacy]") {
+  SUBCASE("read into their fields") {
+    auto c = cfg::parse(R"([new]
+host = "new.example.net"
+master_user = "admin"
+master_password_file = "/etc/suction/new-master.pw"
+master_login = "separator"
+master_separator = "%"
+[legacy]
+host = "old.example.net"
+[listen]
+imaps = ""
+[auth]
+verify = "new_then_legacy"
+failure_delay = 0
+max_failures = 5
+failure_window = 60
+)",
+                        "test.toml");
+    CHECK(c.auth.verify == cfg::verify_mode::fresh_then_legacy);
+    CHECK(c.auth.failure_delay == 0s);
+    CHECK(c.auth.max_failures == 5u);
+    CHECK(c.auth.failure_window == 60s);
+    CHECK(c.fresh.master_user == "admin");
+    CHECK(c.fresh.master_login == cfg::master_login_form::separator);
+    CHECK(c.fresh.master_separator == "%");
+    CHECK(cfg::parse(minimal, "test.toml").auth.verify == cfg::verify_mode::fresh);
+  }
+  SUBCASE("errors name file, line, section and key") {
+    check_errors({
+        {minimal + "[auth]\nverify = \"legacy\"\n",
+         "test.toml:9: [new] master_user: required with [auth] verify = \"legacy\" (the new "
+         "server is logged in to with master credentials)"},
+        {minimal + "[auth]\nverify = \"old\"\n",
+         "test.toml:9: [auth] verify: expected one of new, legacy, new_then_legacy (got \"old\")"},
+        {servers + "master_user = \"admin\"\n[listen]\nimaps = \"\"\n",
+         "test.toml:5: [legacy] master_password_file: required with master_user"},
+    });
+  }
+}
+
+TEST_CASE("a master password file: first line, mode 0600 or stricter, never echoed") {
+  char tmpl[] = "/tmp/suction-pw-XXXXXX";
+  REQUIRE(mkdtemp(tmpl));
+  const std::string dir = tmpl;
+  const std::string path = dir + "/master.pw";
+  {
+    std::ofstream f(path);
+    f << "s3cret\r\nsecond line\n";
+  }
+  auto c = cfg::parse(minimal, "test.toml");
+  chmod(path.c_str(), 0600);
+  CHECK(cfg::read_password_file(c, "new", "master_password_file", path) == "s3cret");
+  chmod(path.c_str(), 0640);
+  try {
+    cfg::read_password_file(c, "new", "master_password_file", path);
+    FAIL("a group-readable file was accepted");
+  } catch (const cfg::config_error& e) {
+    const std::string what = e.what();
+    CHECK(what == "test.toml: [new] master_password_file: \"" + path +
+                      "\" is readable or writable by group or others (chmod 600 it)");
+    CHECK(what.find("s3cret") == std::string::npos);
+  }
+  c.fresh.master_user = "admin";
+  c.fresh.master_password_file = path;
+  auto problems = cfg::check_files(c);  // also cert.pem and key.pem, which do not exist here
+  std::erase_if(problems, [](const std::string& p) { return p.find("master_password_file") == std::string::npos; });
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("readable or writable by group or others") != std::string::npos);
+  {
+    std::ofstream f(path, std::ios::trunc);
+  }
+  chmod(path.c_str(), 0600);
+  CHECK_THROWS_WITH_AS(cfg::read_password_file(c, "new", "master_password_file", path),
+                       ("test.toml: [new] master_password_file: \"" + path +
+                        "\" is empty (the password is its first line)")
+                           .c_str(),
+                       cfg::config_error);
+  std::filesystem::remove_all(dir);
 }

@@ -557,6 +557,10 @@ class Fail2banTests(unittest.TestCase):
             ('info login failed user=bob client=192.0.2.11:40000 backend=mail.example.net:143 '
              'mech="AUTHENTICATE LOGIN" reason=NO duration=0ms session=0a0b0c0d0e00000b',
              "192.0.2.11"),
+            # [auth] verify = "legacy": the password checked on legacy.
+            ('info login failed user=bob client=192.0.2.13:40000 backend=mail.example.net:143 '
+             'mech="LOGIN" checked_by=legacy reason="legacy old:993: [AUTHENTICATIONFAILED] '
+             'Authentication failed." duration=2001ms session=0a0b0c0d0e00000c', "192.0.2.13"),
             # A user name that spells the words of the new server's own trouble changes nothing.
             ('info login failed user="Temporary authentication failure. [UNAVAILABLE]" '
              'client=192.0.2.12:40000 backend=10.0.0.5:143 mech="LOGIN" '

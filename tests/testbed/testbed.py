@@ -255,6 +255,61 @@ class Server:
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file)
 
+    # --- cutover scenarios (issue 10): master users, a user's password on one server only
+    def add_master_user(self, name: str, password: str, separator: str = "*") -> None:
+        """Lets `name` log in as any user: AUTHENTICATE PLAIN with authzid = the user, or LOGIN
+        "user<separator>name" (Dovecot's master passdb, auth_master_user_separator). Dovecot is
+        reloaded (SIGHUP) and the master login checked before this returns."""
+        conf_dir = os.path.dirname(self.config_path)
+        masters = os.path.join(conf_dir, "masters.passwd")
+        first = not os.path.exists(masters)
+        with open(masters, "a", encoding="utf-8") as f:
+            f.write(f"{name}:{{PLAIN}}{password}::::::\n")
+        os.chmod(masters, 0o644)
+        if first:
+            with open(self.config_path, "a", encoding="utf-8") as f:
+                f.write(f"\nauth_master_user_separator = {separator}\n"
+                        "passdb {\n  driver = passwd-file\n  master = yes\n"
+                        f"  args = scheme=PLAIN {masters}\n  result_success = continue\n}}\n")
+            os.kill(self.pid, signal.SIGHUP)
+        user = next(iter(self.users))
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                imap = self.open()
+                blob = f"{user}\0{name}\0{password}".encode()
+                imap.authenticate("PLAIN", lambda _c: blob)
+                imap.logout()
+                return
+            except (imaplib.IMAP4.error, OSError):
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"{self.role}: master user {name} does not work after reload")
+                time.sleep(0.2)
+
+    def set_password(self, user: str, password: str) -> None:
+        """Changes `user`'s password on this server only (its passwd-file); returns once a
+        login with it works (Dovecot reads the file again after a second or so)."""
+        path = os.path.join(os.path.dirname(self.config_path), "users.passwd")
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        out = []
+        for line in lines:
+            name, _, rest = line.partition(":")
+            if name == user:
+                line = f"{name}:{{PLAIN}}{password}:" + rest.split(":", 1)[1]
+            out.append(line)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(out) + "\n")
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self.connect(user, password=password).logout()
+                return
+            except (imaplib.IMAP4.error, OSError):
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"{self.role}: new password of {user} not taken")
+                time.sleep(0.3)
+
     def open(self, tls: str = "none", timeout: float = 10.0) -> imaplib.IMAP4:
         """A connection, not logged in. tls: "none" | "starttls" | "implicit"."""
         if tls == "implicit":

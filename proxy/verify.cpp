@@ -1,0 +1,91 @@
+#include "proxy/verify.hpp"
+
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include "imap/client/stream.hpp"
+#include "imap/log_value.hpp"
+
+namespace suction::proxy {
+
+namespace asio = boost::asio;
+
+namespace {
+
+// What a client is told for a wrong password, whichever server said so.
+backend_result refused(std::string reason) {
+  backend_result r;
+  r.outcome = backend_outcome::refused;
+  r.answer.status = imap::status::no;
+  r.answer.code = imap::response_code{"AUTHENTICATIONFAILED", {}, {}};
+  r.answer.text = "Authentication failed.";
+  r.reason = std::move(reason);
+  return r;
+}
+
+backend_result unavailable(std::string reason) {
+  backend_result r;
+  r.outcome = backend_outcome::unavailable;
+  r.reason = std::move(reason);
+  return r;
+}
+
+// The password checked on legacy, then the new server logged in to as the
+// user with the master credentials.
+asio::awaitable<backend_result> via_legacy(daemon::state& st, const credentials& creds,
+                                           const client_info& client) {
+  const auto now = auth_penalty::clock::now();
+  if (!st.penalty.allowed(client.address, creds.user, now))
+    co_return refused("too many failed checks against legacy: not asked");
+  backend_result check = co_await backend_login(st.io.get_executor(), st.legacy, creds, client);
+  check.stream.reset();  // only the answer counts: the connection goes
+  if (check.outcome == backend_outcome::refused) {
+    const auto wait = st.penalty.failed(client.address, creds.user, auth_penalty::clock::now());
+    if (wait.count() > 0) {
+      asio::steady_timer t(st.io, wait);
+      boost::system::error_code ignored;
+      co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+    co_return refused("legacy " + st.legacy.display() + ": " + check.reason);
+  }
+  if (check.outcome != backend_outcome::ok)
+    co_return unavailable("legacy " + st.legacy.display() + ": " + check.reason);
+  st.penalty.succeeded(creds.user);
+  backend_result r = co_await backend_login(st.io.get_executor(), st.backend, creds, client,
+                                            &st.opt.auth.new_master);
+  if (r.outcome == backend_outcome::refused) {
+    // The password was right: the new server refusing its master login is
+    // the admin's to fix ([new] master_*, the user not provisioned), not the user's.
+    r.outcome = backend_outcome::unavailable;
+    r.reason = "the new server refused the master login: " + r.reason;
+  }
+  co_return r;
+}
+
+}  // namespace
+
+std::string checked_by(const daemon::state& st, const verified_login& v) {
+  if (st.opt.auth.verify == verify_mode::fresh) return {};
+  return "checked_by=" + v.checked_by + " ";
+}
+
+asio::awaitable<verified_login> verify_and_login(daemon::state& st, const credentials& creds,
+                                                 const client_info& client) {
+  // One co_await per statement, never inside a braced initializer (GCC 12
+  // miscompiles that: imap/client/README.md).
+  const verify_mode mode = st.opt.auth.verify;
+  verified_login v;
+  if (mode != verify_mode::legacy) {
+    v.result = co_await backend_login(st.io.get_executor(), st.backend, creds, client);
+    v.checked_by = "new";
+    if (mode == verify_mode::fresh || v.result.outcome != backend_outcome::refused) co_return v;
+  }
+  v.result = co_await via_legacy(st, creds, client);
+  v.checked_by = "legacy";
+  co_return v;
+}
+
+}  // namespace suction::proxy
