@@ -286,6 +286,18 @@ const auto legacy_keys = server_keys<legacy_section>({
     {"max_connections", [](const field& f, legacy_section& s) { s.max_connections = f.count(1); }},
 });
 
+void read_argv(const field& f, auth_section& s) {
+  auto* array = f.node.as_array();
+  if (!array) f.wrong_type("an array of strings (the program and its arguments, no shell)");
+  s.provision_command.clear();
+  for (std::size_t i = 0; i < array->size(); ++i) {
+    field e{*array->get(i), f.file, f.section, f.key + "[" + std::to_string(i) + "]"};
+    s.provision_command.push_back(i == 0 ? e.nonempty_string() : e.string());
+  }
+  if (!s.provision_command.empty() && s.provision_command[0].front() != '/')
+    f.fail("the program must be an absolute path (got " + in_quotes(s.provision_command[0]) + ")");
+}
+
 using A = auth_section;
 const std::vector<key_spec<A>> auth_keys = {
     {"verify", [](const field& f, A& s) { s.verify = f.one_of<verify_mode>(verify_names); }},
@@ -293,6 +305,8 @@ const std::vector<key_spec<A>> auth_keys = {
     {"failure_delay", [](const field& f, A& s) { s.failure_delay = f.seconds(0); }},
     {"max_failures", [](const field& f, A& s) { s.max_failures = f.count(1); }},
     {"failure_window", [](const field& f, A& s) { s.failure_window = f.seconds(1); }},
+    {"provision_command", read_argv},
+    {"provision_timeout", [](const field& f, A& s) { s.provision_timeout = f.seconds(1); }},
 };
 
 using M = limits_section;

@@ -71,6 +71,11 @@ struct auth_section {
   std::chrono::seconds failure_delay{2};
   std::uint32_t max_failures = 10;
   std::chrono::seconds failure_window{300};
+  // Run once for a user whose password legacy confirmed, the first time the
+  // daemon sees the user: argv (no shell), then the login name and the new
+  // name as arguments, the password on stdin. [] = none.
+  std::vector<std::string> provision_command;
+  std::chrono::seconds provision_timeout{10};
 
   bool operator==(const auth_section&) const = default;
 };

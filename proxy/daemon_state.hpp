@@ -19,6 +19,7 @@
 #include "imap/parser.hpp"
 #include "proxy/auth_penalty.hpp"
 #include "proxy/backend_login.hpp"
+#include "proxy/provision.hpp"
 #include "proxy/daemon.hpp"
 #include "proxy/refusal_log.hpp"
 #include "proxy/relay.hpp"
@@ -43,7 +44,9 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
         status_backend* sb)
       : io(io), opt(std::move(o)), trigger(std::move(t)), status(sb), signals(io), grace_timer(io),
         refusal_timer(io), idle_sweep_timer(io), refusals(opt.limits.refusal_log_interval),
-        penalty(opt.auth.failure_delay, opt.auth.max_failures, opt.auth.failure_window) {}
+        penalty(opt.auth.failure_delay, opt.auth.max_failures, opt.auth.failure_window),
+        provision(std::make_shared<provisioner>(opt.auth.provision_command,
+                                                opt.auth.provision_timeout)) {}
 
   boost::asio::io_context& io;
   options opt;
@@ -73,6 +76,7 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   std::unordered_map<std::string, std::uint32_t> per_address;
   refusal_log refusals;  // flushed every interval by the daemon
   auth_penalty penalty;  // failed checks against legacy
+  std::shared_ptr<provisioner> provision;  // [auth] provision_command, its own threads
   std::uint64_t next_session = 0;
   std::uint64_t session_id_salt = 0;
   bool stopping = false;

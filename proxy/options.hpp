@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "imap/client/client.hpp"
 
@@ -70,6 +71,9 @@ struct auth_options {
   std::chrono::milliseconds failure_delay{std::chrono::seconds(2)};
   std::uint32_t max_failures = 10;
   std::chrono::seconds failure_window{300};
+  // [auth] provision_command (provision.hpp); empty: none.
+  std::vector<std::string> provision_command;
+  std::chrono::milliseconds provision_timeout{std::chrono::seconds(10)};
 };
 
 struct options {

@@ -388,6 +388,9 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
                      user, client, st->backend.display(), pa.mechanism(), checked_by(*st, v),
                      stream.tls_active() ? "yes" : "no", login_ms, ci.session_id);
         if (!co_await say(client_answer(pa.login_tag(), res))) co_return;
+        // Legacy confirmed the password: the new server may need the account.
+        if (v.checked_by == "legacy" && st->provision->configured())
+          st->provision->maybe_run(creds.user, creds.password, client);
         st->trigger->on_login(login_event{std::move(creds), ci.address, ci.session_id});
 
         // Commands the client pipelined behind LOGIN go to the backend first.

@@ -114,6 +114,8 @@ proxy::options proxy_options_from(const config::config& c) {
   o.auth.failure_delay = c.auth.failure_delay;
   o.auth.max_failures = c.auth.max_failures;
   o.auth.failure_window = c.auth.failure_window;
+  o.auth.provision_command = c.auth.provision_command;
+  o.auth.provision_timeout = c.auth.provision_timeout;
 
   const auto& l = c.limits;
   o.limits.max_line = l.max_line;

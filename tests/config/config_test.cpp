@@ -662,6 +662,11 @@ failure_window = 60
     CHECK(c.fresh.master_login == cfg::master_login_form::separator);
     CHECK(c.fresh.master_separator == "%");
     CHECK(cfg::parse(minimal, "test.toml").auth.verify == cfg::verify_mode::fresh);
+    auto p = cfg::parse(minimal + "[auth]\nprovision_command = [\"/usr/local/bin/prov\", \"\", \"--x\"]\n"
+                                  "provision_timeout = 30\n",
+                        "test.toml");
+    CHECK(p.auth.provision_command == std::vector<std::string>{"/usr/local/bin/prov", "", "--x"});
+    CHECK(p.auth.provision_timeout == 30s);
   }
   SUBCASE("errors name file, line, section and key") {
     check_errors({
@@ -672,6 +677,11 @@ failure_window = 60
          "test.toml:9: [auth] verify: expected one of new, legacy, new_then_legacy (got \"old\")"},
         {servers + "master_user = \"admin\"\n[listen]\nimaps = \"\"\n",
          "test.toml:5: [legacy] master_password_file: required with master_user"},
+        {minimal + "[auth]\nprovision_command = [\"prov.sh\"]\n",
+         "test.toml:9: [auth] provision_command: the program must be an absolute path (got \"prov.sh\")"},
+        {minimal + "[auth]\nprovision_command = \"/bin/prov --x\"\n",
+         "test.toml:9: [auth] provision_command: expected an array of strings (the program and "
+         "its arguments, no shell), got a string"},
     });
   }
 }

@@ -15,6 +15,10 @@ server (the bed's add_master_user: a master passdb, auth_master_user_separator).
 - The penalty: failed checks are delayed (failure_delay, doubled) and, past max_failures,
   refused without asking legacy (connections counted at a forwarder in front of legacy).
 - A master password file readable by group: `suction proxy` refuses to start, in one line.
+- `[auth] provision_command` (must 2) with the shipped deploy/provision/dovecot-passwd-file.sh:
+  after bob's legacy-checked login his password works on the new server directly; a failing
+  command is logged with its exit code and stderr (the password as ***), the login still works,
+  and it is tried again at the next login.
 """
 
 from __future__ import annotations
@@ -182,6 +186,48 @@ class AuthVerify(unittest.TestCase):
                 p.wait_log(r"login failed user=\"?carol\"? .* reason=\"too many failed checks")
         finally:
             fwd.close()
+
+    def test_provision_command_sets_the_new_password(self):
+        tb = bed()
+        legacy_pw = tb.users["bob"]
+        users_file = os.path.join(os.path.dirname(tb.new.config_path), "users.passwd")
+        script = os.path.join(os.environ.get("SUCTION_SOURCE_DIR", "../.."), "deploy", "provision",
+                              "dovecot-passwd-file.sh")
+        self.addCleanup(tb.new.set_password, "bob", STALE)
+        # A command that fails, echoing its stdin: logged with *** for the password, the login
+        # works anyway, and the next login tries again.
+        failing = os.path.join(tmp_root(), "provision-fails.sh")
+        with open(failing, "w") as f:
+            f.write("#!/bin/sh\nread -r pw\necho \"cannot provision $1 with $pw\" >&2\nexit 3\n")
+        os.chmod(failing, 0o755)
+        cfg = verify_config("legacy", provision_command=[failing])
+        with Proxy(overrides=cfg) as p:
+            seen = 0
+            for _attempt in (1, 2):
+                self.assertEqual(login_through(p, "bob", legacy_pw), ("OK", b""))
+                m = p.wait_log(r"provision user=\"?bob\"? .*result=failed exit=3 .*stderr=(.*)",
+                               after=seen)
+                self.assertIn("***", m.group(1))
+                seen = m.end()
+            self.assertNotIn(legacy_pw, p.log())
+            self.assertNotIn(legacy_pw[:5], p.log())   # nor its log_value-escaped form
+        cfg = verify_config("legacy", provision_command=[os.path.abspath(script), users_file])
+        with Proxy(overrides=cfg) as p:
+            self.assertEqual(login_through(p, "bob", legacy_pw), ("OK", b""))
+            p.wait_log(r"provision user=\"?bob\"? client=\S+ result=ok exit=0 ", timeout=15)
+            self.assertNotIn(legacy_pw, p.log())
+        deadline = time.monotonic() + 10
+        while True:   # Dovecot reads the passwd-file again once it changed
+            try:
+                tb.new.connect("bob", password=legacy_pw).logout()
+                break
+            except imaplib.IMAP4.error:
+                self.assertLess(time.monotonic(), deadline, "the provisioned password does not work")
+                time.sleep(0.3)
+        with open(users_file) as f:
+            line = [x for x in f.read().splitlines() if x.startswith("bob:")]
+        self.assertEqual(len(line), 1)
+        self.assertTrue(line[0].startswith("bob:{SHA512-CRYPT}$6$"), line)
 
     def test_master_password_file_readable_by_group_is_refused(self):
         cfg = verify_config("legacy")
