@@ -9,6 +9,7 @@
 #include "config/config.hpp"
 #include "proxy/cli/migration.hpp"
 #include "proxy/cli/options.hpp"
+#include "proxy/cli/report_command.hpp"
 #include "proxy/cli/status_command.hpp"
 #include "proxy/cli/sync_command.hpp"
 #include "proxy/daemon.hpp"
@@ -116,6 +117,8 @@ int main(int argc, char** argv) {
 
   suction::cli::status_command_args status_args;
   auto* status = suction::cli::add_status_subcommand(app, status_args);
+  suction::cli::report_command_args report_args;
+  auto* report = suction::cli::add_report_subcommand(app, report_args);
 
   try {
     app.parse(argc, argv);
@@ -133,6 +136,7 @@ int main(int argc, char** argv) {
     return suction::cli::run_sync_command(sync_args);
   }
   if (*status) return suction::cli::run_status_command(status_args);
+  if (*report) return suction::cli::run_report_command(report_args);
   std::fputs(app.help().c_str(), stdout);
   return 0;
 }

@@ -10,7 +10,7 @@ import json
 import os
 import unittest
 
-from proxyfixture import bed, free_ports, start_bed, tmp_root
+from proxyfixture import SUCTION_BIN, bed, free_ports, start_bed, tmp_root
 from syncfixture import (expected_corpus, expected_name, folders, instant, legacy_state, messages,
                          run_sync, subscriptions, write_config)
 
@@ -327,6 +327,55 @@ class SyncCli(unittest.TestCase):
         late = [m for m in got if m[0] == hashlib.sha256(body).hexdigest()]
         self.assertEqual(late[0][1], ("$Late", "\\Flagged", "\\Seen"))
         self.assertNoPassword()
+
+    def test_8_report_says_who_is_done(self):
+        """`suction report` (issue 10 must 6) over a users file: states from the state store,
+        JSON, CSV, and exit 0 only once every listed user is done."""
+        import subprocess
+        db = os.path.join(tmp_root(), "report", "state.db")
+        config = write_config(state_db=db)
+        users = os.path.join(tmp_root(), "report", "users.csv")
+        os.makedirs(os.path.dirname(users), exist_ok=True)
+        with open(users, "w") as f:
+            f.write("# login,legacy_user,new_user\nalice,alice,alice\nBob\n\ndave\n")
+
+        def report(*extra):
+            return subprocess.run([SUCTION_BIN, "report", "--config", config, "--users", users,
+                                   *extra], capture_output=True, timeout=30)
+        self.assertEqual(run_sync(config, "alice").returncode, 0)
+        self.assertEqual(run_sync(config, "bob", password="wrong").returncode, 3)
+        r = report("--json")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        doc = json.loads(r.stdout)
+        states = {u["user"]: u["state"] for u in doc["users"]}
+        self.assertEqual(states, {"alice": "done", "Bob": "failed", "dave": "never_seen"})
+        bob = next(u for u in doc["users"] if u["user"] == "Bob")
+        self.assertIn("refused the login", bob["error"])
+        self.assertEqual(doc["counts"]["done"], 1)
+        self.assertFalse(doc["all_done"])
+        alice = next(u for u in doc["users"] if u["user"] == "alice")
+        self.assertRegex(alice["done_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        r = report("--csv")
+        lines = r.stdout.decode().splitlines()
+        self.assertEqual(lines[0], "user,state,runs,last_run_at,done_at,messages_copied,"
+                                   "bytes_copied,error")
+        self.assertEqual([l.split(",")[:2] for l in lines[1:]],
+                         [["alice", "done"], ["Bob", "failed"], ["dave", "never_seen"]])
+        r = report()
+        self.assertIn("not done: 2 of 3 users", r.stdout.decode())
+        # bob migrated after all (his login name in another case is the same user), dave
+        # taken off the list: every listed user done.
+        self.assertEqual(run_sync(config, "bob").returncode, 0)
+        with open(users, "w") as f:
+            f.write("alice\nBob\n")
+        r = report()
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn("every listed user is done", r.stdout.decode())
+        # A users file that cannot be read: exit 2, one line.
+        r = subprocess.run([SUCTION_BIN, "report", "--config", config, "--users", "/nonexistent"],
+                           capture_output=True, timeout=30)
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(r.stderr.decode(), "suction report: cannot read /nonexistent\n")
 
 
 if __name__ == "__main__":

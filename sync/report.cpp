@@ -1,0 +1,51 @@
+#include "sync/report.hpp"
+
+namespace suction::sync {
+
+std::string_view to_string(user_progress p) {
+  switch (p) {
+    case user_progress::never_seen: return "never_seen";
+    case user_progress::running: return "running";
+    case user_progress::interrupted: return "interrupted";
+    case user_progress::failed: return "failed";
+    case user_progress::done: return "done";
+  }
+  return "never_seen";
+}
+
+migration_report build_report(
+    std::span<const std::pair<std::string, std::vector<run_record>>> histories) {
+  migration_report rep;
+  for (const auto& [user, runs] : histories) {
+    user_report_row row;
+    row.user = user;
+    row.runs = runs.size();
+    for (const auto& r : runs) {
+      row.messages_copied += r.messages_copied;
+      row.bytes_copied += r.bytes_copied;
+      if (r.result == run_result::done && row.done_at == 0) row.done_at = r.finished_at;
+    }
+    if (!runs.empty()) {
+      const run_record& last = runs.front();
+      row.last_run_at = last.started_at;
+      switch (last.result) {
+        case run_result::running: row.state = user_progress::running; break;
+        case run_result::interrupted: row.state = user_progress::interrupted; break;
+        case run_result::failed:
+          row.state = user_progress::failed;
+          row.error = last.error;
+          break;
+        case run_result::done: row.state = user_progress::done; break;
+      }
+    }
+    ++rep.counts[static_cast<std::size_t>(row.state)];
+    rep.messages_copied += row.messages_copied;
+    rep.bytes_copied += row.bytes_copied;
+    rep.rows.push_back(std::move(row));
+  }
+  rep.all_done = !rep.rows.empty() &&
+                 rep.counts[static_cast<std::size_t>(user_progress::done)] == rep.rows.size();
+  return rep;
+}
+
+}  // namespace suction::sync

@@ -1,0 +1,54 @@
+// `suction report`'s states from run histories (sync/report.hpp), without a store.
+#include <doctest/doctest.h>
+
+#include "sync/report.hpp"
+
+using namespace suction::sync;
+
+namespace {
+
+run_record run(run_result r, std::int64_t start, std::uint64_t messages = 0, std::string error = {}) {
+  run_record x;
+  x.result = r;
+  x.started_at = start;
+  x.finished_at = start + 10;
+  x.messages_copied = messages;
+  x.bytes_copied = messages * 1000;
+  x.error = std::move(error);
+  return x;
+}
+
+}  // namespace
+
+TEST_CASE("report: each user's state is its newest run's; done_at the newest completed run") {
+  std::vector<std::pair<std::string, std::vector<run_record>>> h{
+      {"alice", {run(run_result::done, 300, 5), run(run_result::interrupted, 200, 40)}},
+      {"bob", {run(run_result::failed, 400, 0, "refused"), run(run_result::done, 100, 7)}},
+      {"carol", {run(run_result::interrupted, 500, 12)}},
+      {"dave", {}},
+      {"erin", {run(run_result::running, 600)}},
+  };
+  auto rep = build_report(h);
+  REQUIRE(rep.rows.size() == 5);
+  CHECK(rep.rows[0].state == user_progress::done);
+  CHECK(rep.rows[0].done_at == 310);
+  CHECK(rep.rows[0].messages_copied == 45);
+  CHECK(rep.rows[1].state == user_progress::failed);
+  CHECK(rep.rows[1].error == "refused");
+  CHECK(rep.rows[1].done_at == 110);  // completed once, failed since (a resync)
+  CHECK(rep.rows[2].state == user_progress::interrupted);
+  CHECK(rep.rows[3].state == user_progress::never_seen);
+  CHECK(rep.rows[3].runs == 0);
+  CHECK(rep.rows[4].state == user_progress::running);
+  CHECK(rep.counts[static_cast<std::size_t>(user_progress::done)] == 1);
+  CHECK(rep.messages_copied == 64);
+  CHECK_FALSE(rep.all_done);
+  CHECK(to_string(user_progress::never_seen) == "never_seen");
+}
+
+TEST_CASE("report: all done only when every listed user's last run completed") {
+  std::vector<std::pair<std::string, std::vector<run_record>>> h{
+      {"alice", {run(run_result::done, 1)}}, {"bob", {run(run_result::done, 2)}}};
+  CHECK(build_report(h).all_done);
+  CHECK_FALSE(build_report({}).all_done);  // nobody listed: nothing to switch off for
+}
