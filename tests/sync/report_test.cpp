@@ -20,7 +20,7 @@ run_record run(run_result r, std::int64_t start, std::uint64_t messages = 0, std
 
 }  // namespace
 
-TEST_CASE("report: each user's state is its newest run's; done_at the newest completed run") {
+TEST_CASE("report: each user's state is its newest run's, done_at the newest completed run") {
   std::vector<std::pair<std::string, std::vector<run_record>>> h{
       {"alice", {run(run_result::done, 300, 5), run(run_result::interrupted, 200, 40)}},
       {"bob", {run(run_result::failed, 400, 0, "refused"), run(run_result::done, 100, 7)}},
