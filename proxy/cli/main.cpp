@@ -8,6 +8,7 @@
 
 #include "config/config.hpp"
 #include "proxy/cli/migration.hpp"
+#include "proxy/cli/migrate_command.hpp"
 #include "proxy/cli/options.hpp"
 #include "proxy/cli/report_command.hpp"
 #include "proxy/cli/status_command.hpp"
@@ -119,6 +120,8 @@ int main(int argc, char** argv) {
   auto* status = suction::cli::add_status_subcommand(app, status_args);
   suction::cli::report_command_args report_args;
   auto* report = suction::cli::add_report_subcommand(app, report_args);
+  suction::cli::migrate_command_args migrate_args;
+  auto* migrate = suction::cli::add_migrate_subcommand(app, migrate_args);
 
   try {
     app.parse(argc, argv);
@@ -137,6 +140,7 @@ int main(int argc, char** argv) {
   }
   if (*status) return suction::cli::run_status_command(status_args);
   if (*report) return suction::cli::run_report_command(report_args);
+  if (*migrate) return suction::cli::run_migrate_command(migrate_args);
   std::fputs(app.help().c_str(), stdout);
   return 0;
 }

@@ -11,6 +11,10 @@ namespace suction::cli {
 
 // A server's address, TLS and timeouts from its config section ([new], [legacy]).
 sync::server_options to_server(const config::server_section& s);
+// The master credentials of [new] or [legacy] (its password file read), or
+// none when not configured. Throws config::config_error for a bad file.
+imap::master_credentials master_of(const config::config& c, const config::server_section& s,
+                                   std::string_view section);
 
 // The engine's options from the config: [legacy], [new], [folders], and
 // [sync] batch sizes, connections_per_user (capped by [legacy]

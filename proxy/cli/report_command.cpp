@@ -13,6 +13,7 @@
 #include "config/config.hpp"
 #include "imap/log_value.hpp"
 #include "proxy/cli/options.hpp"
+#include "proxy/cli/users_file.hpp"
 #include "sync/report.hpp"
 #include "sync/state_store.hpp"
 #include "sync/user_sync.hpp"
@@ -29,33 +30,6 @@ std::string iso_time(std::int64_t t) {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
-}
-
-// One login per line, or a CSV whose first column is the login (a map file);
-// blank lines and '#' comments skipped. False, with the reason, on a bad file.
-bool read_users(const std::string& path, std::vector<std::string>& out, std::string& why) {
-  std::ifstream f(path);
-  if (!f) {
-    why = "cannot read " + path;
-    return false;
-  }
-  std::string line;
-  std::set<std::string> seen;
-  for (std::size_t n = 1; std::getline(f, line); ++n) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    const auto first = line.find_first_not_of(" \t");
-    if (first == std::string::npos || line[first] == '#') continue;
-    std::string login = line.substr(first, line.find(',') == std::string::npos
-                                                ? std::string::npos
-                                                : line.find(',') - first);
-    while (!login.empty() && (login.back() == ' ' || login.back() == '\t')) login.pop_back();
-    if (login.empty()) {
-      why = path + ":" + std::to_string(n) + ": no login name";
-      return false;
-    }
-    if (seen.insert(login).second) out.push_back(login);
-  }
-  return true;
 }
 
 std::string csv_field(const std::string& v) {
