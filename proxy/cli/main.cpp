@@ -29,22 +29,8 @@ spdlog::level::level_enum to_spdlog(suction::config::log_level l) {
   return spdlog::level::info;
 }
 
-// Loads the configuration or says in one line why not.
-std::optional<suction::config::config> load_config(const std::string& path) {
-  try {
-    auto cfg = suction::config::load(path);
-    auto missing = suction::config::check_files(cfg);
-    for (const auto& line : missing) std::fprintf(stderr, "suction: %s\n", line.c_str());
-    if (!missing.empty()) return std::nullopt;
-    return cfg;
-  } catch (const suction::config::config_error& e) {
-    std::fprintf(stderr, "suction: %s\n", e.what());
-    return std::nullopt;
-  }
-}
-
 int run_proxy(const std::string& config_path) {
-  auto cfg = load_config(config_path);
+  auto cfg = suction::cli::load_config(config_path, true);
   if (!cfg) return 2;
   auto logger = spdlog::stderr_color_mt("suction");
   spdlog::set_default_logger(logger);

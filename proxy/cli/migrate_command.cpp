@@ -81,17 +81,8 @@ int run_migrate_command(const migrate_command_args& a) {
                stderr);
     return 2;
   }
-  std::optional<config::config> cfg;
-  try {
-    cfg = config::load(a.config_path);
-    for (const auto& line : config::check_files(*cfg)) {
-      std::fprintf(stderr, "suction: %s\n", line.c_str());
-      return 2;
-    }
-  } catch (const config::config_error& e) {
-    std::fprintf(stderr, "suction: %s\n", e.what());
-    return 2;
-  }
+  const auto cfg = load_config(a.config_path, true);
+  if (!cfg) return 2;
   std::vector<std::string> users;
   std::string why;
   if (!read_users(a.users_path, users, why)) {

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <optional>
 
 namespace suction::cli {
@@ -27,6 +28,20 @@ std::optional<proxy::listen_address> listen_address(const std::string& value) {
 }
 
 }  // namespace
+
+std::optional<config::config> load_config(const std::string& path, bool check_files) {
+  try {
+    auto cfg = config::load(path);
+    if (!check_files) return cfg;
+    auto missing = config::check_files(cfg);
+    for (const auto& line : missing) std::fprintf(stderr, "suction: %s\n", line.c_str());
+    if (!missing.empty()) return std::nullopt;
+    return cfg;
+  } catch (const config::config_error& e) {
+    std::fprintf(stderr, "suction: %s\n", e.what());
+    return std::nullopt;
+  }
+}
 
 sync::server_options to_server(const config::server_section& s) {
   sync::server_options o;

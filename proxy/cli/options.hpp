@@ -2,6 +2,9 @@
 // plain option structs the proxy and the engine take (the composition root).
 #pragma once
 
+#include <optional>
+#include <string>
+
 #include "config/config.hpp"
 #include "proxy/options.hpp"
 #include "sync/scheduler.hpp"
@@ -10,6 +13,10 @@
 namespace suction::cli {
 
 // A server's address, TLS and timeouts from its config section ([new], [legacy]).
+// Loads the configuration, and with `check_files` the files it names, or says
+// in one line per problem ("suction: FILE:LINE: [section] key: reason") why not.
+std::optional<config::config> load_config(const std::string& path, bool check_files);
+
 sync::server_options to_server(const config::server_section& s);
 // The master credentials of [new] or [legacy] (its password file read), or
 // none when not configured. Throws config::config_error for a bad file.

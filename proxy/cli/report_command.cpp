@@ -109,13 +109,8 @@ CLI::App* add_report_subcommand(CLI::App& app, report_command_args& a) {
 }
 
 int run_report_command(const report_command_args& a) {
-  std::optional<config::config> cfg;
-  try {
-    cfg = config::load(a.config_path);
-  } catch (const config::config_error& e) {
-    std::fprintf(stderr, "suction: %s\n", e.what());
-    return 2;
-  }
+  const auto cfg = load_config(a.config_path, false);
+  if (!cfg) return 2;
   std::vector<std::string> listed;
   if (!a.users_path.empty()) {
     std::string why;

@@ -170,13 +170,8 @@ void print_text(const sync::user_sync_report& r) {
 }  // namespace
 
 int run_sync_command(const sync_command_args& a) {
-  std::optional<config::config> cfg;
-  try {
-    cfg = config::load(a.config_path);
-  } catch (const config::config_error& e) {
-    std::fprintf(stderr, "suction: %s\n", e.what());
-    return 2;
-  }
+  const auto cfg = load_config(a.config_path, false);
+  if (!cfg) return 2;
   if (cfg->legacy.host.empty() || cfg->fresh.host.empty()) {
     std::fprintf(stderr, "suction sync: %s: [legacy] and [new] host are required\n",
                  a.config_path.c_str());
