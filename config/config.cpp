@@ -1,4 +1,5 @@
 #include "config/config.hpp"
+#include "config/users.hpp"
 
 // toml++ stays in this file: it is a large header, and nothing else needs it.
 #include <toml++/toml.h>
@@ -298,6 +299,33 @@ void read_argv(const field& f, auth_section& s) {
     f.fail("the program must be an absolute path (got " + in_quotes(s.provision_command[0]) + ")");
 }
 
+void read_template(const field& f, std::string& out) {
+  out = f.string();
+  if (auto why = template_problem(out); !why.empty()) f.fail(why);
+}
+
+// legacy_by_domain = {"example.org" = "old2", ...}
+void read_by_domain(const field& f, users_section& s) {
+  auto* table = f.node.as_table();
+  if (!table) f.wrong_type("a table {\"domain\" = \"server name\", ...}");
+  s.legacy_by_domain.clear();
+  for (auto [domain, node] : in_document_order(*table)) {
+    field e{*node, f.file, f.section, f.key + "." + std::string(domain)};
+    if (domain.empty() || domain.find('@') != std::string_view::npos)
+      e.fail("a domain without '@' (got " + in_quotes(domain) + ")");
+    s.legacy_by_domain.emplace_back(std::string(domain), e.nonempty_string());
+  }
+}
+
+using U = users_section;
+const std::vector<key_spec<U>> users_keys = {
+    {"legacy", [](const field& f, U& s) { read_template(f, s.legacy); }},
+    {"new", [](const field& f, U& s) { read_template(f, s.fresh); }},
+    {"map_file", [](const field& f, U& s) { s.map_file = f.string(); }},
+    {"legacy_by_domain", read_by_domain},
+    {"master_separator", [](const field& f, U& s) { s.master_separator = f.string(); }},
+};
+
 using A = auth_section;
 const std::vector<key_spec<A>> auth_keys = {
     {"verify", [](const field& f, A& s) { s.verify = f.one_of<verify_mode>(verify_names); }},
@@ -394,6 +422,28 @@ const std::vector<key_spec<log_section>> log_keys = {
     {"level", [](const field& f, log_section& s) { s.level = f.one_of<log_level>(level_names); }},
 };
 
+// [legacy_servers.NAME]: each a table with [legacy]'s keys.
+void read_legacy_servers(const toml::table& t, const std::string& file, std::string_view section,
+                         config& c) {
+  for (auto [name, node] : in_document_order(t)) {
+    const std::string where = std::string(section) + "." + std::string(name);
+    auto* table = node->as_table();
+    if (!table)
+      fail_at(file, node->source().begin.line, section, name,
+              "expected a table [legacy_servers." + std::string(name) + "] with [legacy]'s keys");
+    if (name == "legacy" || name == "new" || name.empty() ||
+        name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") !=
+            std::string_view::npos)
+      fail_at(file, node->source().begin.line, section, name,
+              "a server name is letters, digits, '-' and '_', not \"legacy\" (the default) nor \"new\"");
+    named_legacy& s = c.legacy_servers.emplace_back();
+    s.name = name;
+    read_keys(*table, file, where, legacy_keys, s.server);
+    if (s.server.host.empty())
+      fail_at(file, table->source().begin.line, where, "host", "required");
+  }
+}
+
 struct section_spec {
   std::string_view name;
   void (*read)(const toml::table&, const std::string& file, std::string_view section, config&);
@@ -410,6 +460,8 @@ const std::vector<section_spec> sections = {
     {"listen", read_section<&config::listen, listen_keys>},
     {"new", read_section<&config::fresh, new_keys>},
     {"legacy", read_section<&config::legacy, legacy_keys>},
+    {"legacy_servers", read_legacy_servers},
+    {"users", read_section<&config::users, users_keys>},
     {"auth", read_section<&config::auth, auth_keys>},
     {"limits", read_section<&config::limits, limits_keys>},
     {"sync", read_section<&config::sync, sync_keys>},
@@ -428,6 +480,15 @@ std::uint32_t line_of(const toml::table& root, std::string_view section, std::st
   return 1;
 }
 
+// Every server with its section's name: "new", "legacy", then each
+// [legacy_servers.NAME] as NAME.
+std::vector<std::pair<std::string, const server_section*>> servers(const config& c) {
+  std::vector<std::pair<std::string, const server_section*>> out = {{"new", &c.fresh},
+                                                                   {"legacy", &c.legacy}};
+  for (const auto& s : c.legacy_servers) out.emplace_back(s.name, &s.server);
+  return out;
+}
+
 // Rules between keys, checked once every section is read.
 void check_combinations(const toml::table& root, const std::string& file, const config& c) {
   if (c.fresh.host.empty()) {
@@ -439,15 +500,23 @@ void check_combinations(const toml::table& root, const std::string& file, const 
             "required (the server mail is copied from)");
   }
   // Master credentials come in pairs; verify = "legacy" needs the new server's.
-  for (auto [name, s] : {std::pair<std::string_view, const server_section*>{"new", &c.fresh},
-                         {"legacy", &c.legacy}}) {
+  for (auto [name, s] : servers(c)) {
+    const bool named = name != "new" && name != "legacy";
+    const std::string where = named ? "legacy_servers." + name : name;
+    const toml::table* table = named ? root.at_path("legacy_servers").as_table() : &root;
     if (!s->master_user.empty() && s->master_password_file.empty())
-      fail_at(file, line_of(root, name, "master_user"), name, "master_password_file",
+      fail_at(file, line_of(*table, name, "master_user"), where, "master_password_file",
               "required with master_user");
     if (s->master_user.empty() && !s->master_password_file.empty())
-      fail_at(file, line_of(root, name, "master_password_file"), name, "master_user",
+      fail_at(file, line_of(*table, name, "master_password_file"), where, "master_user",
               "required with master_password_file");
   }
+  for (const auto& [domain, server] : c.users.legacy_by_domain)
+    if (!known_legacy_server(c, server))
+      fail_at(file, line_of(root, "users", "legacy_by_domain"), "users",
+              "legacy_by_domain." + domain,
+              "no legacy server " + in_quotes(server) +
+                  " (\"legacy\" or the NAME of a [legacy_servers.NAME])");
   if (c.auth.verify != verify_mode::fresh && c.fresh.master_user.empty())
     fail_at(file, line_of(root, "auth", "verify"), "new", "master_user",
             "required with [auth] verify = \"" + std::string(to_string(c.auth.verify)) +
@@ -565,8 +634,15 @@ std::vector<std::string> check_files(const config& c) {
   }
   // Master passwords: read (and dropped) here so a bad file stops the start
   // with its one line; the composition root reads them again to use them.
-  for (auto [section, s] : {std::pair<std::string_view, const server_section*>{"new", &c.fresh},
-                            {"legacy", &c.legacy}}) {
+  for (auto [name, s] : servers(c)) {
+    const std::string section =
+        name == "new" || name == "legacy" ? name : "legacy_servers." + name;
+    if (!s->ca_file.empty() && name != "new" && name != "legacy") {
+      std::string content;
+      if (int error = read_file(s->ca_file, content))
+        problems.push_back(c.source.string() + ": [" + section + "] ca_file: cannot read " +
+                           in_quotes(s->ca_file) + ": " + std::strerror(error));
+    }
     if (s->master_password_file.empty()) continue;
     try {
       std::string pw = read_password_file(c, section, "master_password_file", s->master_password_file);
@@ -574,6 +650,12 @@ std::vector<std::string> check_files(const config& c) {
     } catch (const config_error& e) {
       problems.push_back(e.what());
     }
+  }
+  // The map file: a bad row stops the start, naming file and line.
+  try {
+    (void)read_map_file(c);
+  } catch (const config_error& e) {
+    problems.push_back(e.what());
   }
   return problems;
 }
@@ -607,6 +689,13 @@ std::optional<host_port> split_host_port(std::string_view address) {
   bool whole = !port.empty() && ec == std::errc{} && end == port.data() + port.size();
   if (!whole || value < 1 || value > 65535) return std::nullopt;
   return host_port{std::string(host), static_cast<std::uint16_t>(value)};
+}
+
+const legacy_section* find_legacy(const config& c, std::string_view name) {
+  if (name.empty() || name == "legacy") return &c.legacy;
+  for (const auto& s : c.legacy_servers)
+    if (s.name == name) return &s.server;
+  return nullptr;
 }
 
 std::string_view to_string(tls_mode m) { return tls_names.at(static_cast<std::size_t>(m)); }

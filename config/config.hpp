@@ -61,6 +61,27 @@ struct legacy_section : server_section {
   bool operator==(const legacy_section&) const = default;
 };
 
+// One of several legacy servers ([legacy_servers.NAME]): users reach it
+// through [users] legacy_by_domain or the map file's fourth column.
+struct named_legacy {
+  std::string name;
+  legacy_section server;
+
+  bool operator==(const named_legacy&) const = default;
+};
+
+// [users]: how a login name becomes each server's name (config/users.hpp).
+struct users_section {
+  std::string legacy = "%u";     // template for the legacy name
+  std::string fresh = "%u";      // [users] new: template for the new server's name
+  std::string map_file;          // CSV login,legacy_user,new_user[,legacy_server]; "" = none
+  std::vector<std::pair<std::string, std::string>> legacy_by_domain;  // domain -> server name
+  // "bob*admin" (Dovecot's master-user login) is bob's account; "" = no such form.
+  std::string master_separator = "*";
+
+  bool operator==(const users_section&) const = default;
+};
+
 struct auth_section {
   verify_mode verify = verify_mode::fresh;
   // A failed check against legacy (verify = "legacy" / "new_then_legacy")
@@ -142,7 +163,9 @@ struct config {
   std::filesystem::path source;  // the file it was read from
   listen_section listen;
   new_section fresh;             // [new]
-  legacy_section legacy;         // [legacy]
+  legacy_section legacy;         // [legacy]: the default legacy server, named "legacy"
+  std::vector<named_legacy> legacy_servers;  // [legacy_servers.NAME], in file order
+  users_section users;
   auth_section auth;
   limits_section limits;
   sync_section sync;
@@ -190,6 +213,9 @@ std::optional<host_port> split_host_port(std::string_view address);
 // cannot be read, is empty, or is readable or writable by group or others.
 std::string read_password_file(const config& c, std::string_view section, std::string_view key,
                                const std::string& path);
+
+// The legacy server called `name` ("" or "legacy": [legacy]); null if none.
+const legacy_section* find_legacy(const config& c, std::string_view name);
 
 std::string_view to_string(tls_mode m);
 std::string_view to_string(verify_mode m);
