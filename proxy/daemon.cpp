@@ -179,7 +179,11 @@ void daemon::start() {
     return b;
   };
   st.backend = settings_of(opt.backend, "new");
-  if (opt.auth.verify != verify_mode::fresh) st.legacy = settings_of(opt.auth.legacy, "legacy");
+  if (opt.auth.verify != verify_mode::fresh) {
+    st.legacy = settings_of(opt.auth.legacy, "legacy");
+    for (const auto& [name, o] : opt.auth.more_legacy)
+      st.more_legacy.emplace(name, settings_of(o, ("legacy_servers." + name).c_str()));
+  }
 
   if (opt.listen.imap) st.acceptors.push_back(bind_listener(st.io, opt, "imap", *opt.listen.imap));
   if (opt.listen.imaps) {
@@ -265,10 +269,19 @@ void daemon::start() {
         co_return;
       }
       try {
-        if (auto ctx = make_server_tls(s->opt)) s->server_tls = ctx;
-        spdlog::info("SIGHUP: TLS certificate reloaded from {}", s->opt.listen.tls_cert);
+        if (auto ctx = make_server_tls(s->opt)) {
+          s->server_tls = ctx;
+          spdlog::info("SIGHUP: TLS certificate reloaded from {}", s->opt.listen.tls_cert);
+        }
       } catch (const std::exception& e) {
         spdlog::error("SIGHUP: keeping the old certificate: {}", e.what());
+      }
+      if (s->opt.reload) {
+        try {
+          spdlog::info("SIGHUP: {}", s->opt.reload());
+        } catch (const std::exception& e) {
+          spdlog::error("SIGHUP: {}", e.what());
+        }
       }
     }
   }, asio::detached);

@@ -63,6 +63,7 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   std::shared_ptr<boost::asio::ssl::context> server_tls;  // null without a certificate
   backend_settings backend;
   backend_settings legacy;  // [auth] verify = "legacy" / "new_then_legacy": where passwords are checked
+  std::unordered_map<std::string, backend_settings> more_legacy;  // by [legacy_servers] name
   imap::capability_set backend_capabilities;  // pre-login, refreshed on every backend connect
   imap::parser_limits preauth_limits;
 

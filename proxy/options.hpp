@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -63,9 +64,21 @@ enum class verify_mode : std::uint8_t {
   fresh_then_legacy,  // the new server; a refusal is checked again on legacy
 };
 
+// The names one login stands for ([users]; proxy/cli resolves them).
+struct mapped_login {
+  std::string identity;       // the user's canonical name: the migration's key
+  std::string new_login;      // LOGIN on the new server with the client's password
+  std::string new_user;       // the user a master login on the new server is for
+  std::string legacy_login;   // LOGIN on legacy (a check, the migration)
+  std::string legacy_user;
+  std::string legacy_server;  // "" = auth.legacy, else a name in auth.more_legacy
+};
+
 struct auth_options {
   verify_mode verify = verify_mode::fresh;
   backend_options legacy;                // where legacy checks go ([legacy])
+  // [legacy_servers.NAME]: where the users routed there are checked.
+  std::vector<std::pair<std::string, backend_options>> more_legacy;
   imap::master_credentials new_master;   // the new server's master login ([new] master_*)
   // Failed legacy checks (auth_penalty.hpp): delayed, doubled per failure, limited.
   std::chrono::milliseconds failure_delay{std::chrono::seconds(2)};
@@ -85,6 +98,12 @@ struct options {
   auth_options auth;
   limit_options limits;
   status_options status;
+  // The names a login stands for; empty: the name as typed everywhere. Called
+  // on the proxy's thread for every login: it must not block.
+  std::function<mapped_login(std::string_view login)> map_login;
+  // SIGHUP besides the certificate: reloads what the composition root keeps
+  // (the [users] map file). Returns the line to log; throws to keep the old.
+  std::function<std::string()> reload;
 };
 
 }  // namespace suction::proxy

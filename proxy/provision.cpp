@@ -111,38 +111,38 @@ provision_result run_provision(const std::vector<std::string>& argv,
   return out;
 }
 
-void provisioner::maybe_run(const std::string& user, const std::string& password,
-                            const std::string& client) {
+void provisioner::maybe_run(const std::string& user, const std::string& new_name,
+                            const std::string& password, const std::string& client) {
   {
     std::lock_guard lock(m_);
-    if (done_.contains(user) || running_.contains(user)) return;
+    if (done_.contains(new_name) || running_.contains(new_name)) return;
     if (running_.size() >= kMaxRunning) {
       spdlog::warn("provision deferred user={} reason=\"{} already running\"", imap::log_value(user),
                    kMaxRunning);
       return;
     }
-    running_.insert(user);
+    running_.insert(new_name);
   }
   auto self = shared_from_this();
   auto pw = std::make_shared<imap::secret>(password);
-  std::thread([self, user, pw, client] {
+  std::thread([self, user, new_name, pw, client] {
     const auto t0 = std::chrono::steady_clock::now();
-    provision_result r = run_provision(self->argv_, self->timeout_, user, user, pw->value);
+    provision_result r = run_provision(self->argv_, self->timeout_, user, new_name, pw->value);
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                         std::chrono::steady_clock::now() - t0)
                         .count();
     {
       std::lock_guard lock(self->m_);
-      self->running_.erase(user);
-      if (r.ok()) self->done_.insert(user);
+      self->running_.erase(new_name);
+      if (r.ok()) self->done_.insert(new_name);
     }
     const std::string result = r.ok() ? "ok"
                                : !r.error.empty() ? "not_started"
                                : r.timed_out      ? "timeout"
                                                   : "failed";
     auto log = r.ok() ? spdlog::level::info : spdlog::level::warn;
-    spdlog::log(log, "provision user={} client={} result={} exit={} duration={}ms{}{}",
-                imap::log_value(user), client, result, r.exit_code, ms,
+    spdlog::log(log, "provision user={} new_user={} client={} result={} exit={} duration={}ms{}{}",
+                imap::log_value(user), imap::log_value(new_name), client, result, r.exit_code, ms,
                 r.error.empty() ? "" : " error=" + imap::log_value(r.error),
                 r.stderr_text.empty() ? "" : " stderr=" + imap::log_value(r.stderr_text));
   }).detach();

@@ -40,8 +40,10 @@ class provisioner : public std::enable_shared_from_this<provisioner> {
   provisioner(std::vector<std::string> argv, std::chrono::milliseconds timeout)
       : argv_(std::move(argv)), timeout_(timeout) {}
   bool configured() const { return !argv_.empty(); }
-  // Starts the command for `user` unless it succeeded or runs already.
-  void maybe_run(const std::string& user, const std::string& password, const std::string& client);
+  // Starts the command for `user` (as typed; `new_name` on the new server)
+  // unless it succeeded or runs already for that new name.
+  void maybe_run(const std::string& user, const std::string& new_name, const std::string& password,
+                 const std::string& client);
 
  private:
   std::vector<std::string> argv_;

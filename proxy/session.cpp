@@ -348,7 +348,8 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         const auto login_started = clock::now();
         credentials creds = pa.take_credentials();
         const std::string user = imap::log_value(pa.login_user());
-        verified_login v = co_await verify_and_login(*st, creds, ci);
+        mapped_login names = names_of(*st, creds.user);
+        verified_login v = co_await verify_and_login(*st, creds, names, ci);
         backend_result& res = v.result;
         if (!res.preauth_capabilities.empty()) st->backend_capabilities = res.preauth_capabilities;
         const auto login_ms = ms_since(login_started);
@@ -390,8 +391,8 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         if (!co_await say(client_answer(pa.login_tag(), res))) co_return;
         // Legacy confirmed the password: the new server may need the account.
         if (v.checked_by == "legacy" && st->provision->configured())
-          st->provision->maybe_run(creds.user, creds.password, client);
-        st->trigger->on_login(login_event{std::move(creds), ci.address, ci.session_id});
+          st->provision->maybe_run(creds.user, names.new_user, creds.password, client);
+        st->trigger->on_login(login_event{std::move(creds), std::move(names), ci.address, ci.session_id});
 
         // Commands the client pipelined behind LOGIN go to the backend first.
         std::string pending(buf.data() + begin, end - begin);

@@ -53,7 +53,7 @@ std::string quotable(std::string_view cmd) {
   return out;
 }
 
-enum class command { status, users, user, resync, pause, resume, drain };
+enum class command { status, users, user, resync, enqueue, pause, resume, drain };
 
 struct command_spec {
   std::string_view name;
@@ -64,6 +64,7 @@ struct command_spec {
 constexpr command_spec kCommands[] = {
     {"status", command::status, false}, {"users", command::users, false},
     {"user", command::user, true},      {"resync", command::resync, true},
+    {"enqueue", command::enqueue, true},
     {"pause", command::pause, false},   {"resume", command::resume, false},
     {"drain", command::drain, false},
 };
@@ -136,6 +137,10 @@ json dispatch(status_backend& b, const request& r) {
     }
     case command::resync: {
       std::string refused = b.resync(r.user);
+      return refused.empty() ? ok_answer() : error_answer(std::move(refused));
+    }
+    case command::enqueue: {
+      std::string refused = b.enqueue(r.user);
       return refused.empty() ? ok_answer() : error_answer(std::move(refused));
     }
     case command::pause: b.pause(); return ok_answer();

@@ -8,6 +8,8 @@
 //   {"cmd":"users"}                   -> status_backend::users()
 //   {"cmd":"user","user":"alice"}     -> status_backend::user(), or {"error":"unknown user"}
 //   {"cmd":"resync","user":"alice"}   -> {"ok":true} or {"error":"..."}
+//   {"cmd":"enqueue","user":"alice"}  -> {"ok":true} or {"error":"..."}: a user who may
+//                                        never log in, migrated behind the logins
 //   {"cmd":"pause"|"resume"|"drain"}  -> {"ok":true}
 // A bad request gets {"error":"..."} and the connection goes on. A request line
 // longer than the limit gets {"error":"request too long"} and the connection is
@@ -41,6 +43,7 @@ class status_backend {
   virtual nlohmann::json users() = 0;                                     // {"users":[...]}
   virtual std::optional<nlohmann::json> user(std::string_view name) = 0;  // nullopt: unknown user
   virtual std::string resync(std::string_view name) = 0;                  // "" = queued; else the error text
+  virtual std::string enqueue(std::string_view login) = 0;                // "" = queued; else why not
   virtual void pause() = 0;
   virtual void resume() = 0;
   virtual void drain() = 0;

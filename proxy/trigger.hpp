@@ -5,12 +5,14 @@
 
 #include <string>
 
+#include "proxy/options.hpp"
 #include "proxy/preauth.hpp"
 
 namespace suction::proxy {
 
 struct login_event {
-  credentials creds;           // wiped when the event is destroyed
+  credentials creds;           // wiped when the event is destroyed; user: as typed
+  mapped_login names;          // what creds.user stands for ([users])
   std::string client_address;  // IP
   std::string session_id;
 };

@@ -26,6 +26,14 @@ backend_result refused(std::string reason) {
   return r;
 }
 
+// The client's password under another name (wiped with it).
+credentials renamed(const credentials& c, const std::string& user) {
+  credentials out;
+  out.user = user;
+  out.password = c.password;
+  return out;
+}
+
 backend_result unavailable(std::string reason) {
   backend_result r;
   r.outcome = backend_outcome::unavailable;
@@ -36,25 +44,35 @@ backend_result unavailable(std::string reason) {
 // The password checked on legacy, then the new server logged in to as the
 // user with the master credentials.
 asio::awaitable<backend_result> via_legacy(daemon::state& st, const credentials& creds,
-                                           const client_info& client) {
+                                           const mapped_login& names, const client_info& client) {
   const auto now = auth_penalty::clock::now();
-  if (!st.penalty.allowed(client.address, creds.user, now))
+  // Limited per account: every spelling of one user counts as that user.
+  if (!st.penalty.allowed(client.address, names.identity, now))
     co_return refused("too many failed checks against legacy: not asked");
-  backend_result check = co_await backend_login(st.io.get_executor(), st.legacy, creds, client);
+  const backend_settings* legacy = &st.legacy;
+  if (!names.legacy_server.empty()) {
+    auto it = st.more_legacy.find(names.legacy_server);
+    if (it == st.more_legacy.end())
+      co_return unavailable("no legacy server \"" + names.legacy_server + "\" for the user");
+    legacy = &it->second;
+  }
+  const credentials as_legacy = renamed(creds, names.legacy_login);
+  backend_result check = co_await backend_login(st.io.get_executor(), *legacy, as_legacy, client);
   check.stream.reset();  // only the answer counts: the connection goes
   if (check.outcome == backend_outcome::refused) {
-    const auto wait = st.penalty.failed(client.address, creds.user, auth_penalty::clock::now());
+    const auto wait = st.penalty.failed(client.address, names.identity, auth_penalty::clock::now());
     if (wait.count() > 0) {
       asio::steady_timer t(st.io, wait);
       boost::system::error_code ignored;
       co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
     }
-    co_return refused("legacy " + st.legacy.display() + ": " + check.reason);
+    co_return refused("legacy " + legacy->display() + ": " + check.reason);
   }
   if (check.outcome != backend_outcome::ok)
-    co_return unavailable("legacy " + st.legacy.display() + ": " + check.reason);
-  st.penalty.succeeded(creds.user);
-  backend_result r = co_await backend_login(st.io.get_executor(), st.backend, creds, client,
+    co_return unavailable("legacy " + legacy->display() + ": " + check.reason);
+  st.penalty.succeeded(names.identity);
+  const credentials as_new = renamed(creds, names.new_user);
+  backend_result r = co_await backend_login(st.io.get_executor(), st.backend, as_new, client,
                                             &st.opt.auth.new_master);
   if (r.outcome == backend_outcome::refused) {
     // The password was right: the new server refusing its master login is
@@ -72,18 +90,29 @@ std::string checked_by(const daemon::state& st, const verified_login& v) {
   return "checked_by=" + v.checked_by + " ";
 }
 
+mapped_login names_of(const daemon::state& st, const std::string& login) {
+  if (st.opt.map_login) return st.opt.map_login(login);
+  return mapped_login{login, login, login, login, login, ""};
+}
+
 asio::awaitable<verified_login> verify_and_login(daemon::state& st, const credentials& creds,
+                                                 const mapped_login& names,
                                                  const client_info& client) {
   // One co_await per statement, never inside a braced initializer (GCC 12
   // miscompiles that: imap/client/README.md).
   const verify_mode mode = st.opt.auth.verify;
   verified_login v;
   if (mode != verify_mode::legacy) {
-    v.result = co_await backend_login(st.io.get_executor(), st.backend, creds, client);
+    if (names.new_login == creds.user) {
+      v.result = co_await backend_login(st.io.get_executor(), st.backend, creds, client);
+    } else {
+      const credentials as_new = renamed(creds, names.new_login);
+      v.result = co_await backend_login(st.io.get_executor(), st.backend, as_new, client);
+    }
     v.checked_by = "new";
     if (mode == verify_mode::fresh || v.result.outcome != backend_outcome::refused) co_return v;
   }
-  v.result = co_await via_legacy(st, creds, client);
+  v.result = co_await via_legacy(st, creds, names, client);
   v.checked_by = "legacy";
   co_return v;
 }

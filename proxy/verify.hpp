@@ -24,7 +24,12 @@ struct verified_login {
 // legacy ([auth] verify); "" for a plain proxy, whose lines stay as they were.
 std::string checked_by(const daemon::state& st, const verified_login& v);
 
+// The names a login stands for (options::map_login, else the name as typed).
+mapped_login names_of(const daemon::state& st, const std::string& login);
+
+// creds.user is the name as typed; `names` says what each server is told.
 boost::asio::awaitable<verified_login> verify_and_login(daemon::state& st, const credentials& creds,
+                                                        const mapped_login& names,
                                                         const client_info& client);
 
 }  // namespace suction::proxy

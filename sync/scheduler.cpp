@@ -36,7 +36,9 @@ struct entry {
   std::string password;  // wiped by drop_credentials
   bool has_password = false;
   std::chrono::steady_clock::time_point credentials_until{};
-  std::string login_name;      // as typed at the last login (the map's key is user_key)
+  sync_identity who;           // names for the servers (the map's key is who.key)
+  std::string legacy_server;   // "" = the default legacy server
+  bool bulk = false;           // queued by enqueue: no password, master credentials
   std::string client_address;  // of the last login
   std::optional<std::int64_t> started_at, finished_at, completed_at;
   std::string last_error;
@@ -100,9 +102,39 @@ struct scheduler::impl {
   mutable state_store reader;   // queries from other threads
   mutable std::mutex m;         // guards everything below
   std::map<std::string, entry, std::less<>> users;
-  std::deque<std::string> queue;
+  std::deque<std::string> queue;       // logins' jobs, first
+  std::deque<std::string> bulk_queue;  // enqueue's, when no login waits
   bool paused = false, draining = false, stopped = false;
-  std::uint32_t running = 0, legacy_in_use = 0;
+  std::uint32_t running = 0;
+  std::map<std::string, std::uint32_t, std::less<>> legacy_in_use;  // by server name
+
+  const legacy_target* target(std::string_view server) const {
+    for (const auto& t : opts.more_legacy)
+      if (t.name == server) return &t;
+    return nullptr;
+  }
+  const server_options& legacy_of(std::string_view server) const {
+    const legacy_target* t = target(server);
+    return t ? t->server : opts.sync.legacy;
+  }
+  std::uint32_t cap_of(std::string_view server) const {
+    const legacy_target* t = target(server);
+    return t ? t->max_connections : opts.legacy_max_connections;
+  }
+  std::uint32_t room_on(const std::string& server) const {
+    auto it = legacy_in_use.find(server);
+    const std::uint32_t used = it == legacy_in_use.end() ? 0 : it->second;
+    const std::uint32_t cap = cap_of(server);
+    return used < cap ? cap - used : 0;
+  }
+  // Queued jobs that could start now on `server`.
+  std::size_t waiting_on(const std::string& server) const {
+    std::size_t n = 0;
+    for (const auto* q : {&queue, &bulk_queue})
+      for (const auto& name : *q)
+        if (auto it = users.find(name); it != users.end() && it->second.legacy_server == server) ++n;
+    return n;
+  }
 
   asio::io_context io{1};
   asio::executor_work_guard<asio::io_context::executor_type> work;
@@ -113,16 +145,15 @@ struct scheduler::impl {
   // leaving one for each queued job that could start now (a big mailbox does
   // not keep small ones waiting).
   std::uint32_t grant(const std::string& name, std::uint32_t wanted) {
+    entry& e = users[name];
     const std::uint32_t free_slots =
         running < opts.max_concurrent_users ? opts.max_concurrent_users - running : 0;
     const std::uint32_t kept = static_cast<std::uint32_t>(
-        std::min<std::size_t>(paused || draining ? 0 : queue.size(), free_slots));
-    const std::uint32_t used = legacy_in_use + kept;
-    const std::uint32_t room =
-        used < opts.legacy_max_connections ? opts.legacy_max_connections - used : 0;
-    const std::uint32_t g = std::min(wanted, room);
-    legacy_in_use += g;
-    users[name].extra_connections += g;
+        std::min<std::size_t>(paused || draining ? 0 : waiting_on(e.legacy_server), free_slots));
+    const std::uint32_t room = room_on(e.legacy_server);
+    const std::uint32_t g = std::min(wanted, room > kept ? room - kept : 0);
+    legacy_in_use[e.legacy_server] += g;
+    e.extra_connections += g;
     return g;
   }
 
@@ -135,8 +166,22 @@ struct scheduler::impl {
     e.queued = true;
     e.state = user_state::pending;
     e.retry_at.reset();
-    queue.push_back(name);
+    (e.bulk ? bulk_queue : queue).push_back(name);
     asio::post(io, [this] { kick(); });
+  }
+
+  // Under m: the next queued job whose legacy server has room, logins first;
+  // "" when none.
+  std::string take_next() {
+    for (auto* q : {&queue, &bulk_queue}) {
+      for (auto it = q->begin(); it != q->end(); ++it) {
+        if (room_on(users[*it].legacy_server) == 0) continue;
+        std::string name = std::move(*it);
+        q->erase(it);
+        return name;
+      }
+    }
+    return {};
   }
 
   // Starts queued jobs while the caps allow. On the worker thread. The jobs
@@ -144,18 +189,15 @@ struct scheduler::impl {
   // up to its first wait, and a job that ends without waiting (its run
   // refused as busy, a CA file that cannot be read) locks m in finish().
   void kick() {
-    std::vector<std::tuple<std::string, std::string, std::shared_ptr<secret>,
-                           std::shared_ptr<sync_progress>>>
+    std::vector<std::tuple<std::string, std::shared_ptr<secret>, std::shared_ptr<sync_progress>>>
         starting;
     std::unique_lock lock(m);
-    while (!stopped && !paused && !draining && !queue.empty() &&
-           running < opts.max_concurrent_users &&
-           legacy_in_use + 1 <= opts.legacy_max_connections) {
-      std::string name = std::move(queue.front());
-      queue.pop_front();
+    while (!stopped && !paused && !draining && running < opts.max_concurrent_users) {
+      std::string name = take_next();
+      if (name.empty()) break;
       entry& e = users[name];
       e.queued = false;
-      if (!e.has_password) {
+      if (!e.has_password && !e.bulk) {
         e.state = user_state::failed;
         e.last_error = "no credentials held any more (credential_ttl): waiting for the next login";
         log("migration user=" + log_value(name) + " result=failed error=" + log_value(e.last_error));
@@ -167,23 +209,44 @@ struct scheduler::impl {
       e.finished_at.reset();
       e.progress = std::make_shared<sync_progress>();
       ++running;
-      legacy_in_use += 1;  // the job's first pair; more through grant()
+      legacy_in_use[e.legacy_server] += 1;  // the job's first pair; more through grant()
       // The job's own copy of the password, made here: never a moved-from string.
-      starting.emplace_back(name, e.login_name, std::make_shared<secret>(e.password), e.progress);
+      starting.emplace_back(name, std::make_shared<secret>(e.password), e.progress);
     }
     lock.unlock();
-    for (auto& [name, login, pw, progress] : starting)
-      asio::co_spawn(io, run_job(name, login, pw, progress), asio::detached);
+    for (auto& [name, pw, progress] : starting)
+      asio::co_spawn(io, run_job(name, pw, progress), asio::detached);
   }
 
-  // name: the user's key; login: the name as the user typed it (for the servers).
-  asio::awaitable<void> run_job(std::string name, std::string login, std::shared_ptr<secret> pw,
+  // The options of one job: its legacy server; a login's job logs in with
+  // the user's password, a bulk job with both servers' master credentials.
+  user_sync_options job_options(const entry& e) const {
+    user_sync_options job = opts.sync;
+    job.legacy = legacy_of(e.legacy_server);
+    if (e.bulk) {
+      job.fresh.master = opts.bulk_new_master;
+    } else {
+      job.legacy.master = {};
+    }
+    job.connections = std::max<std::uint32_t>(1, std::min(job.connections, cap_of(e.legacy_server)));
+    return job;
+  }
+
+  // name: the user's key (the names for the servers are in its entry).
+  asio::awaitable<void> run_job(std::string name, std::shared_ptr<secret> pw,
                                 std::shared_ptr<sync_progress> progress) {
     // Never inside kick(): a job that ends without waiting would start the
     // next one from its finish(), recursively.
     co_await asio::post(io, asio::use_awaitable);
+    user_sync_options job;
+    sync_identity who;
+    {
+      std::lock_guard lock(m);
+      const entry& e = users[name];
+      job = job_options(e);
+      who = e.who;
+    }
     // More pairs of connections only as the legacy cap allows, counted per job.
-    user_sync_options job = opts.sync;
     job.acquire_connections = [this, name](std::uint32_t n) {
       std::lock_guard lock(m);
       return grant(name, n);
@@ -193,11 +256,11 @@ struct scheduler::impl {
       entry& e = users[name];
       n = std::min(n, e.extra_connections);
       e.extra_connections -= n;
-      legacy_in_use -= n;
+      legacy_in_use[e.legacy_server] -= n;
     };
     user_sync_report rep;
     try {
-      rep = co_await sync_user(io.get_executor(), job, login, pw->value, store, false,
+      rep = co_await sync_user(io.get_executor(), job, who, pw->value, store, false,
                                progress.get());
     } catch (const std::exception& e) {
       rep.user = name;
@@ -215,7 +278,7 @@ struct scheduler::impl {
       entry& e = users[name];
       e.running = false;
       --running;
-      legacy_in_use -= 1 + e.extra_connections;
+      legacy_in_use[e.legacy_server] -= 1 + e.extra_connections;
       e.extra_connections = 0;
       e.finished_at = unix_now();
       e.last_error = rep.errors.empty() ? std::string() : rep.errors.front();
@@ -230,7 +293,7 @@ struct scheduler::impl {
         } else if (!opts.retry.allows(e.attempts)) {
           e.state = user_state::failed;
           retry_note = " retry=no (" + std::to_string(e.attempts) + " attempts)";
-        } else if (!e.has_password) {
+        } else if (!e.has_password && !e.bulk) {
           e.state = user_state::failed;
           retry_note = " retry=no (no credentials held)";
         } else {
@@ -250,8 +313,8 @@ struct scheduler::impl {
         if (!policy(rep.failure).keeps_credentials) e.drop_credentials();
       }
       if (opts.credential_ttl.count() == 0 && !e.retry_at) e.drop_credentials();
-      log("migration " + describe_run(rep) + " client=" + e.client_address + " legacy=" +
-          imap::display(opts.sync.legacy.endpoint) + " new=" +
+      log("migration " + describe_run(rep) + " client=" + (e.bulk ? "bulk" : e.client_address) +
+          " legacy=" + imap::display(legacy_of(e.legacy_server).endpoint) + " new=" +
           imap::display(opts.sync.fresh.endpoint) +
           " attempt=" + std::to_string(std::max<std::uint32_t>(e.attempts, 1)) + retry_note);
     }
@@ -308,6 +371,8 @@ struct scheduler::impl {
     v.credentials_held = e.has_password;
     v.attempts = e.attempts;
     v.retry_at = e.retry_at;
+    v.bulk = e.bulk;
+    v.legacy_server = e.legacy_server;
     return v;
   }
 };
@@ -333,6 +398,7 @@ void scheduler::stop() {
       e.retry_at.reset();
     }
     impl_->queue.clear();
+    impl_->bulk_queue.clear();
   }
   impl_->io.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
@@ -341,23 +407,61 @@ void scheduler::stop() {
 }
 
 void scheduler::on_login(std::string user, std::string password, std::string client_address) {
+  sync_identity who = same_names(impl_->opts.sync, user);
+  imap::secure_wipe(user);
+  on_login(std::move(who), "", std::move(password), std::move(client_address));
+}
+
+void scheduler::on_login(sync_identity who, std::string legacy_server, std::string password,
+                         std::string client_address) {
   secret pw(password);  // copies, never moves: a moved-from string keeps its bytes
   imap::secure_wipe(password);
-  const std::string key = user_key(impl_->opts.sync, user);
+  const std::string key = who.key;
   std::lock_guard lock(impl_->m);
   if (impl_->stopped) return;
   entry& e = impl_->users[key];
-  e.login_name = std::move(user);
   imap::secure_wipe(e.password);
   e.password = pw.value;
   e.has_password = true;
   e.credentials_until = std::chrono::steady_clock::now() + impl_->opts.credential_ttl;
   e.client_address = std::move(client_address);
-  if (e.running || e.queued || e.retry_at) return;  // one job per user
+  if (e.running) return;  // one job per user: the running one keeps its names
+  e.who = std::move(who);
+  e.legacy_server = std::move(legacy_server);
+  if (e.queued && e.bulk) {
+    // A login goes first: the bulk job moves to the logins' queue.
+    std::erase(impl_->bulk_queue, key);
+    e.bulk = false;
+    impl_->queue.push_back(key);
+    asio::post(impl_->io, [i = impl_.get()] { i->kick(); });
+    return;
+  }
+  e.bulk = false;
+  if (e.queued || e.retry_at) return;  // one job per user
   if (e.state == user_state::done && e.completed_at &&
       unix_now() - *e.completed_at < impl_->opts.resync_interval.count())
     return;
   impl_->enqueue(key, e);
+}
+
+std::string scheduler::enqueue(sync_identity who, std::string legacy_server) {
+  const std::string key = who.key;
+  std::lock_guard lock(impl_->m);
+  if (impl_->stopped) return "the daemon is stopping";
+  if (!legacy_server.empty() && !impl_->target(legacy_server))
+    return "no legacy server \"" + legacy_server + "\"";
+  if (!impl_->legacy_of(legacy_server).master.configured() ||
+      !impl_->opts.bulk_new_master.configured())
+    return "needs a login: no master credentials for " +
+           std::string(impl_->opts.bulk_new_master.configured() ? "its legacy server" : "[new]");
+  entry& e = impl_->users[key];
+  if (e.running || e.queued) return "already queued or running";
+  e.who = std::move(who);
+  e.legacy_server = std::move(legacy_server);
+  e.bulk = true;
+  e.client_address.clear();
+  impl_->enqueue(key, e);
+  return "";
 }
 
 std::string scheduler::resync(std::string_view user) {
@@ -368,7 +472,7 @@ std::string scheduler::resync(std::string_view user) {
   entry& e = it->second;
   if (e.running || e.queued)
     return "a migration of " + std::string(user) + " is already queued or running";
-  if (!e.has_password)
+  if (!e.has_password && !e.bulk)
     return "no credentials held for " + std::string(user) +
            ": they are kept only for credential_ttl after a login; the user must log in again";
   impl_->enqueue(it->first, e);
@@ -410,7 +514,7 @@ scheduler_totals scheduler::totals() const {
       t.bytes_copied += e.progress->bytes_copied.load();
     }
   }
-  t.legacy_connections = impl_->legacy_in_use;
+  for (const auto& [server, n] : impl_->legacy_in_use) t.legacy_connections += n;
   lock.unlock();
   std::lock_guard reader_lock(impl_->reader_m);
   run_totals recorded = impl_->reader.totals();

@@ -13,7 +13,10 @@
 //   a mailbox above parallel_threshold) only as far as the cap has room,
 //   leaving one connection for each queued job that could start, so a few
 //   big mailboxes do not keep small ones waiting. Queued jobs start in login
-//   order as room frees up.
+//   order as room frees up; each legacy server has its own cap.
+// - Logins before bulk: users handed over by enqueue (suction migrate) start
+//   only when no login's job is waiting, and a login of a user whose bulk job
+//   is still queued moves it to the logins' queue.
 // - A failure its policy retries (failure.hpp: a server unreachable, a
 //   connection lost, a login refused for now with [UNAVAILABLE] and the like)
 //   is tried again with the backoff policy, the credentials kept meanwhile; a
@@ -46,8 +49,23 @@
 
 namespace suction::sync {
 
+// A legacy server other than opts.sync.legacy (issue 10 must 4), with its own
+// cap on connections. Its `server.master` is used only for bulk jobs.
+struct legacy_target {
+  std::string name;
+  server_options server;
+  std::uint32_t max_connections = 16;
+};
+
 struct scheduler_options {
   user_sync_options sync;                      // sync.connections: per user
+  // More legacy servers, by name; a job's server is the name it came with
+  // ("" = sync.legacy, capped by legacy_max_connections).
+  std::vector<legacy_target> more_legacy;
+  // Bulk jobs (enqueue: users who may never log in) log in to both servers
+  // with master credentials: the new server's here, legacy's in its
+  // server_options (sync.legacy.master, more_legacy[i].server.master).
+  imap::master_credentials bulk_new_master;
   std::filesystem::path state_db;
   std::uint32_t max_concurrent_users = 4;
   std::uint32_t legacy_max_connections = 16;
@@ -78,6 +96,8 @@ struct user_view {
   bool credentials_held = false;
   std::uint32_t attempts = 0;             // transient failures in a row
   std::optional<std::int64_t> retry_at;   // unix seconds of the next retry, if one is set
+  bool bulk = false;                      // queued or run by enqueue, not by a login
+  std::string legacy_server;              // "" = the default legacy server
 };
 
 struct scheduler_totals {
@@ -104,6 +124,16 @@ class scheduler {
   // A successful login: returns at once. Copies the password and wipes the
   // argument. client_address goes into the run's log line.
   void on_login(std::string user, std::string password, std::string client_address);
+  // The same with the names mapped ([users]): keyed by who.key, copied from
+  // the legacy server named legacy_server ("" = the default).
+  void on_login(sync_identity who, std::string legacy_server, std::string password,
+                std::string client_address);
+
+  // A user who may never log in (suction migrate): queued behind every login,
+  // run with master credentials at the same caps. "" when queued, else why
+  // not (already queued or running, no master credentials for its servers,
+  // an unknown legacy server).
+  std::string enqueue(sync_identity who, std::string legacy_server);
 
   // Operator commands. resync: "" when queued, else why not (unknown user, no
   // credentials held, already queued or running).

@@ -45,7 +45,7 @@ struct tls_contexts {
 boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
                                   const server_options& so,
                                   std::shared_ptr<boost::asio::ssl::context>& tls,
-                                  const char* which, std::string_view user,
+                                  const char* which, const server_login& who,
                                   std::string_view password, user_sync_report& rep) {
   imap::client_options co;
   co.connect_timeout = so.connect_timeout;
@@ -74,9 +74,9 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
   command_result r;
   std::error_code ec;  // two statements, no co_await in ?: (GCC 12, imap/client/README.md)
   if (so.master.configured())
-    ec = co_await s.c->login_as(user, so.master, &r);
+    ec = co_await s.c->login_as(who.user, so.master, &r);
   else
-    ec = co_await s.c->login(user, password, &r);
+    ec = co_await s.c->login(who.login, password, &r);
   if (ec) {
     if (ec == imap::errc::auth_failed) {
       // Refused for good (the credentials), or for now ([UNAVAILABLE] ...): retried.
@@ -87,7 +87,7 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
       rep.errors.push_back("the " + std::string(which) + " server " + where(so) +
                            (kind == failure_kind::credentials ? " refused the login for "
                                                               : " refused the login for now for ") +
-                           std::string(user) + (r.text.empty() ? std::string() : ": " + r.text));
+                           (so.master.configured() ? who.user : who.login) + (r.text.empty() ? std::string() : ": " + r.text));
     } else {
       rep.outcome = sync_outcome::failed;
       rep.errors.push_back("login on the " + std::string(which) + " server " + where(so) +
@@ -168,8 +168,8 @@ bool is_inbox(std::string_view legacy_name) { return imap::iequals(legacy_name, 
 // What the workers of one run share. One thread: no locks.
 struct copy_run {
   const user_sync_options& opts;
-  std::string_view user;  // as the servers get it
-  std::string_view key;   // in the state store (user_key)
+  const sync_identity& who;  // the names the servers get
+  std::string_view key;      // in the state store (who.key)
   tls_contexts& tls;
   state_store& state;
   sync_progress* progress;
@@ -252,10 +252,10 @@ boost::asio::awaitable<void> extra_worker(copy_run& run, boost::asio::any_io_exe
   user_sync_report scratch;
   if (run.next >= run.jobs.size()) co_return;  // the first pair took everything already
   // Two steps, not `co_await a && co_await b` (GCC 12, see imap/client/README.md).
-  bool opened = co_await open(legacy, ex, run.opts.legacy, run.tls.legacy, "legacy", run.user,
+  bool opened = co_await open(legacy, ex, run.opts.legacy, run.tls.legacy, "legacy", run.who.legacy,
                               password, scratch);
   if (opened)
-    opened = co_await open(fresh, ex, run.opts.fresh, run.tls.fresh, "new", run.user, password,
+    opened = co_await open(fresh, ex, run.opts.fresh, run.tls.fresh, "new", run.who.fresh, password,
                            scratch);
   if (opened) {
     co_await copy_worker(run, legacy, fresh);
@@ -277,8 +277,8 @@ using worker_ends = boost::asio::experimental::channel<void(boost::system::error
 // connections (the first pair is the run's own), INBOX first, then the
 // largest first so one big folder does not end the run alone.
 boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
-                                          const user_sync_options& opts, std::string_view user,
-                                          std::string_view key, std::string_view password,
+                                          const user_sync_options& opts, const sync_identity& who,
+                                          std::string_view password,
                                           state_store& state, tls_contexts& tls,
                                           session& legacy, session& fresh,
                                           std::vector<folder_job> jobs, sync_progress* progress,
@@ -294,7 +294,7 @@ boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
   std::uint64_t to_copy = 0;
   for (auto& j : jobs) to_copy += rep.folders[j.report_index].to_copy;
   const std::size_t wanted = to_copy >= opts.parallel_min_messages ? opts.connections : 1;
-  copy_run run{opts, user, key, tls, state, progress, rep, std::move(jobs)};
+  copy_run run{opts, who, who.key, tls, state, progress, rep, std::move(jobs)};
   std::size_t workers = std::max<std::size_t>(1, std::min<std::size_t>(wanted, run.jobs.size()));
   std::uint32_t granted = 0;  // extra pairs the scheduler allowed (its legacy cap)
   if (workers > 1 && opts.acquire_connections) {
@@ -372,14 +372,15 @@ namespace {
 // plan, create, subscribe, copy, log out. Fills `rep`; a state store failure
 // propagates (sync_user records it).
 boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
-                                      const user_sync_options& opts, std::string_view user,
-                                      std::string_view key, std::string_view password,
+                                      const user_sync_options& opts, const sync_identity& who,
+                                      std::string_view password,
                                       state_store& state, bool dry_run, sync_progress* progress,
                                       user_sync_report& rep) {
   session legacy, fresh;
   tls_contexts tls;
-  bool ok = co_await open(legacy, ex, opts.legacy, tls.legacy, "legacy", user, password, rep);
-  if (ok) ok = co_await open(fresh, ex, opts.fresh, tls.fresh, "new", user, password, rep);
+  const std::string& key = who.key;
+  bool ok = co_await open(legacy, ex, opts.legacy, tls.legacy, "legacy", who.legacy, password, rep);
+  if (ok) ok = co_await open(fresh, ex, opts.fresh, tls.fresh, "new", who.fresh, password, rep);
 
   folder_plan plan;
   if (ok) {
@@ -512,7 +513,7 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
           for (auto& j : jobs) progress->messages_total += rep.folders[j.report_index].to_copy;
         }
         if (!dry_run && !jobs.empty())
-          co_await copy_folders(ex, opts, user, key, password, state, tls, legacy, fresh,
+          co_await copy_folders(ex, opts, who, password, state, tls, legacy, fresh,
                                 std::move(jobs), progress, rep);
         for (auto& fr : rep.folders) {
           if (fr.done) ++rep.folders_copied;
@@ -548,16 +549,32 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
 
 }  // namespace
 
+sync_identity same_names(const user_sync_options& opts, std::string_view user) {
+  return {user_key(opts, user), {std::string(user), std::string(user)},
+          {std::string(user), std::string(user)}};
+}
+
 boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor ex,
                                                    const user_sync_options& opts,
                                                    std::string_view user,
                                                    std::string_view password, state_store& state,
                                                    bool dry_run, sync_progress* progress) {
+  const sync_identity who = same_names(opts, user);
+  user_sync_report rep = co_await sync_user(ex, opts, who, password, state, dry_run, progress);
+  rep.user = std::string(user);  // as typed, for the caller's lines
+  co_return rep;
+}
+
+boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor ex,
+                                                   const user_sync_options& opts,
+                                                   const sync_identity& who,
+                                                   std::string_view password, state_store& state,
+                                                   bool dry_run, sync_progress* progress) {
   user_sync_report rep;
-  rep.user = std::string(user);
+  rep.user = who.key;
   rep.dry_run = dry_run;
   auto t0 = std::chrono::steady_clock::now();
-  const std::string key = user_key(opts, user);  // the servers still get `user` as typed
+  const std::string& key = who.key;
   std::int64_t run_id = 0;
   if (!dry_run) {
     try {
@@ -574,7 +591,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
 
   std::exception_ptr failure;  // the state store (or anything) threw: recorded, then thrown on
   try {
-    co_await run_body(ex, opts, user, key, password, state, dry_run, progress, rep);
+    co_await run_body(ex, opts, who, password, state, dry_run, progress, rep);
   } catch (...) {
     failure = std::current_exception();
   }
@@ -596,7 +613,7 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
   if (!dry_run) {
     run_record rr;
     rr.id = run_id;
-    rr.user = std::string(user);
+    rr.user = key;
     rr.finished_at = static_cast<std::int64_t>(std::time(nullptr));
     rr.result = rep.outcome == sync_outcome::ok ? run_result::done : run_result::failed;
     rr.messages_copied = rep.messages_copied;

@@ -146,6 +146,22 @@ inline void note_failure(user_sync_report& r, failure_kind k) { r.failure = wors
 // The user's key in the state store and the scheduler (fold_user_case).
 std::string user_key(const user_sync_options& opts, std::string_view user);
 
+// What one server is told: `login` with the user's password ("bob", or
+// "bob*admin" as typed), `user` when the server's master credentials are used.
+struct server_login {
+  std::string login, user;
+};
+
+// Who a run migrates (issue 10 must 3): the canonical identity that keys the
+// state store and the scheduler, and the names each server knows.
+struct sync_identity {
+  std::string key;
+  server_login legacy, fresh;
+};
+
+// The same name on both servers, keyed by user_key: no [users] mapping.
+sync_identity same_names(const user_sync_options& opts, std::string_view user);
+
 // A value for a key=value log line (imap/log_value.hpp): a user name must not
 // forge log lines.
 using imap::log_value;
@@ -160,6 +176,13 @@ std::string describe_run(const user_sync_report& r);
 boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor ex,
                                                    const user_sync_options& opts,
                                                    std::string_view user,
+                                                   std::string_view password, state_store& state,
+                                                   bool dry_run,
+                                                   sync_progress* progress = nullptr);
+// The same with the names mapped (who.key keys the state store).
+boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor ex,
+                                                   const user_sync_options& opts,
+                                                   const sync_identity& who,
                                                    std::string_view password, state_store& state,
                                                    bool dry_run,
                                                    sync_progress* progress = nullptr);

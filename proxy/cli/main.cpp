@@ -40,15 +40,31 @@ int run_proxy(const std::string& config_path) {
 
   // Migration at login: the scheduler (its own thread) behind the login
   // trigger and the status socket.
+  std::shared_ptr<suction::cli::account_book> accounts;
+  suction::sync::scheduler_options sched;
+  suction::proxy::options popts;
+  try {
+    accounts = std::make_shared<suction::cli::account_book>(*cfg);
+    sched = suction::cli::scheduler_options_from(*cfg);
+    popts = suction::cli::proxy_options_from(*cfg);
+  } catch (const suction::config::config_error& e) {
+    std::fprintf(stderr, "suction: %s\n", e.what());
+    return 2;
+  }
+  // [users]: every login's names, and the map file read again on SIGHUP.
+  popts.map_login = [accounts](std::string_view login) {
+    return suction::cli::to_mapped(accounts->resolve(login));
+  };
+  popts.reload = [accounts] { return accounts->reload(); };
   std::shared_ptr<suction::cli::migration> migration;
   try {
-    migration = std::make_shared<suction::cli::migration>(suction::cli::scheduler_options_from(*cfg));
+    migration = std::make_shared<suction::cli::migration>(std::move(sched), accounts);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "suction: %s: [sync] state_db: %s\n", cfg->source.c_str(), e.what());
     return 1;
   }
   boost::asio::io_context io(1);
-  suction::proxy::daemon d(io, suction::cli::proxy_options_from(*cfg), migration, migration.get());
+  suction::proxy::daemon d(io, std::move(popts), migration, migration.get());
   migration->set_proxy_stats([&d] { return d.stats(); });
   try {
     d.start();

@@ -1,11 +1,16 @@
-// `suction migrate --standalone`: finish users who never log in (issue 10
-// must 5, first part): each user of a list is migrated in this process with
-// the master credentials of [legacy] (and of [new], which does not know the
-// passwords either), at the daemon's caps ([sync] max_concurrent_users,
-// [legacy] max_connections). Incremental like every run: a re-run copies only
-// what is new. Without legacy master credentials nothing is guessed: the users
-// are listed as needing a login. Handing the list to a running daemon (the
-// status socket's `enqueue`) is not there yet.
+// `suction migrate`: finish users who never log in (issue 10 must 5). Each
+// login of a list is resolved through [users] (templates, map file, its
+// legacy server) and migrated with the master credentials of its legacy
+// server and of [new] (which does not know the passwords either).
+// - Without --standalone the list goes to the running daemon over the status
+//   socket (`enqueue`, one request per user): the daemon migrates those users
+//   at its caps, behind every user who logs in.
+// - With --standalone this process runs the daemon's own scheduler over the
+//   list (same caps, same per-server limits, same retries as `suction sync
+//   --retries`), shows a progress bar on a terminal, and prints the results.
+// Incremental like every run: a re-run copies only what is new. Without
+// master credentials nothing is guessed: the users are listed as needing a
+// login.
 #pragma once
 
 #include <string>
@@ -25,8 +30,9 @@ struct migrate_command_args {
 
 CLI::App* add_migrate_subcommand(CLI::App& app, migrate_command_args& args);
 
-// Exit codes: 0 every user migrated; 1 some not (or no master credentials);
-// 2 bad command line, config or users file.
+// Exit codes: 0 every user migrated (--standalone) or queued by the daemon;
+// 1 some not (or no master credentials, or no daemon); 2 bad command line,
+// config or users file.
 int run_migrate_command(const migrate_command_args& args);
 
 }  // namespace suction::cli

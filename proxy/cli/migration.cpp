@@ -35,6 +35,8 @@ nlohmann::json to_json(const sync::user_view& v) {
       {"credentials_held", v.credentials_held},
       {"attempts", v.attempts},
       {"retry_at", optional_time(v.retry_at)},
+      {"queued_by", v.bulk ? "bulk" : "login"},
+      {"legacy_server", v.legacy_server.empty() ? "legacy" : v.legacy_server},
   };
 }
 
@@ -53,15 +55,22 @@ nlohmann::json to_json(const sync::run_record& r) {
 
 }  // namespace
 
-migration::migration(sync::scheduler_options opts) : scheduler_(std::move(opts)) {
+migration::migration(sync::scheduler_options opts, std::shared_ptr<const account_book> accounts)
+    : accounts_(std::move(accounts)), scheduler_(std::move(opts)) {
   scheduler_.start();
+}
+
+std::string migration::key_of(std::string_view name) const {
+  if (scheduler_.user(name)) return std::string(name);
+  return accounts_->resolve(name).identity;
 }
 
 migration::~migration() { scheduler_.stop(); }
 
 void migration::on_login(proxy::login_event event) {
   // The scheduler takes copies; the event's credentials are wiped when it goes.
-  scheduler_.on_login(event.creds.user, event.creds.password, event.client_address);
+  scheduler_.on_login(to_identity(event.names), event.names.legacy_server, event.creds.password,
+                      event.client_address);
 }
 
 nlohmann::json migration::status() {
@@ -95,16 +104,22 @@ nlohmann::json migration::users() {
 }
 
 std::optional<nlohmann::json> migration::user(std::string_view name) {
-  auto v = scheduler_.user(name);
+  const std::string key = key_of(name);
+  auto v = scheduler_.user(key);
   if (!v) return std::nullopt;
   nlohmann::json j = to_json(*v);
   nlohmann::json runs = nlohmann::json::array();
-  for (const auto& r : scheduler_.runs(name, 20)) runs.push_back(to_json(r));
+  for (const auto& r : scheduler_.runs(key, 20)) runs.push_back(to_json(r));
   j["runs"] = std::move(runs);
   return j;
 }
 
-std::string migration::resync(std::string_view name) { return scheduler_.resync(name); }
+std::string migration::resync(std::string_view name) { return scheduler_.resync(key_of(name)); }
+
+std::string migration::enqueue(std::string_view login) {
+  const config::account a = accounts_->resolve(login);
+  return scheduler_.enqueue(to_identity(a), a.legacy_server);
+}
 void migration::pause() { scheduler_.pause(); }
 void migration::resume() { scheduler_.resume(); }
 void migration::drain() { scheduler_.drain(); }

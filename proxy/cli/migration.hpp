@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 
+#include "proxy/cli/accounts.hpp"
 #include "proxy/daemon.hpp"
 #include "proxy/status_server.hpp"
 #include "proxy/trigger.hpp"
@@ -19,7 +20,9 @@ class migration final : public proxy::login_trigger, public proxy::status_backen
  public:
   // Opens the state store (opts.state_db; throws sync::state_error) and
   // starts the scheduler's thread.
-  explicit migration(sync::scheduler_options opts);
+  // `accounts` names who is who ([users]); the status socket's names go
+  // through it (a login name, or the canonical identity itself).
+  migration(sync::scheduler_options opts, std::shared_ptr<const account_book> accounts);
   ~migration() override;  // stop()
 
   // Where {"cmd":"status"} gets the proxy's counters (the daemon, once made).
@@ -33,11 +36,17 @@ class migration final : public proxy::login_trigger, public proxy::status_backen
   nlohmann::json users() override;
   std::optional<nlohmann::json> user(std::string_view name) override;
   std::string resync(std::string_view name) override;
+  std::string enqueue(std::string_view login) override;
   void pause() override;
   void resume() override;
   void drain() override;
 
  private:
+  // The scheduler's key for what an operator typed: the identity itself if
+  // the scheduler knows it, else the identity the name resolves to.
+  std::string key_of(std::string_view name) const;
+
+  std::shared_ptr<const account_book> accounts_;
   sync::scheduler scheduler_;
   std::function<proxy::proxy_stats()> proxy_stats_;
 };

@@ -29,6 +29,22 @@ std::optional<proxy::listen_address> listen_address(const std::string& value) {
 
 }  // namespace
 
+namespace {
+
+// Where the proxy checks a password on a legacy server.
+proxy::backend_options checker_of(const config::server_section& s) {
+  const sync::server_options legacy = to_server(s);
+  proxy::backend_options o;
+  o.endpoint = legacy.endpoint;
+  o.tls = legacy.tls;
+  o.connect_timeout = legacy.connect_timeout;
+  o.command_timeout = legacy.command_timeout;
+  o.forward_client_info = false;  // legacy does not trust us with ID
+  return o;
+}
+
+}  // namespace
+
 std::optional<config::config> load_config(const std::string& path, bool check_files) {
   try {
     auto cfg = config::load(path);
@@ -90,6 +106,15 @@ sync::scheduler_options scheduler_options_from(const config::config& c) {
   o.legacy_max_connections = c.legacy.max_connections;
   o.resync_interval = c.sync.resync_interval;
   o.credential_ttl = c.sync.credential_ttl;
+  // Bulk jobs (suction migrate handing users to the daemon) log in to both
+  // servers as master users; login jobs never use legacy's.
+  o.sync.legacy.master = master_of(c, c.legacy, "legacy");
+  o.bulk_new_master = master_of(c, c.fresh, "new");
+  for (const auto& s : c.legacy_servers) {
+    sync::legacy_target t{s.name, to_server(s.server), s.server.max_connections};
+    t.server.master = master_of(c, s.server, "legacy_servers." + s.name);
+    o.more_legacy.push_back(std::move(t));
+  }
   o.log = [](const std::string& line) { spdlog::info("{}", line); };
   return o;
 }
@@ -118,12 +143,8 @@ proxy::options proxy_options_from(const config::config& c) {
       break;
   }
   if (o.auth.verify != proxy::verify_mode::fresh) {
-    const sync::server_options legacy = to_server(c.legacy);
-    o.auth.legacy.endpoint = legacy.endpoint;
-    o.auth.legacy.tls = legacy.tls;
-    o.auth.legacy.connect_timeout = legacy.connect_timeout;
-    o.auth.legacy.command_timeout = legacy.command_timeout;
-    o.auth.legacy.forward_client_info = false;  // legacy does not trust us with ID
+    o.auth.legacy = checker_of(c.legacy);
+    for (const auto& s : c.legacy_servers) o.auth.more_legacy.emplace_back(s.name, checker_of(s.server));
     o.auth.new_master = master_of(c, c.fresh, "new");
   }
   o.auth.failure_delay = c.auth.failure_delay;

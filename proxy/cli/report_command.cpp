@@ -12,6 +12,7 @@
 
 #include "config/config.hpp"
 #include "imap/log_value.hpp"
+#include "proxy/cli/accounts.hpp"
 #include "proxy/cli/options.hpp"
 #include "proxy/cli/users_file.hpp"
 #include "sync/report.hpp"
@@ -127,12 +128,18 @@ int run_report_command(const report_command_args& a) {
       return 3;
     }
     sync::state_store store(cfg->sync.state_db);
-    sync::user_sync_options opts;  // only for user_key: the store's spelling of a login
-    opts.fold_user_case = cfg->sync.fold_user_case;
-    if (listed.empty())
-      for (const auto& r : store.latest_runs()) listed.push_back(r.user);
-    for (const auto& login : listed)
-      histories.emplace_back(login, store.runs(sync::user_key(opts, login), 1u << 20));
+    if (listed.empty()) {
+      // The store's own keys: the canonical identities.
+      for (const auto& r : store.latest_runs()) histories.emplace_back(r.user, store.runs(r.user, 1u << 20));
+    } else {
+      // A login of the list is the account [users] makes of it.
+      const account_book accounts(*cfg);
+      for (const auto& login : listed)
+        histories.emplace_back(login, store.runs(accounts.resolve(login).identity, 1u << 20));
+    }
+  } catch (const config::config_error& e) {
+    std::fprintf(stderr, "suction: %s\n", e.what());
+    return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "suction report: %s\n", e.what());
     return 3;

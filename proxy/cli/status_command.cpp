@@ -19,127 +19,18 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "proxy/cli/status_link.hpp"
 
 namespace suction::cli {
 
 namespace {
 
 using json = nlohmann::json;
-using clock_type = std::chrono::steady_clock;
 
 // The whole exchange (connect, ask, every answer) has this long.
 constexpr std::chrono::seconds kTimeout{5};
-// A daemon answering more than this on one line is not a status socket.
-constexpr std::size_t kMaxAnswer = 64u << 20;
 
-// One line for stderr; run_status_command prints it and exits 1.
-struct failure {
-  std::string message;
-};
-
-// A connection to the status socket with one deadline for everything.
-class daemon_link {
- public:
-  daemon_link(std::string path, clock_type::time_point deadline)
-      : path_(std::move(path)), deadline_(deadline) {}
-  ~daemon_link() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  daemon_link(const daemon_link&) = delete;
-  daemon_link& operator=(const daemon_link&) = delete;
-
-  void connect() {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (path_.empty() || path_.size() >= sizeof addr.sun_path)
-      throw failure{"cannot connect to " + path_ + ": not a usable socket path (empty or longer than " +
-                    std::to_string(sizeof addr.sun_path - 1) + " bytes)"};
-    std::memcpy(addr.sun_path, path_.data(), path_.size());
-    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0) throw failure{std::string("cannot create a socket: ") + std::strerror(errno)};
-    // A blocking connect bounded by SO_SNDTIMEO: a Unix socket whose backlog is
-    // full makes connect wait, which a non-blocking connect cannot poll for.
-    timeval tv = remaining_timeval();
-    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-      int e = errno;
-      if (e == EAGAIN || e == ETIMEDOUT || e == EINPROGRESS) throw timed_out();
-      throw failure{"cannot connect to " + path_ + ": " + std::strerror(e) + connect_hint(e)};
-    }
-  }
-
-  void send_all(std::string_view data) {
-    while (!data.empty()) {
-      wait_for(POLLOUT);
-      ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR) continue;
-        throw failure{"lost the connection to " + path_ + ": " + std::strerror(errno)};
-      }
-      data.remove_prefix(static_cast<std::size_t>(n));
-    }
-  }
-
-  // One answer line, without its "\n".
-  std::string read_line() {
-    for (;;) {
-      if (auto nl = buffer_.find('\n'); nl != std::string::npos) {
-        std::string line = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
-        return line;
-      }
-      if (buffer_.size() > kMaxAnswer)
-        throw failure{path_ + " sent an answer longer than " + std::to_string(kMaxAnswer >> 20) +
-                      " MiB: not a suction status socket?"};
-      wait_for(POLLIN);
-      char chunk[65536];
-      ssize_t n = ::recv(fd_, chunk, sizeof chunk, MSG_DONTWAIT);
-      if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR) continue;
-        throw failure{"lost the connection to " + path_ + ": " + std::strerror(errno)};
-      }
-      if (n == 0) throw failure{path_ + " closed the connection before answering"};
-      buffer_.append(chunk, static_cast<std::size_t>(n));
-    }
-  }
-
- private:
-  failure timed_out() const {
-    return failure{"no answer from " + path_ + " within " + std::to_string(kTimeout.count()) +
-                   " s (is the daemon stuck?)"};
-  }
-
-  static std::string connect_hint(int e) {
-    if (e == EACCES || e == EPERM)
-      return " (the socket's mode and group decide who may use it: try as root or as a member of "
-             "its group)";
-    return " (is `suction proxy` running?)";
-  }
-
-  timeval remaining_timeval() const {
-    auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline_ - clock_type::now());
-    if (left.count() < 1) left = std::chrono::microseconds(1);
-    return timeval{static_cast<time_t>(left.count() / 1000000),
-                   static_cast<suseconds_t>(left.count() % 1000000)};
-  }
-
-  void wait_for(short events) {
-    for (;;) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - clock_type::now());
-      if (left.count() <= 0) throw timed_out();
-      pollfd p{fd_, events, 0};
-      int r = ::poll(&p, 1, static_cast<int>(left.count()));
-      if (r > 0) return;  // ready, or an error/hang-up the next call reports
-      if (r < 0 && errno != EINTR)
-        throw failure{std::string("poll failed: ") + std::strerror(errno)};
-    }
-  }
-
-  std::string path_;
-  clock_type::time_point deadline_;
-  int fd_ = -1;
-  std::string buffer_;
-};
+using failure = link_failure;
 
 // ---- reading the daemon's JSON: any field may be null or missing
 
@@ -403,7 +294,7 @@ struct answer {
 
 // Sends every request at once (the daemon answers in order) and reads the answers.
 std::vector<answer> ask_daemon(const std::string& path, const std::vector<json>& requests) {
-  daemon_link link(path, clock_type::now() + kTimeout);
+  daemon_link link(path, kTimeout);
   link.connect();
   std::string out;
   for (auto& r : requests) out += r.dump() + "\n";

@@ -20,6 +20,7 @@
 
 #include "config/config.hpp"
 #include "imap/client/secure_wipe.hpp"
+#include "proxy/cli/accounts.hpp"
 #include "proxy/cli/options.hpp"
 #include "sync/user_sync.hpp"
 
@@ -181,8 +182,18 @@ int run_sync_command(const sync_command_args& a) {
   if (!read_password(a, pw)) return 2;
 
   sync::user_sync_options opts;
+  sync::sync_identity who;  // the names [users] makes of the login
   try {
     opts = sync_options_from(*cfg);
+    const config::account account = account_book(*cfg).resolve(a.user);
+    who = to_identity(account);
+    const config::legacy_section* legacy = config::find_legacy(*cfg, account.legacy_server);
+    if (!legacy)
+      throw config::config_error(cfg->source.string() + ": no legacy server \"" +
+                                 account.legacy_server + "\" for " + a.user);
+    opts.legacy = to_server(*legacy);
+    opts.connections = std::max<std::uint32_t>(
+        1, std::min(cfg->sync.connections_per_user, legacy->max_connections));
   } catch (const config::config_error& e) {
     std::fprintf(stderr, "suction: %s\n", e.what());
     return 2;
@@ -194,7 +205,7 @@ int run_sync_command(const sync_command_args& a) {
     if (db.has_parent_path()) std::filesystem::create_directories(db.parent_path());
     sync::state_store state(db);
     state.mark_interrupted(static_cast<std::int64_t>(std::time(nullptr)));
-    std::string_view user = a.user, password = pw.value;
+    std::string_view password = pw.value;
     // Transient failures are tried again with a growing pause; the runs are
     // incremental, so a retry goes on where the last one stopped. The report
     // adds up what every attempt copied.
@@ -205,7 +216,7 @@ int run_sync_command(const sync_command_args& a) {
       boost::asio::co_spawn(
           io,
           [&]() -> boost::asio::awaitable<void> {
-            report = co_await sync::sync_user(io.get_executor(), opts, user, password, state,
+            report = co_await sync::sync_user(io.get_executor(), opts, who, password, state,
                                               a.dry_run);
           },
           [&](std::exception_ptr e) {

@@ -146,6 +146,8 @@ def _toml_value(v) -> str:
         return json.dumps(v)  # a TOML basic string for everything we write
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):   # an inline table, keys quoted ("example.org" = ...)
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"no TOML for {v!r}")
 
 

@@ -214,7 +214,7 @@ class AuthVerify(unittest.TestCase):
         cfg = verify_config("legacy", provision_command=[os.path.abspath(script), users_file])
         with Proxy(overrides=cfg) as p:
             self.assertEqual(login_through(p, "bob", legacy_pw), ("OK", b""))
-            p.wait_log(r"provision user=\"?bob\"? client=\S+ result=ok exit=0 ", timeout=15)
+            p.wait_log(r"provision user=\"?bob\"? new_user=\"?bob\"? client=\S+ result=ok exit=0 ", timeout=15)
             self.assertNotIn(legacy_pw, p.log())
         deadline = time.monotonic() + 10
         while True:   # Dovecot reads the passwd-file again once it changed

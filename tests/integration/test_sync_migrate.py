@@ -2,7 +2,9 @@
 migrated with master users on both servers of the bed (the bed's add_master_user), at the
 configured caps; every mailbox exact (sha256, flags, INTERNALDATE per folder), legacy
 untouched; `suction report` over the same list then exits 0; a re-run copies nothing; without
-legacy master credentials nothing is guessed: the users are listed as needing a login."""
+legacy master credentials nothing is guessed: the users are listed as needing a login. Without
+--standalone and no daemon: one line saying so, exit 1 (handing users to a running daemon is
+test_proxy_cutover.py's)."""
 
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ class SyncMigrate(unittest.TestCase):
         results = json.loads(r.stdout)
         self.assertEqual(len(results), USERS)
         self.assertTrue(all(x["outcome"] == "ok" for x in results), results)
-        self.assertEqual(r.stderr.decode().count("suction: migrate user="), USERS)
+        self.assertEqual(r.stderr.decode().count("suction: migration user="), USERS)
         self.assertNotIn(MASTER_PW, r.stderr.decode() + r.stdout.decode())
         for user in extra_user_names(USERS):
             self.assertEqual(mailbox(tb.new, user, ["INBOX", "Bulk"]),
@@ -101,11 +103,12 @@ class SyncMigrate(unittest.TestCase):
         self.assertEqual(out[0], "user001: not migrated: needs a login (no [legacy] master_user)")
         self.assertIn("30 users listed as needing a login", r.stderr.decode())
 
-    def test_3_without_standalone_is_refused_for_now(self):
+    def test_3_without_standalone_and_no_daemon(self):
         config, users = config_with_masters()
         r = run("migrate", "--config", config, "--users", users)
-        self.assertEqual(r.returncode, 2)
-        self.assertIn("--standalone is required", r.stderr.decode())
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr.decode(),
+                         r"^suction migrate: cannot connect to .*status.* \(is `suction proxy` running\?\)")
 
 
 if __name__ == "__main__":

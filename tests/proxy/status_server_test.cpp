@@ -65,6 +65,11 @@ class fake_backend : public status_backend {
     if (name == "alice") return "";
     return "no credentials for " + std::string(name) + " (wait for their next login)";
   }
+  std::string enqueue(std::string_view name) override {
+    record("enqueue " + std::string(name));
+    if (name == "carol") return "";
+    return "needs a login: no master credentials for [new]";
+  }
   void pause() override { record("pause"); }
   void resume() override { record("resume"); }
   void drain() override { record("drain"); }
@@ -263,14 +268,18 @@ TEST_CASE("status server: every command, answered as the backend says") {
   CHECK(c.ask({{"cmd", "resync"}, {"user", "alice"}}) == json{{"ok", true}});
   CHECK(c.ask({{"cmd", "resync"}, {"user", "bob"}}) ==
         error_of("no credentials for bob (wait for their next login)"));
+  CHECK(c.ask({{"cmd", "enqueue"}, {"user", "carol"}}) == json{{"ok", true}});
+  CHECK(c.ask({{"cmd", "enqueue"}, {"user", "dave"}}) ==
+        error_of("needs a login: no master credentials for [new]"));
+  CHECK(c.ask({{"cmd", "enqueue"}}) == error_of("\"enqueue\" needs \"user\""));
   CHECK(c.ask({{"cmd", "pause"}}) == json{{"ok", true}});
   CHECK(c.ask({{"cmd", "resume"}}) == json{{"ok", true}});
   CHECK(c.ask({{"cmd", "drain"}}) == json{{"ok", true}});
 
   // The test's own b.status()/b.users() calls are recorded too, in between.
   std::vector<std::string> expected{"status", "status", "users", "users", "user alice",
-                                    "user bob", "resync alice", "resync bob", "pause", "resume",
-                                    "drain"};
+                                    "user bob", "resync alice", "resync bob", "enqueue carol",
+                                    "enqueue dave", "pause", "resume", "drain"};
   CHECK(b.calls() == expected);
   CHECK(srv.stop());
 }

@@ -286,6 +286,31 @@ class Server:
                     raise TestbedError(f"{self.role}: master user {name} does not work after reload")
                 time.sleep(0.2)
 
+    def add_user(self, user: str, password: str) -> None:
+        """A user on this server only (its passwd-file), e.g. "alice@example.org" on the new
+        server for names mapped between the servers; returns once a login with it works."""
+        path = os.path.join(os.path.dirname(self.config_path), "users.passwd")
+        if ":" in user + password or "\n" in user + password:
+            raise TestbedError(f"{user}: ':' or a newline cannot be stored in a passwd-file")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{user}:{{PLAIN}}{password}::::::\n")
+        home = os.path.join(self.home, user)   # the mail user's, as _prepare_role makes them
+        os.makedirs(home, mode=0o700, exist_ok=True)
+        dv = pwd.getpwnam("dovecot")
+        os.chown(home, dv.pw_uid, dv.pw_gid)
+        self._wait_login(user, password, "new user")
+
+    def _wait_login(self, user: str, password: str, what: str) -> None:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self.connect(user, password=password).logout()
+                return
+            except (imaplib.IMAP4.error, OSError):
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"{self.role}: {what} {user} not taken")
+                time.sleep(0.3)
+
     def set_password(self, user: str, password: str) -> None:
         """Changes `user`'s password on this server only (its passwd-file); returns once a
         login with it works (Dovecot reads the file again after a second or so)."""
@@ -300,15 +325,7 @@ class Server:
             out.append(line)
         with open(path, "w", encoding="utf-8") as f:
             f.write("\n".join(out) + "\n")
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self.connect(user, password=password).logout()
-                return
-            except (imaplib.IMAP4.error, OSError):
-                if time.monotonic() > deadline:
-                    raise TestbedError(f"{self.role}: new password of {user} not taken")
-                time.sleep(0.3)
+        self._wait_login(user, password, "new password of")
 
     def open(self, tls: str = "none", timeout: float = 10.0) -> imaplib.IMAP4:
         """A connection, not logged in. tls: "none" | "starttls" | "implicit"."""
