@@ -385,8 +385,11 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
           break;
         }
         ++st->logins_ok;
-        spdlog::info("login ok user={} client={} backend={} mech=\"{}\" {}tls={} duration={}ms session={}",
-                     user, client, st->backend.display(), pa.mechanism(), checked_by(*st, v),
+        // The account the login stands for, when [users] made it another name.
+        const std::string account =
+            names.identity == creds.user ? "" : "account=" + imap::log_value(names.identity) + " ";
+        spdlog::info("login ok user={} {}client={} backend={} mech=\"{}\" {}tls={} duration={}ms session={}",
+                     user, account, client, st->backend.display(), pa.mechanism(), checked_by(*st, v),
                      stream.tls_active() ? "yes" : "no", login_ms, ci.session_id);
         if (!co_await say(client_answer(pa.login_tag(), res))) co_return;
         // Legacy confirmed the password: the new server may need the account.
