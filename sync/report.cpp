@@ -5,6 +5,7 @@ namespace suction::sync {
 std::string_view to_string(user_progress p) {
   switch (p) {
     case user_progress::never_seen: return "never_seen";
+    case user_progress::queued: return "queued";
     case user_progress::running: return "running";
     case user_progress::interrupted: return "interrupted";
     case user_progress::failed: return "failed";
@@ -14,7 +15,8 @@ std::string_view to_string(user_progress p) {
 }
 
 migration_report build_report(
-    std::span<const std::pair<std::string, std::vector<run_record>>> histories) {
+    std::span<const std::pair<std::string, std::vector<run_record>>> histories,
+    const std::map<std::string, user_progress, std::less<>>& live) {
   migration_report rep;
   for (const auto& [user, runs] : histories) {
     user_report_row row;
@@ -23,7 +25,10 @@ migration_report build_report(
     for (const auto& r : runs) {
       row.messages_copied += r.messages_copied;
       row.bytes_copied += r.bytes_copied;
-      if (r.result == run_result::done && row.done_at == 0) row.done_at = r.finished_at;
+      if (r.result == run_result::done && row.done_at == 0) {
+        row.done_at = r.finished_at;
+        row.done_by = r.started_by;
+      }
     }
     if (!runs.empty()) {
       const run_record& last = runs.front();
@@ -37,7 +42,12 @@ migration_report build_report(
           break;
         case run_result::done: row.state = user_progress::done; break;
       }
+      row.bytes_left = last.result == run_result::done ? 0 : last.bytes_left;
     }
+    if (auto it = live.find(user); it != live.end() && row.state != user_progress::running)
+      row.state = it->second;
+    if (row.state != user_progress::done && row.bytes_left < 0) ++rep.bytes_left_unknown;
+    if (row.bytes_left > 0) rep.bytes_left += static_cast<std::uint64_t>(row.bytes_left);
     ++rep.counts[static_cast<std::size_t>(row.state)];
     rep.messages_copied += row.messages_copied;
     rep.bytes_copied += row.bytes_copied;

@@ -222,6 +222,7 @@ struct scheduler::impl {
   // the user's password, a bulk job with both servers' master credentials.
   user_sync_options job_options(const entry& e) const {
     user_sync_options job = opts.sync;
+    job.started_by = e.bulk ? "bulk" : "login";
     job.legacy = legacy_of(e.legacy_server);
     if (e.bulk) {
       job.fresh.master = opts.bulk_new_master;

@@ -65,6 +65,12 @@ constexpr const char* kMigrations[] = {
     );
     CREATE INDEX append_journal_by_folder ON append_journal (user, legacy_name);
     )sql",
+    // 3 -> 4: what started a run (a login, a bulk job, the command line) and
+    // the bytes it knew were still to copy when it ended (-1: not known)
+    R"sql(
+    ALTER TABLE runs ADD COLUMN started_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN bytes_left INTEGER NOT NULL DEFAULT -1;
+    )sql",
 };
 static_assert(std::size(kMigrations) == state_store::kSchemaVersion);
 
@@ -104,7 +110,10 @@ class state_store::statement {
   statement& operator=(const statement&) = delete;
 
   statement& bind(int i, std::string_view v) {
-    check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT), "bind");
+    // An empty view may have no data(): SQLite would bind NULL, not ''.
+    check(sqlite3_bind_text(stmt_, i, v.empty() ? "" : v.data(), static_cast<int>(v.size()),
+                            SQLITE_TRANSIENT),
+          "bind");
     return *this;
   }
   statement& bind(int i, std::int64_t v) {
@@ -435,7 +444,8 @@ void state_store::update_flags(std::string_view user, std::string_view legacy_na
   }
 }
 
-std::int64_t state_store::begin_run(std::string_view user, std::int64_t now, std::int64_t pid) {
+std::int64_t state_store::begin_run(std::string_view user, std::int64_t now, std::int64_t pid,
+                                    std::string_view started_by) {
   if (pid == 0) pid = ::getpid();
   // Check and insert in one write transaction: two processes cannot both pass.
   exec("BEGIN IMMEDIATE");
@@ -456,8 +466,9 @@ std::int64_t state_store::begin_run(std::string_view user, std::int64_t now, std
       cut.bind(1, id).bind(2, now);
       cut.run();
     }
-    statement st(db_, "INSERT INTO runs (user, started_at, result, pid) VALUES (?1, ?2, 'running', ?3)");
-    st.bind(1, user).bind(2, now).bind(3, pid);
+    statement st(db_, "INSERT INTO runs (user, started_at, result, pid, started_by)"
+                      " VALUES (?1, ?2, 'running', ?3, ?4)");
+    st.bind(1, user).bind(2, now).bind(3, pid).bind(4, started_by);
     st.run();
     const std::int64_t id = sqlite3_last_insert_rowid(db_);
     exec("COMMIT");
@@ -471,20 +482,22 @@ std::int64_t state_store::begin_run(std::string_view user, std::int64_t now, std
 void state_store::finish_run(const run_record& r) {
   statement st(db_,
                "UPDATE runs SET finished_at = ?2, result = ?3, messages_copied = ?4, bytes_copied = ?5,"
-               " messages_failed = ?6, error = ?7 WHERE id = ?1");
+               " messages_failed = ?6, error = ?7, bytes_left = ?8 WHERE id = ?1");
   st.bind(1, r.id)
       .bind(2, r.finished_at)
       .bind(3, to_string(r.result))
       .bind(4, static_cast<std::int64_t>(r.messages_copied))
       .bind(5, static_cast<std::int64_t>(r.bytes_copied))
       .bind(6, static_cast<std::int64_t>(r.messages_failed))
-      .bind(7, r.error);
+      .bind(7, r.error)
+      .bind(8, r.bytes_left);
   st.run();
 }
 
 namespace {
 constexpr const char* kRunColumns =
-    "id, user, started_at, finished_at, result, messages_copied, bytes_copied, messages_failed, error";
+    "id, user, started_at, finished_at, result, messages_copied, bytes_copied, messages_failed, error,"
+    " started_by, bytes_left";
 }  // namespace
 
 std::vector<run_record> state_store::runs(std::string_view user, std::size_t limit) const {
@@ -526,6 +539,8 @@ std::vector<run_record> state_store::read_runs(statement& st) {
     r.bytes_copied = static_cast<std::uint64_t>(st.integer(6));
     r.messages_failed = static_cast<std::uint64_t>(st.integer(7));
     r.error = st.text(8);
+    r.started_by = st.text(9);
+    r.bytes_left = st.integer(10);
     out.push_back(std::move(r));
   }
   return out;

@@ -79,6 +79,8 @@ struct run_record {
   run_result result = run_result::running;
   std::uint64_t messages_copied = 0, bytes_copied = 0, messages_failed = 0;
   std::string error;
+  std::string started_by;        // "login", "bulk", "cli" ("" before schema 4)
+  std::int64_t bytes_left = -1;  // known still to copy when it ended; -1: not known
 };
 
 struct run_totals {
@@ -87,7 +89,7 @@ struct run_totals {
 
 class state_store {
  public:
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // Opens (creating the file and its folder if needed), sets WAL, migrates.
   explicit state_store(const std::filesystem::path& path);
@@ -137,7 +139,8 @@ class state_store {
   // One run per user at a time, across processes sharing the file: throws
   // run_busy while another live process has a run of this user "running"
   // (one of a process gone is marked interrupted first). pid 0: this process.
-  std::int64_t begin_run(std::string_view user, std::int64_t now, std::int64_t pid = 0);
+  std::int64_t begin_run(std::string_view user, std::int64_t now, std::int64_t pid = 0,
+                         std::string_view started_by = {});
   void finish_run(const run_record& r);
   std::vector<run_record> runs(std::string_view user, std::size_t limit) const;  // newest first
   std::vector<run_record> latest_runs() const;  // every user's newest run, by user

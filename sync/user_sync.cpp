@@ -578,7 +578,8 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
   std::int64_t run_id = 0;
   if (!dry_run) {
     try {
-      run_id = state.begin_run(key, static_cast<std::int64_t>(std::time(nullptr)));
+      run_id = state.begin_run(key, static_cast<std::int64_t>(std::time(nullptr)), 0,
+                               opts.started_by);
     } catch (const run_busy& e) {
       // One migration per user, also across processes (`suction sync` beside
       // the daemon): try again later.
@@ -589,6 +590,10 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
     }
   }
 
+  // The bytes left at the end come from the progress counters: the caller's,
+  // or the run's own.
+  sync_progress own_progress;
+  if (!progress) progress = &own_progress;
   std::exception_ptr failure;  // the state store (or anything) threw: recorded, then thrown on
   try {
     co_await run_body(ex, opts, who, password, state, dry_run, progress, rep);
@@ -620,6 +625,11 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
     rr.bytes_copied = rep.bytes;
     rr.messages_failed = rep.messages_failed;
     if (!rep.errors.empty()) rr.error = rep.errors.front();
+    // Known only when the run got as far as scanning (a run that could not
+    // log in knows nothing); folders not scanned yet are not counted.
+    const std::uint64_t total = progress->bytes_total.load(), copied = progress->bytes_copied.load();
+    if (rep.outcome == sync_outcome::ok) rr.bytes_left = 0;
+    else if (total > 0) rr.bytes_left = static_cast<std::int64_t>(total > copied ? total - copied : 0);
     // Also after a failure of the store, so the run is not left "running"
     // under this live process (begin_run would refuse the user as busy).
     try {

@@ -74,6 +74,8 @@ struct user_sync_options {
   std::function<void(std::uint32_t n)> release_connections;
   // INBOX's mail of the last N days goes first, newest first; 0: UID order.
   std::uint32_t recent_first_days = 14;
+  // What started the run, for the run history: "login", "bulk", "cli".
+  std::string started_by = "cli";
 };
 
 // A run's progress, written by the run, read from any thread (the status

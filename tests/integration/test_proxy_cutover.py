@@ -13,14 +13,16 @@ user; mail is copied from the legacy name to the new name.
   the mail copied is old2's, not the default legacy's; old2's own max_connections holds
   (counted at a forwarder in front of it).
 - `suction migrate --users LIST` (no --standalone) hands users who never logged in to the
-  running daemon (the status socket's `enqueue`); they are migrated with the legacy master
-  user, exact, behind a login (max_concurrent_users = 1: the login's run comes first);
-  `suction report` over the list then exits 0.
+  running daemon (the status socket's `enqueue`); `suction report` shows them queued (it asks
+  the daemon); they are migrated with the legacy master user, exact, behind a login
+  (max_concurrent_users = 1: the login's run comes first); `suction report` over the list
+  then exits 0, each done by "bulk" with 0 bytes left.
 """
 
 from __future__ import annotations
 
 import imaplib
+import json
 import os
 import signal
 import sqlite3
@@ -237,6 +239,12 @@ class Enqueue(unittest.TestCase):
                                capture_output=True, timeout=60)
             self.assertEqual(r.returncode, 0, r.stdout.decode() + r.stderr.decode())
             self.assertIn("3 of 3 users queued by the daemon", r.stdout.decode())
+            # The report asks the running daemon: queued, not "never seen".
+            rep = subprocess.run([SUCTION_BIN, "report", "--config", config, "--users", users,
+                                  "--json"], capture_output=True, timeout=60)
+            self.assertEqual(rep.returncode, 1)
+            self.assertEqual([u["state"] for u in json.loads(rep.stdout)["users"]],
+                             ["queued"] * 3)
             # Queued while paused; then a user logs in: the login goes first.
             login(p, "user006", tb.users["user006"])
             self.assertEqual(ask(p, {"cmd": "resume"}), {"ok": True})
@@ -253,9 +261,13 @@ class Enqueue(unittest.TestCase):
                 want = box(tb.legacy, user, ["INBOX", "INBOX.Bulk"])
                 self.assertEqual(new_box(f"{user}@example.org", ["INBOX", "Bulk"]),
                                  {"INBOX": want["INBOX"], "Bulk": want["INBOX.Bulk"]}, user)
-            rep = subprocess.run([SUCTION_BIN, "report", "--config", config, "--users", users],
-                                 capture_output=True, timeout=60)
+            rep = subprocess.run([SUCTION_BIN, "report", "--config", config, "--users", users,
+                                  "--json"], capture_output=True, timeout=60)
             self.assertEqual(rep.returncode, 0, rep.stdout.decode())
+            done = json.loads(rep.stdout)
+            self.assertEqual([(u["state"], u["done_by"], u["bytes_left"]) for u in done["users"]],
+                             [("done", "bulk", 0)] * 3)
+            self.assertTrue(done["all_done"])
             # Asked again: queued again (incremental), nothing new to copy.
             again = subprocess.run([SUCTION_BIN, "migrate", "--config", config, "--users", users,
                                     "--json"], capture_output=True, timeout=60)

@@ -358,7 +358,7 @@ class SyncCli(unittest.TestCase):
         r = report("--csv")
         lines = r.stdout.decode().splitlines()
         self.assertEqual(lines[0], "user,state,runs,last_run_at,done_at,messages_copied,"
-                                   "bytes_copied,error")
+                                   "bytes_copied,error,done_by,bytes_left")
         self.assertEqual([l.split(",")[:2] for l in lines[1:]],
                          [["alice", "done"], ["Bob", "failed"], ["dave", "never_seen"]])
         r = report()

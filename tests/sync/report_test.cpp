@@ -52,3 +52,29 @@ TEST_CASE("report: all done only when every listed user's last run completed") {
   CHECK(build_report(h).all_done);
   CHECK_FALSE(build_report({}).all_done);  // nobody listed: nothing to switch off for
 }
+
+TEST_CASE("report: the daemon's queue, what finished a user, and the bytes left") {
+  run_record bulk = run(run_result::done, 700, 3);
+  bulk.started_by = "bulk";
+  run_record cut = run(run_result::interrupted, 300, 2);
+  cut.bytes_left = 5000;
+  run_record refused = run(run_result::failed, 400, 0, "refused");  // never scanned: unknown
+  std::vector<std::pair<std::string, std::vector<run_record>>> h{
+      {"alice", {bulk, cut}}, {"bob", {cut}}, {"carol", {refused}}, {"dave", {}}, {"erin", {cut}}};
+  // The daemon has dave queued (a bulk job not started) and erin's retry waiting.
+  const std::map<std::string, user_progress, std::less<>> live{
+      {"dave", user_progress::queued}, {"erin", user_progress::queued}};
+  auto rep = build_report(h, live);
+  CHECK(rep.rows[0].state == user_progress::done);
+  CHECK(rep.rows[0].done_by == "bulk");
+  CHECK(rep.rows[0].bytes_left == 0);  // done: nothing left, whatever an older run said
+  CHECK(rep.rows[1].state == user_progress::interrupted);
+  CHECK(rep.rows[1].bytes_left == 5000);
+  CHECK(rep.rows[2].bytes_left == -1);
+  CHECK(rep.rows[3].state == user_progress::queued);
+  CHECK(rep.rows[4].state == user_progress::queued);
+  CHECK(rep.counts[static_cast<std::size_t>(user_progress::queued)] == 2);
+  CHECK(rep.bytes_left == 10000);
+  CHECK(rep.bytes_left_unknown == 2);  // carol (failed before scanning) and dave (never seen)
+  CHECK(to_string(user_progress::queued) == "queued");
+}

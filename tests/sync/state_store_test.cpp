@@ -140,13 +140,14 @@ TEST_CASE("state store: runs, newest first, and a crash's 'running' becomes 'int
   fs::path db = t.path / "state.db";
   {
     state_store s(db);
-    auto first = s.begin_run("alice", 1000);
+    auto first = s.begin_run("alice", 1000, 0, "bulk");
     run_record done;
     done.id = first;
     done.finished_at = 1010;
     done.result = run_result::done;
     done.messages_copied = 49;
     done.bytes_copied = 2'100'000;
+    done.bytes_left = 0;
     s.finish_run(done);
     s.begin_run("alice", 2000);  // never finished: the process "dies"
     s.begin_run("bob", 2001);
@@ -160,6 +161,10 @@ TEST_CASE("state store: runs, newest first, and a crash's 'running' becomes 'int
   CHECK(runs[1].result == run_result::done);
   CHECK(runs[1].messages_copied == 49u);
   CHECK(runs[1].bytes_copied == 2'100'000u);
+  CHECK(runs[1].started_by == "bulk");  // schema 4: what started the run
+  CHECK(runs[1].bytes_left == 0);
+  CHECK(runs[0].started_by == "");
+  CHECK(runs[0].bytes_left == -1);      // cut off: not known
   CHECK(s.runs("alice", 1).size() == 1);
   CHECK(s.mark_interrupted(4000) == 0);
 }
