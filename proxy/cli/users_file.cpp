@@ -21,6 +21,8 @@ bool read_users(const std::string& path, std::vector<std::string>& out, std::str
                                                 ? std::string::npos
                                                 : line.find(',') - first);
     while (!login.empty() && (login.back() == ' ' || login.back() == '\t')) login.pop_back();
+    // The map file's header line ("login,legacy_user,new_user,...") names no user.
+    if (n == 1 && login == "login" && line.find(',') != std::string::npos) continue;
     if (login.empty()) {
       why = path + ":" + std::to_string(n) + ": no login name";
       return false;

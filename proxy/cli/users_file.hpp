@@ -1,6 +1,6 @@
 // A list of users for `suction report` and `suction migrate`: one login per
-// line, or a CSV whose first column is the login (a map file); blank lines and
-// '#' comments skipped, duplicates once.
+// line, or a CSV whose first column is the login (a map file, its header line
+// "login,..." skipped); blank lines and '#' comments skipped, duplicates once.
 #pragma once
 
 #include <string>
