@@ -61,6 +61,30 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([SUCTION_BIN, *args], capture_output=True, timeout=300)
 
 
+def run_on_terminal(*args: str) -> tuple[subprocess.CompletedProcess, str]:
+    """stdout captured, stderr on a pseudo-terminal (what an admin sees): (result, stderr)."""
+    master, slave = os.openpty()
+    try:
+        p = subprocess.Popen([SUCTION_BIN, *args], stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:          # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+        out, _ = p.communicate(timeout=300)
+        return subprocess.CompletedProcess(p.args, p.returncode, out, b""), seen.decode()
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
 class SyncMigrate(unittest.TestCase):
 
     def test_1_thirty_users_who_never_log_in(self):
@@ -89,10 +113,12 @@ class SyncMigrate(unittest.TestCase):
         rep = run("report", "--config", config, "--users", users)
         self.assertEqual(rep.returncode, 0, rep.stdout.decode()[-2000:])
         self.assertIn("every listed user is done", rep.stdout.decode())
-        # Incremental: a re-run copies nothing.
-        again = run("migrate", "--config", config, "--users", users, "--standalone", "--json")
-        self.assertEqual(again.returncode, 0, again.stderr.decode()[-2000:])
+        # Incremental: a re-run copies nothing. On a terminal it draws a progress bar.
+        again, tty = run_on_terminal("migrate", "--config", config, "--users", users,
+                                     "--standalone", "--json")
+        self.assertEqual(again.returncode, 0, tty[-2000:])
         self.assertEqual(sum(x["messages_copied"] for x in json.loads(again.stdout)), 0)
+        self.assertIn("[####################] 30/30 users  0 running  0 failed", tty)
 
     def test_2_without_legacy_master_nothing_is_guessed(self):
         config, users = config_with_masters(legacy_master=False)
