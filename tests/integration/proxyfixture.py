@@ -124,6 +124,24 @@ def plain_payload(user: str, password: str, authzid: str = "") -> bytes:
     return authzid.encode() + b"\0" + user.encode() + b"\0" + password.encode("utf-8")
 
 
+def login_through(p: "Proxy", user: str, password: str) -> tuple[str, bytes]:
+    """LOGIN through the proxy: ("OK", b"") or ("NO", the server's text)."""
+    imap = p.imap()
+    try:
+        imap.login(user, password)
+    except imaplib.IMAP4.error as e:
+        imap.shutdown()
+        return "NO", str(e).encode()
+    try:
+        typ, data = imap.select("INBOX")
+        assert typ == "OK", data
+        imap.logout()
+    except BaseException:
+        imap.shutdown()
+        raise
+    return "OK", b""
+
+
 def wait_until(cond, timeout: float, step: float = 0.05):
     """Polls cond() until it returns something true (returned) or timeout passes (None)."""
     deadline = time.monotonic() + timeout

@@ -83,8 +83,10 @@ def login(proxy: Proxy, user: str, typed: str | None = None) -> None:
         raise
 
 
-def seed(user: str, per_folder: dict[str, int], size: int = 3000, tag: str = "") -> None:
-    imap = bed().legacy.connect(user)
+def seed(user: str, per_folder: dict[str, int], size: int = 3000, tag: str = "",
+         server=None) -> None:
+    """Appends messages to the user's folders on `server` (default: the bed's legacy)."""
+    imap = (server or bed().legacy).connect(user)
     try:
         for folder, count in per_folder.items():
             if folder != "INBOX":

@@ -30,7 +30,7 @@ import time
 import unittest
 
 from netfault import Forwarder
-from proxyfixture import SUCTION_BIN, Proxy, bed, qmailbox, start_bed, tmp_root
+from proxyfixture import SUCTION_BIN, Proxy, bed, login_through, qmailbox, start_bed, tmp_root
 from syncfixture import mailbox
 from test_migration_e2e import ask, seed, wait_state
 
@@ -57,23 +57,6 @@ def verify_config(verify: str, **auth) -> dict:
     return {"auth": {"verify": verify, "failure_delay": 0, **auth},
             "new": {"master_user": MASTER, "master_password_file": master_file()}}
 
-
-def login_through(p: Proxy, user: str, password: str) -> tuple[str, bytes]:
-    """LOGIN through the proxy: ("OK", b"") or ("NO", the server's text)."""
-    imap = p.imap()
-    try:
-        imap.login(user, password)
-    except imaplib.IMAP4.error as e:
-        imap.shutdown()
-        return "NO", str(e).encode()
-    try:
-        typ, data = imap.select("INBOX")
-        assert typ == "OK", data
-        imap.logout()
-    except BaseException:
-        imap.shutdown()
-        raise
-    return "OK", b""
 
 
 class AuthVerify(unittest.TestCase):

@@ -21,7 +21,6 @@ user; mail is copied from the legacy name to the new name.
 
 from __future__ import annotations
 
-import imaplib
 import json
 import os
 import signal
@@ -31,7 +30,7 @@ import threading
 import unittest
 
 from netfault import Forwarder
-from proxyfixture import SUCTION_BIN, Proxy, bed, qmailbox, start_bed, tmp_root
+from proxyfixture import SUCTION_BIN, Proxy, bed, login_through, start_bed, tmp_root
 from syncfixture import messages
 from test_migration_e2e import ask, seed, wait_state
 from testbed import Testbed
@@ -57,25 +56,10 @@ def setUpModule():
     seed("bob", {"INBOX": 2, "INBOX.Row": 3}, tag="-row")
     seed("user002", {"INBOX": 2}, tag="-reload")
     seed("user001", {"INBOX": 5}, tag="-wrong-server")   # the default legacy's user001: not copied
-    seed_on(_OLD2.legacy, "user001", {"INBOX": 3, "INBOX.Old2": 2}, tag="-old2")
+    seed("user001", {"INBOX": 3, "INBOX.Old2": 2}, tag="-old2", server=_OLD2.legacy)
     for i in range(3, 7):
         seed(f"user{i:03d}", {"INBOX": 2, "INBOX.Bulk": 1 + i % 3}, tag=f"-bulk{i}")
 
-
-def seed_on(server, user: str, per_folder: dict[str, int], tag: str) -> None:
-    imap = server.connect(user)
-    try:
-        for folder, count in per_folder.items():
-            if folder != "INBOX":
-                imap.create(qmailbox(folder))
-            for i in range(count):
-                body = (f"From: x@example.org\r\nSubject: {folder} {i}{tag}\r\n"
-                        f"Message-ID: <{user}-{i}{tag}@example.org>\r\n\r\nold2 {i}\r\n").encode()
-                typ, data = imap.append(qmailbox(folder), None,
-                                        '"%02d-Apr-2024 09:%02d:00 +0000"' % (1 + i, i), body)
-                assert typ == "OK", data
-    finally:
-        imap.logout()
 
 
 def box(server, user: str, names: list[str], password: str | None = None) -> dict[str, list]:
@@ -122,15 +106,8 @@ def cutover_config(old2_port: int, **sync) -> dict:
 
 
 def login(p: Proxy, user: str, password: str) -> None:
-    imap = p.imap()
-    try:
-        imap.login(user, password)
-        typ, data = imap.select("INBOX")
-        assert typ == "OK", data
-        imap.logout()
-    except BaseException:
-        imap.shutdown()
-        raise
+    answer = login_through(p, user, password)
+    assert answer == ("OK", b""), (user, answer, p.log_tail())
 
 
 class Cutover(unittest.TestCase):
@@ -213,7 +190,7 @@ class Cutover(unittest.TestCase):
         u = wait_state(p, "user001@example.org", ("done",), 60)
         self.assertEqual(u["legacy_server"], "old2")
         want = box(_OLD2.legacy, "user001", ["INBOX", "INBOX.Old2"])
-        self.assertEqual(len(want["INBOX"]), 3)
+        self.assertEqual(len(want["INBOX"]), 3)   # the default legacy's user001 has 5
         self.assertEqual(new_box("user001@example.org", ["INBOX", "Old2"]),
                          {"INBOX": want["INBOX"], "Old2": want["INBOX.Old2"]})
         self.assertGreaterEqual(self.old2.peak, 1)
