@@ -252,6 +252,16 @@ const std::vector<key_spec<L>> listen_keys = {
     {"tls_cert", [](const field& f, L& s) { s.tls_cert = f.string(); }},
     {"tls_key", [](const field& f, L& s) { s.tls_key = f.string(); }},
     {"login_requires_tls", [](const field& f, L& s) { s.login_requires_tls = f.boolean(); }},
+    {"proxy_protocol_from",
+     [](const field& f, L& s) {
+       auto* array = f.node.as_array();
+       if (!array) f.wrong_type("an array of addresses or networks (\"10.0.0.0/8\")");
+       s.proxy_protocol_from.clear();
+       for (std::size_t i = 0; i < array->size(); ++i) {
+         field e{*array->get(i), f.file, f.section, f.key + "[" + std::to_string(i) + "]"};
+         s.proxy_protocol_from.push_back(e.nonempty_string());
+       }
+     }},
 };
 
 // [new] and [legacy] share these keys; each adds its own.

@@ -27,6 +27,9 @@ struct listen_section {
   std::string tls_cert;                  // PEM; required when imaps is set or STARTTLS offered
   std::string tls_key;
   bool login_requires_tls = false;       // LOGINDISABLED until STARTTLS
+  // Load balancers allowed (and required) to send a PROXY protocol header
+  // (v1 or v2): addresses or networks, "10.0.0.0/8", "2001:db8::/32". Empty: none.
+  std::vector<std::string> proxy_protocol_from;
 
   bool operator==(const listen_section&) const = default;
 };

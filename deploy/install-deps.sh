@@ -10,6 +10,7 @@ packages=(
   clang libclang-rt-14-dev
   dovecot-imapd dovecot-core isync openssl curl python3
   fail2ban   # tests: fail2ban-regex checks deploy/fail2ban/ (Debian also enables its service)
+  haproxy    # tests: a real load balancer sending the PROXY protocol (test_proxy_protocol.py)
 )
 
 missing=()

@@ -178,6 +178,14 @@ void daemon::start() {
     }
     return b;
   };
+  for (std::size_t i = 0; i < opt.listen.proxy_protocol_from.size(); ++i) {
+    const std::string& text = opt.listen.proxy_protocol_from[i];
+    auto net = parse_cidr(text);
+    if (!net)
+      throw startup_error(opt.origin + ": [listen] proxy_protocol_from[" + std::to_string(i) +
+                          "]: \"" + text + "\" is not an address or a network (\"10.0.0.0/8\")");
+    st.balancers.push_back(*net);
+  }
   st.backend = settings_of(opt.backend, "new");
   if (opt.auth.verify != verify_mode::fresh) {
     st.legacy = settings_of(opt.auth.legacy, "legacy");

@@ -20,6 +20,7 @@
 #include "proxy/auth_penalty.hpp"
 #include "proxy/backend_login.hpp"
 #include "proxy/provision.hpp"
+#include "proxy/proxy_protocol.hpp"
 #include "proxy/daemon.hpp"
 #include "proxy/refusal_log.hpp"
 #include "proxy/relay.hpp"
@@ -66,6 +67,7 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   std::unordered_map<std::string, backend_settings> more_legacy;  // by [legacy_servers] name
   imap::capability_set backend_capabilities;  // pre-login, refreshed on every backend connect
   imap::parser_limits preauth_limits;
+  std::vector<cidr> balancers;  // [listen] proxy_protocol_from
 
   std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors;
   boost::asio::signal_set signals;

@@ -26,6 +26,9 @@ struct listen_options {
   std::optional<listen_address> imaps;  // implicit TLS
   std::string tls_cert, tls_key;        // PEM files; "" = no TLS offered
   bool login_requires_tls = false;      // LOGINDISABLED until STARTTLS
+  // Peers that must open with a PROXY protocol header (proxy_protocol.hpp);
+  // "IP" or "IP/prefix". A bad entry stops the start.
+  std::vector<std::string> proxy_protocol_from;
 };
 
 struct backend_options {

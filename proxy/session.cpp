@@ -1,6 +1,8 @@
 // One client connection: limits, TLS, the pre-auth conversation, the backend
 // login, then the relay. Every phase has a deadline.
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -199,6 +201,51 @@ void log_session_failure(std::exception_ptr e) {
   }
 }
 
+// A trusted balancer's PROXY header, read off the socket before anything
+// else: peeked, then exactly its bytes read, so what follows it (an IMAP
+// client's nothing, a TLS ClientHello) stays for the session. Bytes peeked
+// while the header is still incomplete all belong to it and are read at once.
+asio::awaitable<header_parse> read_proxy_header(tcp::socket& socket, std::chrono::milliseconds timeout) {
+  asio::steady_timer deadline(socket.get_executor(), timeout);
+  bool timed_out = false;
+  deadline.async_wait([&socket, &timed_out](boost::system::error_code ec) {
+    if (ec) return;
+    timed_out = true;
+    boost::system::error_code ignored;
+    socket.cancel(ignored);
+  });
+  std::string got;
+  std::array<char, kMaxProxyHeader> peek{};
+  for (;;) {
+    boost::system::error_code ec;
+    const std::size_t room = kMaxProxyHeader - got.size();
+    std::size_t n = co_await socket.async_receive(asio::buffer(peek.data(), room), tcp::socket::message_peek,
+                                                  asio::redirect_error(asio::use_awaitable, ec));
+    if (ec || n == 0) {
+      header_parse p;
+      p.status = header_status::invalid;
+      p.error = timed_out ? "no PROXY protocol header within " + std::to_string(timeout.count()) + "ms"
+                          : "closed before its PROXY protocol header";
+      co_return p;
+    }
+    std::string candidate = got + std::string(peek.data(), n);
+    header_parse p = parse_proxy_header(candidate);
+    // Exactly the header's bytes (ok), or all that was peeked (need more):
+    // never a byte behind the header.
+    const std::size_t take = p.status == header_status::ok ? p.size - got.size() : n;
+    if (p.status == header_status::invalid) co_return p;
+    std::size_t read = co_await asio::async_read(socket, asio::buffer(peek.data(), take),
+                                                 asio::redirect_error(asio::use_awaitable, ec));
+    if (ec || read != take) {
+      p.status = header_status::invalid;
+      p.error = "closed inside its PROXY protocol header";
+      co_return p;
+    }
+    if (p.status == header_status::ok) co_return p;
+    got = std::move(candidate);
+  }
+}
+
 asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket socket,
                                   bool implicit_tls) {
   const auto started = clock::now();
@@ -210,8 +257,28 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
   ci.address = ec ? std::string("unknown") : remote.address().to_string();
   ci.port = ec ? 0 : remote.port();
   ci.session_id = make_session_id(*st, id);
-  const std::string client = ec ? std::string("unknown") : client_text(remote.address(), ci.port);
+  std::string client = ec ? std::string("unknown") : client_text(remote.address(), ci.port);
   socket.set_option(tcp::no_delay(true), ec);
+  // A trusted balancer says whom it accepted the connection from: that
+  // address is the client's for limits, logs and x-originating-ip.
+  const bool from_balancer = !ec && trusted(st->balancers, ci.address);
+  if (from_balancer) {
+    const auto wait = std::min<std::chrono::milliseconds>(st->opt.limits.preauth_idle, std::chrono::seconds(10));
+    header_parse h = co_await read_proxy_header(socket, wait);
+    if (h.status != header_status::ok) {
+      spdlog::warn("proxy protocol refused client={} reason=\"{}\" session={}", client, h.error, ci.session_id);
+      boost::system::error_code ignored;
+      socket.close(ignored);
+      co_return;
+    }
+    if (!h.header.local) {
+      const std::string balancer = client;
+      ci.address = asio::ip::make_address(h.header.address).to_string();
+      ci.port = h.header.port;
+      client = client_text(asio::ip::make_address(h.header.address), ci.port);
+      spdlog::debug("proxy protocol client={} balancer={} session={}", client, balancer, ci.session_id);
+    }
+  }
   auto core = std::make_unique<session_core>(*st, id, std::move(socket), ci.address);
   session_handle& h = core->h;
   imap::tls_stream& stream = core->stream;
@@ -262,6 +329,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
 
   std::vector<char> buf(4096);
   std::size_t begin = 0, end = 0;
+  bool first_read = true;
   for (;;) {
     auto r = parser.feed(std::string_view(buf.data() + begin, end - begin));
     begin += r.consumed;
@@ -283,6 +351,15 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         }
         deadline.touch();
         end = n;
+        if (std::exchange(first_read, false) && starts_proxy_header(std::string_view(buf.data(), n))) {
+          // Only a listed balancer may say where a connection comes from.
+          spdlog::warn("proxy protocol refused client={} reason=\"a header from an address not in "
+                       "[listen] proxy_protocol_from\" session={}",
+                       client, ci.session_id);
+          co_await say("* BYE PROXY protocol header not accepted from this address.\r\n");
+          stream.close();
+          co_return;
+        }
         continue;
       }
       case imap::parse_event::need_continuation:

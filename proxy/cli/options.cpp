@@ -127,6 +127,7 @@ proxy::options proxy_options_from(const config::config& c) {
   o.listen.tls_cert = c.listen.tls_cert;
   o.listen.tls_key = c.listen.tls_key;
   o.listen.login_requires_tls = c.listen.login_requires_tls;
+  o.listen.proxy_protocol_from = c.listen.proxy_protocol_from;
 
   const sync::server_options fresh = to_server(c.fresh);
   o.backend.endpoint = fresh.endpoint;

@@ -396,7 +396,7 @@ TEST_CASE("errors: unknown sections and keys") {
        "master_login, master_separator, max_connections)"},
       {minimal + "log = \"info\"\n",
        "test.toml:8: [listen] log: "
-       "unknown key (valid: imap, imaps, tls_cert, tls_key, login_requires_tls)"},
+       "unknown key (valid: imap, imaps, tls_cert, tls_key, login_requires_tls, proxy_protocol_from)"},
       {"[folders]\nrename = [{from = \"a\", too = \"b\"}]\n",
        "test.toml:2: [folders] rename[0].too: unknown key (did you mean \"to\"?)"},
   });
@@ -724,4 +724,15 @@ TEST_CASE("a master password file: first line, mode 0600 or stricter, never echo
                            .c_str(),
                        cfg::config_error);
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("[listen] proxy_protocol_from: a list of addresses or networks") {
+  const auto c = cfg::parse(servers + "[listen]\nimaps = \"\"\nproxy_protocol_from = [\"10.0.0.0/8\", \"::1\"]\n",
+                            "test.toml");
+  CHECK(c.listen.proxy_protocol_from == std::vector<std::string>{"10.0.0.0/8", "::1"});
+  CHECK(error_of(servers + "[listen]\nimaps = \"\"\nproxy_protocol_from = \"10.0.0.0/8\"\n") ==
+        "test.toml:7: [listen] proxy_protocol_from: expected an array of addresses or networks "
+        "(\"10.0.0.0/8\"), got a string");
+  CHECK(error_of(servers + "[listen]\nimaps = \"\"\nproxy_protocol_from = [\"\"]\n") ==
+        "test.toml:7: [listen] proxy_protocol_from[0]: must not be empty");
 }
