@@ -428,6 +428,10 @@ const std::vector<key_spec<T>> status_keys = {
     {"group", [](const field& f, T& s) { s.group = f.string(); }},
 };
 
+const std::vector<key_spec<metrics_section>> metrics_keys = {
+    {"listen", [](const field& f, metrics_section& s) { s.listen = f.listen_address(); }},
+};
+
 const std::vector<key_spec<log_section>> log_keys = {
     {"level", [](const field& f, log_section& s) { s.level = f.one_of<log_level>(level_names); }},
 };
@@ -477,6 +481,7 @@ const std::vector<section_spec> sections = {
     {"sync", read_section<&config::sync, sync_keys>},
     {"folders", read_section<&config::folders, folders_keys>},
     {"status", read_section<&config::status, status_keys>},
+    {"metrics", read_section<&config::metrics, metrics_keys>},
     {"log", read_section<&config::log, log_keys>},
 };
 

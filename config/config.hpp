@@ -156,6 +156,13 @@ struct status_section {
   bool operator==(const status_section&) const = default;
 };
 
+// [metrics]: Prometheus metrics over HTTP ("" = off).
+struct metrics_section {
+  std::string listen;  // "127.0.0.1:9143"
+
+  bool operator==(const metrics_section&) const = default;
+};
+
 struct log_section {
   log_level level = log_level::info;
 
@@ -174,6 +181,7 @@ struct config {
   sync_section sync;
   folders_section folders;
   status_section status;
+  metrics_section metrics;
   log_section log;
 
   bool operator==(const config&) const = default;

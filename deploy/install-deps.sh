@@ -11,6 +11,8 @@ packages=(
   dovecot-imapd dovecot-core isync openssl curl python3
   fail2ban   # tests: fail2ban-regex checks deploy/fail2ban/ (Debian also enables its service)
   haproxy    # tests: a real load balancer sending the PROXY protocol (test_proxy_protocol.py)
+  prometheus-cpp-dev   # the [metrics] endpoint
+  prometheus # tests: promtool check metrics on a scrape (Debian also enables its service)
 )
 
 missing=()

@@ -137,6 +137,13 @@ proxy_stats daemon::stats() const {
   p.logins_ok = st.logins_ok;
   p.logins_failed = st.logins_failed;
   p.backend_errors = st.backend_errors;
+  p.backend_unavailable = st.backend_unavailable;
+  p.backend_temporary = st.backend_temporary;
+  p.preauth_limits = st.preauth_limits_hit;
+  p.connections_refused = st.connections_refused;
+  p.proxy_protocol_refused = st.proxy_protocol_refused;
+  p.bytes_from_clients = st.bytes_from_clients;
+  p.bytes_to_clients = st.bytes_to_clients;
   return p;
 }
 

@@ -24,6 +24,13 @@ class startup_error : public std::runtime_error {
 struct proxy_stats {
   std::int64_t uptime_s = 0;
   std::uint64_t active_sessions = 0, logins_ok = 0, logins_failed = 0, backend_errors = 0;
+  // backend_errors by kind: the backend unreachable (connect, TLS, protocol,
+  // timeout) or saying NO [UNAVAILABLE] and the like itself.
+  std::uint64_t backend_unavailable = 0, backend_temporary = 0;
+  std::uint64_t preauth_limits = 0;       // connections closed by a pre-auth limit
+  std::uint64_t connections_refused = 0;  // over max_connections / max_connections_per_ip
+  std::uint64_t proxy_protocol_refused = 0;
+  std::uint64_t bytes_from_clients = 0, bytes_to_clients = 0;  // relayed, sessions ended
 };
 
 class status_backend;

@@ -87,6 +87,8 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
 
   // Read by the status socket's thread (daemon::stats()), written here.
   std::atomic<std::uint64_t> logins_ok{0}, logins_failed{0}, backend_errors{0}, active_sessions{0};
+  std::atomic<std::uint64_t> backend_unavailable{0}, backend_temporary{0}, preauth_limits_hit{0},
+      connections_refused{0}, proxy_protocol_refused{0}, bytes_from_clients{0}, bytes_to_clients{0};
 
   void session_ended();  // the last one out after a stop ends the daemon
 };

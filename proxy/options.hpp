@@ -107,6 +107,9 @@ struct options {
   // SIGHUP besides the certificate: reloads what the composition root keeps
   // (the [users] map file). Returns the line to log; throws to keep the old.
   std::function<std::string()> reload;
+  // Every login the backend answered (ok or refused), its duration: the
+  // metrics' latency histogram. Called on the proxy's thread: must not block.
+  std::function<void(std::chrono::milliseconds)> observe_login;
 };
 
 }  // namespace suction::proxy

@@ -157,6 +157,8 @@ asio::awaitable<void> relay_session(std::shared_ptr<daemon::state> st, std::uniq
   if (st->grace_over) rl.stop("shutdown");
   relay_result rr = co_await rl.run(std::move(to_backend), std::move(to_client));
   h.active_relay = nullptr;
+  st->bytes_from_clients += rr.to_backend;
+  st->bytes_to_clients += rr.to_client;
   spdlog::info("session closed user={} client={} backend={} reason=\"{}\" in={} out={} duration={}ms session={}",
                log.user, log.client, st->backend.display(), rr.end, rr.to_backend, rr.to_client,
                ms_since(log.started), log.session_id);
@@ -266,6 +268,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
     const auto wait = std::min<std::chrono::milliseconds>(st->opt.limits.preauth_idle, std::chrono::seconds(10));
     header_parse h = co_await read_proxy_header(socket, wait);
     if (h.status != header_status::ok) {
+      ++st->proxy_protocol_refused;
       spdlog::warn("proxy protocol refused client={} reason=\"{}\" session={}", client, h.error, ci.session_id);
       boost::system::error_code ignored;
       socket.close(ignored);
@@ -292,6 +295,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
   if (st->sessions.size() > limits.max_connections || reg.from_this_address() > limits.max_connections_per_ip) {
     const char* why = st->sessions.size() > limits.max_connections ? "too many connections"
                                                                     : "too many connections from this address";
+    ++st->connections_refused;
     if (st->refusals.on_refused(ci.address, why))
       spdlog::warn("connection refused client={} reason=\"{}\" session={} (more from this address in the "
                    "next {}s are counted, not logged one by one)",
@@ -353,6 +357,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         end = n;
         if (std::exchange(first_read, false) && starts_proxy_header(std::string_view(buf.data(), n))) {
           // Only a listed balancer may say where a connection comes from.
+          ++st->proxy_protocol_refused;
           spdlog::warn("proxy protocol refused client={} reason=\"a header from an address not in "
                        "[listen] proxy_protocol_from\" session={}",
                        client, ci.session_id);
@@ -382,10 +387,12 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         break;
       case imap::parse_event::error:
         act = pa.on_parse_error(parser.error(), parser.error_tag(), parser.recoverable());
-        if (!pa.limit_hit().empty())
+        if (!pa.limit_hit().empty()) {
+          // Counted once: a limit that also closes is counted where it closes.
+          if (act != preauth::action::send_and_close) ++st->preauth_limits_hit;
           spdlog::warn("preauth limit client={} reason=\"{}\" session={}", client, pa.limit_hit(),
                        ci.session_id);
-        else if (act != preauth::action::send_and_close)
+        } else if (act != preauth::action::send_and_close)
           spdlog::debug("preauth bad command client={} reason=\"{}\" session={}", client,
                         parser.error().message(), ci.session_id);
         break;
@@ -400,9 +407,11 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         if (pa.close_reason() == "logout")
           spdlog::info("session closed before login client={} reason=\"logout\" duration={}ms session={}",
                        client, ms_since(started), ci.session_id);
-        else
+        else {
+          ++st->preauth_limits_hit;
           spdlog::warn("preauth limit client={} reason=\"{}\" session={}", client, pa.close_reason(),
                        ci.session_id);
+        }
         stream.close();
         co_return;
       case preauth::action::read_auth_line:
@@ -430,10 +439,13 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         backend_result& res = v.result;
         if (!res.preauth_capabilities.empty()) st->backend_capabilities = res.preauth_capabilities;
         const auto login_ms = ms_since(login_started);
+        if (st->opt.observe_login && res.outcome != backend_outcome::unavailable)
+          st->opt.observe_login(std::chrono::milliseconds(login_ms));
         if (res.outcome == backend_outcome::unavailable || res.outcome == backend_outcome::temporary) {
           // The backend's trouble, not the client's: not a failed login (fail2ban
           // does not count it), and the client may try again.
           ++st->backend_errors;
+          ++(res.outcome == backend_outcome::temporary ? st->backend_temporary : st->backend_unavailable);
           spdlog::error("login unavailable user={} client={} backend={} reason={} duration={}ms session={}",
                         user, client, st->backend.display(), imap::log_value(res.reason), login_ms, ci.session_id);
           const std::string answer = res.outcome == backend_outcome::temporary
@@ -452,6 +464,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
           auto next = pa.on_login_refused(client_answer(pa.login_tag(), res));
           co_await say(pa.out());
           if (next == preauth::action::send_and_close) {
+            ++st->preauth_limits_hit;
             spdlog::warn("preauth limit client={} reason=\"{}\" session={}", client, pa.close_reason(),
                          ci.session_id);
             stream.close();

@@ -283,6 +283,7 @@ struct scheduler::impl {
       e.extra_connections = 0;
       e.finished_at = unix_now();
       e.last_error = rep.errors.empty() ? std::string() : rep.errors.front();
+      if (opts.observe_run) opts.observe_run(rep.duration);
       if (rep.outcome == sync_outcome::ok) {
         e.state = user_state::done;
         e.completed_at = e.finished_at;

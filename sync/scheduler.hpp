@@ -76,6 +76,9 @@ struct scheduler_options {
   // One line per run and per notable event (credentials expired, a retry
   // scheduled). Never given a credential. Called on the scheduler's thread.
   std::function<void(const std::string&)> log;
+  // Every run's duration, when it ends (the metrics' histogram). Called on
+  // the scheduler's thread, under its lock: must not block.
+  std::function<void(std::chrono::milliseconds)> observe_run;
 };
 
 enum class user_state : std::uint8_t { pending, running, done, failed, interrupted };

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "config/config.hpp"
+#include "proxy/cli/metrics.hpp"
 #include "proxy/cli/migration.hpp"
 #include "proxy/cli/migrate_command.hpp"
 #include "proxy/cli/options.hpp"
@@ -56,6 +57,13 @@ int run_proxy(const std::string& config_path) {
     return suction::cli::to_mapped(accounts->resolve(login));
   };
   popts.reload = [accounts] { return accounts->reload(); };
+  // [metrics]: the histograms are fed from the start; served once all runs.
+  std::shared_ptr<suction::cli::metrics_endpoint> metrics;
+  if (!cfg->metrics.listen.empty()) {
+    metrics = std::make_shared<suction::cli::metrics_endpoint>();
+    popts.observe_login = [metrics](std::chrono::milliseconds d) { metrics->observe_login(d); };
+    sched.observe_run = [metrics](std::chrono::milliseconds d) { metrics->observe_run(d); };
+  }
   std::shared_ptr<suction::cli::migration> migration;
   try {
     migration = std::make_shared<suction::cli::migration>(std::move(sched), accounts);
@@ -66,13 +74,25 @@ int run_proxy(const std::string& config_path) {
   boost::asio::io_context io(1);
   suction::proxy::daemon d(io, std::move(popts), migration, migration.get());
   migration->set_proxy_stats([&d] { return d.stats(); });
+  if (metrics) {
+    metrics->set_sources([&d] { return d.stats(); }, [migration] { return migration->totals(); });
+    try {
+      metrics->start(cfg->metrics.listen);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "suction: %s: [metrics] listen: %s\n", cfg->source.c_str(), e.what());
+      return 1;
+    }
+    spdlog::info("metrics at http://{}/metrics", cfg->metrics.listen);
+  }
   try {
     d.start();
   } catch (const suction::proxy::startup_error& e) {
+    if (metrics) metrics->stop();
     std::fprintf(stderr, "suction: %s\n", e.what());
     return 1;
   }
   io.run();
+  if (metrics) metrics->stop();  // its scrapes read `d` and the scheduler
   migration->stop();  // running jobs end as "interrupted" and resume at the next login
   spdlog::info("stopped");
   return 0;

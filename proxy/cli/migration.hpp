@@ -31,6 +31,7 @@ class migration final : public proxy::login_trigger, public proxy::status_backen
   void stop() { scheduler_.stop(); }
 
   void on_login(proxy::login_event event) override;
+  sync::scheduler_totals totals() const { return scheduler_.totals(); }
 
   nlohmann::json status() override;
   nlohmann::json users() override;

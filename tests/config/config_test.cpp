@@ -380,7 +380,7 @@ TEST_CASE("errors: unknown sections and keys") {
        "test.toml:8: [limit]: unknown section (did you mean \"limits\"?)"},
       {minimal + "\n[server]\n",
        "test.toml:9: [server]: unknown section "
-       "(valid: listen, new, legacy, legacy_servers, users, auth, limits, sync, folders, status, log)"},
+       "(valid: listen, new, legacy, legacy_servers, users, auth, limits, sync, folders, status, metrics, log)"},
       {"level = \"info\"\n" + minimal, "test.toml:1: level: a key outside any section"},
       {"log = \"info\"\n" + minimal, "test.toml:1: [log]: expected a table, got a string"},
       {minimal + "[sync]\nstate_dbs = \"x\"\n",
