@@ -30,131 +30,49 @@ std::int64_t unix_now() { return static_cast<std::int64_t>(std::time(nullptr)); 
 
 using imap::secret;
 
-struct entry {
-  user_state state = user_state::pending;
-  bool queued = false, running = false;
-  std::string password;  // wiped by drop_credentials
-  bool has_password = false;
-  std::chrono::steady_clock::time_point credentials_until{};
-  sync_identity who;           // names for the servers (the map's key is who.key)
-  std::string legacy_server;   // "" = the default legacy server
-  bool bulk = false;           // queued by enqueue: no password, master credentials
-  std::string client_address;  // of the last login
-  std::optional<std::int64_t> started_at, finished_at, completed_at;
-  std::string last_error;
-  std::shared_ptr<sync_progress> progress;
-  std::uint32_t attempts = 0;
-  std::optional<std::int64_t> retry_at;
-  std::uint32_t extra_connections = 0;  // granted beyond the first pair, while running
-  std::uint64_t retry_generation = 0;   // a retry timer counts only if it is the latest
-
-  void drop_credentials() {
-    imap::secure_wipe(password);  // empties it too
-    has_password = false;
-  }
-};
-
-user_state from_run(run_result r) {
-  switch (r) {
-    case run_result::done: return user_state::done;
-    case run_result::failed: return user_state::failed;
-    case run_result::running:  // not after mark_interrupted; and a crash is an interruption
-    case run_result::interrupted: return user_state::interrupted;
-  }
-  return user_state::interrupted;
-}
-
-
 }  // namespace
-
-std::string_view to_string(user_state s) {
-  switch (s) {
-    case user_state::pending: return "pending";
-    case user_state::running: return "running";
-    case user_state::done: return "done";
-    case user_state::failed: return "failed";
-    case user_state::interrupted: return "interrupted";
-  }
-  return "pending";
-}
 
 struct scheduler::impl {
   explicit impl(scheduler_options o)
       : opts(std::move(o)),
+        table(rules_of(opts)),
         store(opts.state_db),
         reader(opts.state_db),
         work(asio::make_work_guard(io)),
         sweeper(io) {
     store.mark_interrupted(unix_now());
-    for (auto& r : reader.latest_runs()) {
-      entry& e = users[r.user];
-      e.state = from_run(r.result);
-      e.started_at = r.started_at;
-      if (r.finished_at != 0) e.finished_at = r.finished_at;
-      if (r.result == run_result::done) e.completed_at = r.finished_at;
-      e.last_error = r.error;
-    }
+    for (auto& r : reader.latest_runs()) table.restore(r);
+  }
+
+  static job_rules rules_of(const scheduler_options& o) {
+    job_rules r;
+    r.max_concurrent_users = o.max_concurrent_users;
+    r.legacy_max_connections = o.legacy_max_connections;
+    for (const auto& t : o.more_legacy) r.more_legacy.emplace(t.name, t.max_connections);
+    r.resync_interval = o.resync_interval;
+    r.credential_ttl = o.credential_ttl;
+    r.retry = o.retry;
+    return r;
   }
 
   scheduler_options opts;
+  mutable std::mutex m;  // guards table, passwords, progress
+  job_table table;       // the policy: which job runs, what a run's end means
+  std::map<std::string, std::string, std::less<>> passwords;  // by key; wiped by drop()
+  std::map<std::string, std::shared_ptr<sync_progress>, std::less<>> progress;
   state_store store;   // the jobs', on the worker thread only
   mutable std::mutex reader_m;  // guards `reader`, apart: logins never wait on SQLite
   mutable state_store reader;   // queries from other threads
-  mutable std::mutex m;         // guards everything below
-  std::map<std::string, entry, std::less<>> users;
-  std::deque<std::string> queue;       // logins' jobs, first
-  std::deque<std::string> bulk_queue;  // enqueue's, when no login waits
-  bool paused = false, draining = false, stopped = false;
-  std::uint32_t running = 0;
-  std::map<std::string, std::uint32_t, std::less<>> legacy_in_use;  // by server name
-
-  const legacy_target* target(std::string_view server) const {
-    for (const auto& t : opts.more_legacy)
-      if (t.name == server) return &t;
-    return nullptr;
-  }
-  const server_options& legacy_of(std::string_view server) const {
-    const legacy_target* t = target(server);
-    return t ? t->server : opts.sync.legacy;
-  }
-  std::uint32_t cap_of(std::string_view server) const {
-    const legacy_target* t = target(server);
-    return t ? t->max_connections : opts.legacy_max_connections;
-  }
-  std::uint32_t room_on(const std::string& server) const {
-    auto it = legacy_in_use.find(server);
-    const std::uint32_t used = it == legacy_in_use.end() ? 0 : it->second;
-    const std::uint32_t cap = cap_of(server);
-    return used < cap ? cap - used : 0;
-  }
-  // Queued jobs that could start now on `server`.
-  std::size_t waiting_on(const std::string& server) const {
-    std::size_t n = 0;
-    for (const auto* q : {&queue, &bulk_queue})
-      for (const auto& name : *q)
-        if (auto it = users.find(name); it != users.end() && it->second.legacy_server == server) ++n;
-    return n;
-  }
 
   asio::io_context io{1};
   asio::executor_work_guard<asio::io_context::executor_type> work;
   asio::steady_timer sweeper;
   std::thread thread;
 
-  // Under m: more legacy connections for a running job, within the cap and
-  // leaving one for each queued job that could start now (a big mailbox does
-  // not keep small ones waiting).
-  std::uint32_t grant(const std::string& name, std::uint32_t wanted) {
-    entry& e = users[name];
-    const std::uint32_t free_slots =
-        running < opts.max_concurrent_users ? opts.max_concurrent_users - running : 0;
-    const std::uint32_t kept = static_cast<std::uint32_t>(
-        std::min<std::size_t>(paused || draining ? 0 : waiting_on(e.legacy_server), free_slots));
-    const std::uint32_t room = room_on(e.legacy_server);
-    const std::uint32_t g = std::min(wanted, room > kept ? room - kept : 0);
-    legacy_in_use[e.legacy_server] += g;
-    e.extra_connections += g;
-    return g;
+  const server_options& legacy_of(std::string_view server) const {
+    for (const auto& t : opts.more_legacy)
+      if (t.name == server) return t.server;
+    return opts.sync.legacy;
   }
 
   void log(const std::string& line) {
@@ -162,179 +80,116 @@ struct scheduler::impl {
   }
 
   // Under m.
-  void enqueue(const std::string& name, entry& e) {
-    e.queued = true;
-    e.state = user_state::pending;
-    e.retry_at.reset();
-    (e.bulk ? bulk_queue : queue).push_back(name);
+  void drop(const std::string& key) {
+    if (auto it = passwords.find(key); it != passwords.end()) {
+      imap::secure_wipe(it->second);
+      passwords.erase(it);
+    }
+  }
+
+  void kick_later() {
     asio::post(io, [this] { kick(); });
   }
 
-  // Under m: the next queued job whose legacy server has room, logins first;
-  // "" when none.
-  std::string take_next() {
-    for (auto* q : {&queue, &bulk_queue}) {
-      for (auto it = q->begin(); it != q->end(); ++it) {
-        if (room_on(users[*it].legacy_server) == 0) continue;
-        std::string name = std::move(*it);
-        q->erase(it);
-        return name;
-      }
-    }
-    return {};
-  }
-
-  // Starts queued jobs while the caps allow. On the worker thread. The jobs
+  // Starts queued jobs while the table allows. On the worker thread. The jobs
   // are spawned after the lock is released: co_spawn may run a job at once,
   // up to its first wait, and a job that ends without waiting (its run
   // refused as busy, a CA file that cannot be read) locks m in finish().
   void kick() {
-    std::vector<std::tuple<std::string, std::shared_ptr<secret>, std::shared_ptr<sync_progress>>>
-        starting;
+    std::vector<std::tuple<job_start, std::shared_ptr<secret>, std::shared_ptr<sync_progress>>> starting;
     std::unique_lock lock(m);
-    while (!stopped && !paused && !draining && running < opts.max_concurrent_users) {
-      std::string name = take_next();
-      if (name.empty()) break;
-      entry& e = users[name];
-      e.queued = false;
-      if (!e.has_password && !e.bulk) {
-        e.state = user_state::failed;
-        e.last_error = "no credentials held any more (credential_ttl): waiting for the next login";
-        log("migration user=" + log_value(name) + " result=failed error=" + log_value(e.last_error));
-        continue;
-      }
-      e.running = true;
-      e.state = user_state::running;
-      e.started_at = unix_now();
-      e.finished_at.reset();
-      e.progress = std::make_shared<sync_progress>();
-      ++running;
-      legacy_in_use[e.legacy_server] += 1;  // the job's first pair; more through grant()
+    while (auto start = table.take_next(job_clock::now())) {
+      for (const auto& key : table.failed_without_credentials)
+        log("migration user=" + log_value(key) + " result=failed error=" +
+            log_value(table.find(key)->last_error));
+      auto p = std::make_shared<sync_progress>();
+      progress[start->key] = p;
       // The job's own copy of the password, made here: never a moved-from string.
-      starting.emplace_back(name, std::make_shared<secret>(e.password), e.progress);
+      auto pw = std::make_shared<secret>(start->bulk ? std::string() : passwords[start->key]);
+      starting.emplace_back(std::move(*start), std::move(pw), std::move(p));
     }
+    for (const auto& key : table.failed_without_credentials)
+      log("migration user=" + log_value(key) + " result=failed error=" +
+          log_value(table.find(key)->last_error));
     lock.unlock();
-    for (auto& [name, pw, progress] : starting)
-      asio::co_spawn(io, run_job(name, pw, progress), asio::detached);
+    for (auto& [start, pw, p] : starting)
+      asio::co_spawn(io, run_job(std::move(start), pw, p), asio::detached);
   }
 
   // The options of one job: its legacy server; a login's job logs in with
   // the user's password, a bulk job with both servers' master credentials.
-  user_sync_options job_options(const entry& e) const {
-    user_sync_options job = opts.sync;
-    job.started_by = e.bulk ? "bulk" : "login";
-    job.legacy = legacy_of(e.legacy_server);
-    if (e.bulk) {
-      job.fresh.master = opts.bulk_new_master;
+  user_sync_options job_options(const job_start& j) const {
+    user_sync_options o = opts.sync;
+    o.started_by = j.bulk ? "bulk" : "login";
+    o.legacy = legacy_of(j.legacy_server);
+    if (j.bulk) {
+      o.fresh.master = opts.bulk_new_master;
     } else {
-      job.legacy.master = {};
+      o.legacy.master = {};
     }
-    job.connections = std::max<std::uint32_t>(1, std::min(job.connections, cap_of(e.legacy_server)));
-    return job;
+    const std::uint32_t cap = [&] {
+      for (const auto& t : opts.more_legacy)
+        if (t.name == j.legacy_server) return t.max_connections;
+      return opts.legacy_max_connections;
+    }();
+    o.connections = std::max<std::uint32_t>(1, std::min(o.connections, cap));
+    return o;
   }
 
-  // name: the user's key (the names for the servers are in its entry).
-  asio::awaitable<void> run_job(std::string name, std::shared_ptr<secret> pw,
-                                std::shared_ptr<sync_progress> progress) {
+  asio::awaitable<void> run_job(job_start start, std::shared_ptr<secret> pw,
+                                std::shared_ptr<sync_progress> p) {
     // Never inside kick(): a job that ends without waiting would start the
     // next one from its finish(), recursively.
     co_await asio::post(io, asio::use_awaitable);
-    user_sync_options job;
-    sync_identity who;
-    {
-      std::lock_guard lock(m);
-      const entry& e = users[name];
-      job = job_options(e);
-      who = e.who;
-    }
+    user_sync_options job = job_options(start);
     // More pairs of connections only as the legacy cap allows, counted per job.
-    job.acquire_connections = [this, name](std::uint32_t n) {
+    const std::string key = start.key;
+    job.acquire_connections = [this, key](std::uint32_t n) {
       std::lock_guard lock(m);
-      return grant(name, n);
+      return table.grant(key, n);
     };
-    job.release_connections = [this, name](std::uint32_t n) {
+    job.release_connections = [this, key](std::uint32_t n) {
       std::lock_guard lock(m);
-      entry& e = users[name];
-      n = std::min(n, e.extra_connections);
-      e.extra_connections -= n;
-      legacy_in_use[e.legacy_server] -= n;
+      table.release(key, n);
     };
     user_sync_report rep;
     try {
-      rep = co_await sync_user(io.get_executor(), job, who, pw->value, store, false,
-                               progress.get());
+      rep = co_await sync_user(io.get_executor(), job, start.who, pw->value, store, false, p.get());
     } catch (const std::exception& e) {
-      rep.user = name;
+      rep.user = key;
       rep.outcome = sync_outcome::failed;
       rep.errors.push_back(e.what());  // sync_user recorded the run with it
     }
-    finish(name, rep);
+    finish(start, rep);
   }
 
   // A job ended. On the worker thread.
-  void finish(const std::string& name, const user_sync_report& rep) {
-    std::string retry_note;
+  void finish(const job_start& start, const user_sync_report& rep) {
     {
       std::lock_guard lock(m);
-      entry& e = users[name];
-      e.running = false;
-      --running;
-      legacy_in_use[e.legacy_server] -= 1 + e.extra_connections;
-      e.extra_connections = 0;
-      e.finished_at = unix_now();
-      e.last_error = rep.errors.empty() ? std::string() : rep.errors.front();
       if (opts.observe_run) opts.observe_run(rep.duration);
-      if (rep.outcome == sync_outcome::ok) {
-        e.state = user_state::done;
-        e.completed_at = e.finished_at;
-        e.attempts = 0;
-      } else if (policy(rep.failure).retried) {
-        ++e.attempts;
-        if (stopped) {
-          e.state = user_state::interrupted;
-        } else if (!opts.retry.allows(e.attempts)) {
-          e.state = user_state::failed;
-          retry_note = " retry=no (" + std::to_string(e.attempts) + " attempts)";
-        } else if (!e.has_password && !e.bulk) {
-          e.state = user_state::failed;
-          retry_note = " retry=no (no credentials held)";
-        } else {
-          const auto delay = opts.retry.delay(e.attempts);
-          e.state = user_state::pending;
-          e.retry_at = unix_now() + std::chrono::ceil<std::chrono::seconds>(delay).count();
-          char buf[48];
-          std::snprintf(buf, sizeof buf, " retry_in=%.1fs", delay.count() / 1000.0);
-          retry_note = buf;
-          asio::co_spawn(io, retry_later(name, delay, ++e.retry_generation), asio::detached);
-        }
-      } else {
-        // Not retried (failure.hpp): refused credentials are dropped; refused
-        // messages are reported and were accounted for.
-        e.state = user_state::failed;
-        e.attempts = 0;
-        if (!policy(rep.failure).keeps_credentials) e.drop_credentials();
-      }
-      if (opts.credential_ttl.count() == 0 && !e.retry_at) e.drop_credentials();
-      log("migration " + describe_run(rep) + " client=" + (e.bulk ? "bulk" : e.client_address) +
-          " legacy=" + imap::display(legacy_of(e.legacy_server).endpoint) + " new=" +
+      const job_end end = table.finished(start.key, rep.outcome == sync_outcome::ok, rep.failure,
+                                         rep.errors.empty() ? std::string() : rep.errors.front(),
+                                         job_clock::now());
+      if (end.drop_credentials) drop(start.key);
+      if (end.retry_in)
+        asio::co_spawn(io, retry_later(start.key, *end.retry_in, end.generation), asio::detached);
+      const job* j = table.find(start.key);
+      log("migration " + describe_run(rep) + " client=" + (start.bulk ? "bulk" : j->client_address) +
+          " legacy=" + imap::display(legacy_of(start.legacy_server).endpoint) + " new=" +
           imap::display(opts.sync.fresh.endpoint) +
-          " attempt=" + std::to_string(std::max<std::uint32_t>(e.attempts, 1)) + retry_note);
+          " attempt=" + std::to_string(std::max<std::uint32_t>(j->attempts, 1)) + end.note);
     }
     kick();
   }
 
-  asio::awaitable<void> retry_later(std::string name, std::chrono::milliseconds delay,
+  asio::awaitable<void> retry_later(std::string key, std::chrono::milliseconds delay,
                                     std::uint64_t generation) {
     asio::steady_timer t(io, delay);
     boost::system::error_code ec;
     co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     std::lock_guard lock(m);
-    auto it = users.find(name);
-    // Not when another run came in between (a login or a resync) and set its own.
-    if (stopped || it == users.end() || !it->second.retry_at || it->second.running ||
-        it->second.queued || it->second.retry_generation != generation)
-      co_return;
-    enqueue(name, it->second);
+    if (table.retry_due(key, generation)) kick_later();
   }
 
   // Drops credentials older than credential_ttl, once a second.
@@ -345,36 +200,32 @@ struct scheduler::impl {
       co_await sweeper.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       if (ec) co_return;
       std::lock_guard lock(m);
-      const auto now = std::chrono::steady_clock::now();
-      for (auto& [name, e] : users)
-        // Not while queued: the job is about to use them (a storm's queue
-        // can be longer than a short credential_ttl).
-        if (e.has_password && !e.running && !e.queued && opts.credential_ttl.count() > 0 &&
-            now >= e.credentials_until) {
-          e.drop_credentials();
-          log("credentials dropped user=" + log_value(name) + " (credential_ttl " +
-              std::to_string(opts.credential_ttl.count()) + "s)");
-        }
+      for (const auto& key : table.expired_credentials(job_clock::now())) {
+        drop(key);
+        log("credentials dropped user=" + log_value(key) + " (credential_ttl " +
+            std::to_string(opts.credential_ttl.count()) + "s)");
+      }
     }
   }
 
-  user_view view(const std::string& name, const entry& e) const {
+  // Under m.
+  user_view view(const std::string& key, const job& j) const {
     user_view v;
-    v.user = name;
-    v.state = e.state;
-    if (e.progress) {
-      const sync_progress& p = *e.progress;
+    v.user = key;
+    v.state = j.state;
+    if (auto it = progress.find(key); it != progress.end()) {
+      const sync_progress& p = *it->second;
       v.progress = {p.folders_done.load(), p.folders_total.load(), p.messages_copied.load(),
                     p.messages_total.load(), p.bytes_copied.load(), p.bytes_total.load()};
     }
-    v.started_at = e.started_at;
-    v.finished_at = e.finished_at;
-    v.last_error = e.last_error;
-    v.credentials_held = e.has_password;
-    v.attempts = e.attempts;
-    v.retry_at = e.retry_at;
-    v.bulk = e.bulk;
-    v.legacy_server = e.legacy_server;
+    v.started_at = j.started_at;
+    v.finished_at = j.finished_at;
+    v.last_error = j.last_error;
+    v.credentials_held = j.has_credentials;
+    v.attempts = j.attempts;
+    v.retry_at = j.retry_at;
+    v.bulk = j.bulk;
+    v.legacy_server = j.legacy_server;
     return v;
   }
 };
@@ -391,16 +242,10 @@ void scheduler::start() {
 void scheduler::stop() {
   {
     std::lock_guard lock(impl_->m);
-    if (impl_->stopped) return;
-    impl_->stopped = true;
-    for (auto& [name, e] : impl_->users) {
-      e.drop_credentials();
-      if (e.running) e.state = user_state::interrupted;
-      e.queued = false;
-      e.retry_at.reset();
-    }
-    impl_->queue.clear();
-    impl_->bulk_queue.clear();
+    if (impl_->table.stopped()) return;
+    impl_->table.stop();
+    for (auto& [key, pw] : impl_->passwords) imap::secure_wipe(pw);
+    impl_->passwords.clear();
   }
   impl_->io.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
@@ -418,92 +263,59 @@ void scheduler::on_login(sync_identity who, std::string legacy_server, std::stri
                          std::string client_address) {
   secret pw(password);  // copies, never moves: a moved-from string keeps its bytes
   imap::secure_wipe(password);
-  const std::string key = who.key;
   std::lock_guard lock(impl_->m);
-  if (impl_->stopped) return;
-  entry& e = impl_->users[key];
-  imap::secure_wipe(e.password);
-  e.password = pw.value;
-  e.has_password = true;
-  e.credentials_until = std::chrono::steady_clock::now() + impl_->opts.credential_ttl;
-  e.client_address = std::move(client_address);
-  if (e.running) return;  // one job per user: the running one keeps its names
-  e.who = std::move(who);
-  e.legacy_server = std::move(legacy_server);
-  if (e.queued && e.bulk) {
-    // A login goes first: the bulk job moves to the logins' queue.
-    std::erase(impl_->bulk_queue, key);
-    e.bulk = false;
-    impl_->queue.push_back(key);
-    asio::post(impl_->io, [i = impl_.get()] { i->kick(); });
-    return;
-  }
-  e.bulk = false;
-  if (e.queued || e.retry_at) return;  // one job per user
-  if (e.state == user_state::done && e.completed_at &&
-      unix_now() - *e.completed_at < impl_->opts.resync_interval.count())
-    return;
-  impl_->enqueue(key, e);
+  if (impl_->table.stopped()) return;
+  std::string& held = impl_->passwords[who.key];
+  imap::secure_wipe(held);
+  held = pw.value;
+  if (impl_->table.on_login(who, std::move(legacy_server), std::move(client_address),
+                            job_clock::now()))
+    impl_->kick_later();
 }
 
 std::string scheduler::enqueue(sync_identity who, std::string legacy_server) {
-  const std::string key = who.key;
   std::lock_guard lock(impl_->m);
-  if (impl_->stopped) return "the daemon is stopping";
-  if (!legacy_server.empty() && !impl_->target(legacy_server))
-    return "no legacy server \"" + legacy_server + "\"";
-  if (!impl_->legacy_of(legacy_server).master.configured() ||
-      !impl_->opts.bulk_new_master.configured())
+  if (impl_->table.known_server(legacy_server) &&
+      (!impl_->legacy_of(legacy_server).master.configured() ||
+       !impl_->opts.bulk_new_master.configured()))
     return "needs a login: no master credentials for " +
            std::string(impl_->opts.bulk_new_master.configured() ? "its legacy server" : "[new]");
-  entry& e = impl_->users[key];
-  if (e.running || e.queued) return "already queued or running";
-  e.who = std::move(who);
-  e.legacy_server = std::move(legacy_server);
-  e.bulk = true;
-  e.client_address.clear();
-  impl_->enqueue(key, e);
-  return "";
+  std::string refused = impl_->table.enqueue_bulk(who, std::move(legacy_server));
+  if (refused.empty()) impl_->kick_later();
+  return refused;
 }
 
 std::string scheduler::resync(std::string_view user) {
   const std::string key = user_key(impl_->opts.sync, user);
   std::lock_guard lock(impl_->m);
-  auto it = impl_->users.find(key);
-  if (it == impl_->users.end()) return "unknown user " + std::string(user);
-  entry& e = it->second;
-  if (e.running || e.queued)
-    return "a migration of " + std::string(user) + " is already queued or running";
-  if (!e.has_password && !e.bulk)
-    return "no credentials held for " + std::string(user) +
-           ": they are kept only for credential_ttl after a login; the user must log in again";
-  impl_->enqueue(it->first, e);
-  return "";
+  std::string refused = impl_->table.resync(key);
+  if (refused.empty()) impl_->kick_later();
+  return refused;
 }
 
 void scheduler::pause() {
   std::lock_guard lock(impl_->m);
-  impl_->paused = true;
+  impl_->table.pause();
 }
 
 void scheduler::resume() {
   std::lock_guard lock(impl_->m);
-  impl_->paused = impl_->draining = false;
-  asio::post(impl_->io, [i = impl_.get()] { i->kick(); });
+  impl_->table.resume();
+  impl_->kick_later();
 }
 
 void scheduler::drain() {
   std::lock_guard lock(impl_->m);
-  impl_->draining = true;
+  impl_->table.drain();
 }
 
 scheduler_totals scheduler::totals() const {
   std::unique_lock lock(impl_->m);
   scheduler_totals t;
-  t.paused = impl_->paused;
-  t.draining = impl_->draining;
-  for (auto& [name, e] : impl_->users) {
-    switch (e.state) {
+  t.paused = impl_->table.paused();
+  t.draining = impl_->table.draining();
+  for (auto& [key, j] : impl_->table.jobs()) {
+    switch (j.state) {
       case user_state::pending: ++t.queued; break;
       case user_state::running: ++t.running; break;
       case user_state::done: ++t.done; break;
@@ -511,12 +323,12 @@ scheduler_totals scheduler::totals() const {
       case user_state::interrupted: ++t.interrupted; break;
     }
     // A running job's run is recorded with its counts only when it ends.
-    if (e.running && e.progress) {
-      t.messages_copied += e.progress->messages_copied.load();
-      t.bytes_copied += e.progress->bytes_copied.load();
+    if (auto it = impl_->progress.find(key); j.running && it != impl_->progress.end()) {
+      t.messages_copied += it->second->messages_copied.load();
+      t.bytes_copied += it->second->bytes_copied.load();
     }
   }
-  for (const auto& [server, n] : impl_->legacy_in_use) t.legacy_connections += n;
+  t.legacy_connections = impl_->table.legacy_in_use();
   lock.unlock();
   std::lock_guard reader_lock(impl_->reader_m);
   run_totals recorded = impl_->reader.totals();
@@ -528,17 +340,17 @@ scheduler_totals scheduler::totals() const {
 std::vector<user_view> scheduler::users() const {
   std::lock_guard lock(impl_->m);
   std::vector<user_view> out;
-  out.reserve(impl_->users.size());
-  for (auto& [name, e] : impl_->users) out.push_back(impl_->view(name, e));
+  out.reserve(impl_->table.jobs().size());
+  for (auto& [key, j] : impl_->table.jobs()) out.push_back(impl_->view(key, j));
   return out;
 }
 
 std::optional<user_view> scheduler::user(std::string_view name) const {
   const std::string key = user_key(impl_->opts.sync, name);
   std::lock_guard lock(impl_->m);
-  auto it = impl_->users.find(key);
-  if (it == impl_->users.end()) return std::nullopt;
-  return impl_->view(it->first, it->second);
+  const job* j = impl_->table.find(key);
+  if (!j) return std::nullopt;
+  return impl_->view(key, *j);
 }
 
 std::vector<run_record> scheduler::runs(std::string_view name, std::size_t limit) const {

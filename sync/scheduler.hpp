@@ -44,6 +44,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sync/job_table.hpp"
 #include "sync/state_store.hpp"
 #include "sync/user_sync.hpp"
 
@@ -81,8 +82,6 @@ struct scheduler_options {
   std::function<void(std::chrono::milliseconds)> observe_run;
 };
 
-enum class user_state : std::uint8_t { pending, running, done, failed, interrupted };
-std::string_view to_string(user_state s);
 
 struct progress_view {
   std::uint32_t folders_done = 0, folders_total = 0;

@@ -1,0 +1,146 @@
+// The scheduler's policy (issue 12 must 3): which user's job starts, which
+// waits, how many legacy connections a job may hold, and what the end of a
+// run means (done, retried later, failed, credentials dropped). A pure object:
+// events in, decisions out, the time passed in by the caller; no threads, no
+// sockets, no passwords (only whether the runner holds one). The scheduler
+// (scheduler.cpp) is the mechanism around it: it keeps the passwords, runs
+// the jobs, and asks this table under its lock.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sync/failure.hpp"
+#include "sync/state_store.hpp"
+#include "sync/user_sync.hpp"
+
+namespace suction::sync {
+
+enum class user_state : std::uint8_t { pending, running, done, failed, interrupted };
+std::string_view to_string(user_state s);
+
+using job_clock = std::chrono::system_clock;
+
+struct job_rules {
+  std::uint32_t max_concurrent_users = 4;
+  std::uint32_t legacy_max_connections = 16;              // the default legacy server's
+  std::map<std::string, std::uint32_t, std::less<>> more_legacy;  // other servers' caps, by name
+  std::chrono::seconds resync_interval{600};
+  std::chrono::seconds credential_ttl{3600};
+  backoff_policy retry;
+};
+
+// One user's job, as the table keeps it.
+struct job {
+  user_state state = user_state::pending;
+  bool queued = false, running = false;
+  bool bulk = false;                 // queued by enqueue: master credentials, behind logins
+  sync_identity who;                 // names for the servers
+  std::string legacy_server;         // "" = the default legacy server
+  std::string client_address;        // of the last login
+  bool has_credentials = false;      // the runner holds a password
+  job_clock::time_point credentials_until{};
+  std::optional<std::int64_t> started_at, finished_at, completed_at;  // unix seconds
+  std::string last_error;
+  std::uint32_t attempts = 0;        // retried failures in a row
+  std::optional<std::int64_t> retry_at;
+  std::uint64_t retry_generation = 0;  // a retry counts only if it is the latest
+  std::uint32_t extra_connections = 0;  // granted beyond the first pair, while running
+};
+
+// A job the table started: what the runner needs to run it.
+struct job_start {
+  std::string key;
+  sync_identity who;
+  std::string legacy_server;
+  bool bulk = false;
+};
+
+// What the end of a run decided.
+struct job_end {
+  user_state state = user_state::done;
+  std::optional<std::chrono::milliseconds> retry_in;  // set: call retry_due(key, generation) then
+  std::uint64_t generation = 0;
+  bool drop_credentials = false;     // the runner wipes the password
+  std::string note;                  // " retry_in=5.0s", " retry=no (...)" for the log line
+};
+
+class job_table {
+ public:
+  explicit job_table(job_rules rules) : rules_(std::move(rules)) {}
+
+  // The users' last runs from the store, at start.
+  void restore(const run_record& last);
+
+  // A successful login. True when a job was queued for it (or a queued bulk
+  // job moved ahead of the bulk queue). The runner holds the password.
+  bool on_login(const sync_identity& who, std::string legacy_server, std::string client,
+                job_clock::time_point now);
+  // A user who may never log in: "" when queued, else why not.
+  std::string enqueue_bulk(const sync_identity& who, std::string legacy_server);
+  // An operator's resync: "" when queued, else why not.
+  std::string resync(std::string_view key);
+
+  // The next job that may start now (caps, logins before bulk, each legacy
+  // server's cap), marked running with its first pair of connections; nullopt
+  // when none may. A queued login job whose credentials are gone fails here
+  // (`failed_without_credentials` says which, for the log).
+  std::optional<job_start> take_next(job_clock::time_point now);
+  std::vector<std::string> failed_without_credentials;
+
+  // More legacy connections for a running job: how many of `wanted` fit under
+  // its server's cap, leaving one for each queued job of that server that
+  // could start now.
+  std::uint32_t grant(std::string_view key, std::uint32_t wanted);
+  void release(std::string_view key, std::uint32_t n);
+
+  // A run ended. `error`: the report's first error ("" if none).
+  job_end finished(std::string_view key, bool ok, failure_kind failure, std::string error,
+                   job_clock::time_point now);
+  // A retry's time came: queues the job unless something else ran meanwhile.
+  bool retry_due(std::string_view key, std::uint64_t generation);
+
+  // Users whose credentials expired (credential_ttl) and are not about to be
+  // used: the runner wipes them.
+  std::vector<std::string> expired_credentials(job_clock::time_point now);
+
+  // Everything stops: running jobs become interrupted, queues emptied, every
+  // credential dropped (the runner wipes them all).
+  void stop();
+  bool stopped() const { return stopped_; }
+
+  void pause() { paused_ = true; }
+  void resume() { paused_ = draining_ = false; }
+  void drain() { draining_ = true; }
+  bool paused() const { return paused_; }
+  bool draining() const { return draining_; }
+
+  const job* find(std::string_view key) const;
+  const std::map<std::string, job, std::less<>>& jobs() const { return jobs_; }
+  bool known_server(std::string_view server) const;
+  std::uint32_t running() const { return running_; }
+  std::uint32_t legacy_in_use() const;  // every server's
+  std::size_t queued() const { return queue_.size() + bulk_queue_.size(); }
+
+ private:
+  std::uint32_t cap_of(std::string_view server) const;
+  std::uint32_t room_on(const std::string& server) const;
+  std::size_t waiting_on(const std::string& server) const;
+  void queue(const std::string& key, job& j);
+
+  job_rules rules_;
+  std::map<std::string, job, std::less<>> jobs_;
+  std::deque<std::string> queue_;       // logins' jobs, first
+  std::deque<std::string> bulk_queue_;  // enqueue's, when no login waits
+  std::map<std::string, std::uint32_t, std::less<>> legacy_in_use_;  // by server name
+  std::uint32_t running_ = 0;
+  bool paused_ = false, draining_ = false, stopped_ = false;
+};
+
+}  // namespace suction::sync

@@ -1,0 +1,210 @@
+// The scheduler's policy (sync/job_table.hpp) without threads, sockets or a
+// clock: one job per user, caps per legacy server, logins before bulk,
+// retries, credentials' lifetime, pause/drain, stop.
+#include <doctest/doctest.h>
+
+#include <vector>
+
+#include "sync/job_table.hpp"
+
+using namespace suction::sync;
+using namespace std::chrono_literals;
+
+namespace {
+
+const job_clock::time_point t0 = job_clock::time_point(std::chrono::seconds(1'700'000'000));
+
+sync_identity who(const std::string& key) { return {key, {key, key}, {key, key}}; }
+
+job_rules rules(std::uint32_t users = 4, std::uint32_t legacy = 16) {
+  job_rules r;
+  r.max_concurrent_users = users;
+  r.legacy_max_connections = legacy;
+  r.resync_interval = 600s;
+  r.credential_ttl = 3600s;
+  r.retry = backoff_policy{5s, 600s, 3};
+  return r;
+}
+
+std::vector<std::string> start_all(job_table& t, job_clock::time_point now = t0) {
+  std::vector<std::string> out;
+  while (auto s = t.take_next(now)) out.push_back(s->key);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("job table: a login queues one job per user, and a done user waits resync_interval") {
+  job_table t(rules());
+  CHECK(t.on_login(who("alice"), "", "192.0.2.1", t0));
+  CHECK_FALSE(t.on_login(who("alice"), "", "192.0.2.1", t0));  // already queued
+  CHECK(start_all(t) == std::vector<std::string>{"alice"});
+  CHECK_FALSE(t.on_login(who("alice"), "", "192.0.2.1", t0 + 1s));  // running
+  auto end = t.finished("alice", true, failure_kind::none, "", t0 + 10s);
+  CHECK(end.state == user_state::done);
+  CHECK_FALSE(end.drop_credentials);
+  CHECK_FALSE(t.on_login(who("alice"), "", "192.0.2.1", t0 + 100s));  // within 600 s
+  CHECK(t.on_login(who("alice"), "", "192.0.2.1", t0 + 611s));
+  CHECK(t.find("alice")->state == user_state::pending);
+}
+
+TEST_CASE("job table: max_concurrent_users and each legacy server's own cap") {
+  job_rules r = rules(3, 1);
+  r.more_legacy.emplace("old2", 2);
+  job_table t(r);
+  for (auto u : {"a", "b", "c"}) t.on_login(who(u), "", "", t0);
+  for (auto u : {"x", "y", "z"}) t.on_login(who(u), "old2", "", t0);
+  // [legacy] holds one connection: a starts, b and c wait; old2 takes two.
+  CHECK(start_all(t) == std::vector<std::string>{"a", "x", "y"});
+  CHECK(t.running() == 3);
+  CHECK(t.legacy_in_use() == 3);
+  t.finished("x", true, failure_kind::none, "", t0 + 1s);
+  CHECK(start_all(t) == std::vector<std::string>{"z"});  // b and c still wait for [legacy]
+  t.finished("a", true, failure_kind::none, "", t0 + 2s);
+  CHECK(start_all(t) == std::vector<std::string>{"b"});
+}
+
+TEST_CASE("job table: more pairs for a big mailbox leave one for each job that could start") {
+  job_table t(rules(4, 6));
+  t.on_login(who("big"), "", "", t0);
+  CHECK(start_all(t).size() == 1);
+  t.on_login(who("small1"), "", "", t0);
+  t.on_login(who("small2"), "", "", t0);
+  t.pause();  // queued but not started: the grant keeps none for them while paused
+  CHECK(t.grant("big", 10) == 5);
+  t.release("big", 5);
+  t.resume();
+  CHECK(t.grant("big", 10) == 3);  // 6 - 1 held - 2 kept for the queued
+  t.release("big", 100);           // never more than granted
+  CHECK(t.legacy_in_use() == 1);
+}
+
+TEST_CASE("job table: logins go before bulk jobs, and a login moves a queued bulk user ahead") {
+  job_table t(rules(1));
+  CHECK(t.enqueue_bulk(who("b1"), "") == "");
+  CHECK(t.enqueue_bulk(who("b2"), "") == "");
+  CHECK(t.enqueue_bulk(who("b1"), "") == "already queued or running");
+  CHECK(t.enqueue_bulk(who("b3"), "nowhere") == "no legacy server \"nowhere\"");
+  t.on_login(who("login1"), "", "", t0);
+  CHECK(t.on_login(who("b2"), "", "", t0));  // moved to the logins' queue
+  auto first = t.take_next(t0);
+  REQUIRE(first);
+  CHECK(first->key == "login1");
+  CHECK_FALSE(first->bulk);
+  t.finished("login1", true, failure_kind::none, "", t0);
+  CHECK(t.take_next(t0)->key == "b2");
+  CHECK_FALSE(t.find("b2")->bulk);
+  t.finished("b2", true, failure_kind::none, "", t0);
+  auto bulk = t.take_next(t0);
+  REQUIRE(bulk);
+  CHECK(bulk->key == "b1");
+  CHECK(bulk->bulk);
+}
+
+TEST_CASE("job table: retried failures back off, then fail, and refused credentials are dropped") {
+  job_table t(rules());
+  t.on_login(who("alice"), "", "", t0);
+  start_all(t);
+  auto e1 = t.finished("alice", false, failure_kind::connect, "connect refused", t0);
+  CHECK(e1.state == user_state::pending);
+  REQUIRE(e1.retry_in);
+  CHECK(*e1.retry_in == 5s);
+  CHECK(e1.note == " retry_in=5.0s");
+  CHECK_FALSE(e1.drop_credentials);
+  CHECK(t.find("alice")->retry_at == 1'700'000'005);
+  CHECK_FALSE(t.on_login(who("alice"), "", "", t0 + 1s));  // a retry is set: one job
+  CHECK_FALSE(t.retry_due("alice", e1.generation + 1));    // not the latest
+  CHECK(t.retry_due("alice", e1.generation));
+  start_all(t);
+  auto e2 = t.finished("alice", false, failure_kind::connect, "again", t0 + 10s);
+  REQUIRE(e2.retry_in);
+  CHECK(*e2.retry_in == 10s);
+  t.retry_due("alice", e2.generation);
+  start_all(t);
+  auto e3 = t.finished("alice", false, failure_kind::connect, "again", t0 + 30s);
+  CHECK(e3.state == user_state::failed);  // 3 attempts: no more
+  CHECK(e3.note == " retry=no (3 attempts)");
+
+  t.on_login(who("bob"), "", "", t0);
+  start_all(t);
+  auto refused = t.finished("bob", false, failure_kind::credentials, "refused", t0);
+  CHECK(refused.state == user_state::failed);
+  CHECK(refused.drop_credentials);
+  CHECK_FALSE(t.find("bob")->has_credentials);
+  CHECK(t.resync("bob").find("no credentials held for bob") == 0);
+}
+
+TEST_CASE("job table: credentials expire after credential_ttl, not while queued") {
+  job_table t(rules(1));
+  t.on_login(who("alice"), "", "", t0);
+  t.on_login(who("bob"), "", "", t0);
+  CHECK(start_all(t) == std::vector<std::string>{"alice"});
+  CHECK(t.expired_credentials(t0 + 3601s).empty());  // alice running, bob queued
+  t.finished("alice", true, failure_kind::none, "", t0 + 3602s);
+  CHECK(t.expired_credentials(t0 + 3603s) == std::vector<std::string>{"alice"});
+  // bob's job, queued past his credentials' life, still ran with them: taken now.
+  CHECK(start_all(t, t0 + 3604s) == std::vector<std::string>{"bob"});
+}
+
+TEST_CASE("job table: a retry whose credentials expired meanwhile fails instead of starting") {
+  job_rules r = rules(1);
+  r.credential_ttl = 10s;
+  job_table t(r);
+  t.on_login(who("alice"), "", "", t0);
+  start_all(t);
+  auto end = t.finished("alice", false, failure_kind::connect, "x", t0 + 1s);
+  REQUIRE(end.retry_in);
+  CHECK(t.expired_credentials(t0 + 20s) == std::vector<std::string>{"alice"});
+  CHECK(t.retry_due("alice", end.generation));
+  CHECK_FALSE(t.take_next(t0 + 21s));
+  CHECK(t.failed_without_credentials == std::vector<std::string>{"alice"});
+  CHECK(t.find("alice")->state == user_state::failed);
+  CHECK(t.find("alice")->last_error.find("no credentials held any more") == 0);
+}
+
+TEST_CASE("job table: stop interrupts running jobs, forgets queues and retries") {
+  job_table t(rules(1));
+  t.on_login(who("alice"), "", "", t0);
+  t.on_login(who("bob"), "", "", t0);
+  start_all(t);
+  t.stop();
+  CHECK(t.find("alice")->state == user_state::interrupted);
+  CHECK_FALSE(t.find("alice")->has_credentials);
+  CHECK_FALSE(t.find("bob")->queued);
+  CHECK(t.queued() == 0);
+  CHECK_FALSE(t.take_next(t0));
+  CHECK_FALSE(t.on_login(who("carol"), "", "", t0));
+  CHECK(t.enqueue_bulk(who("dave"), "") == "the daemon is stopping");
+}
+
+TEST_CASE("job table: pause and drain start nothing, resume starts again") {
+  job_table t(rules());
+  t.pause();
+  t.on_login(who("alice"), "", "", t0);
+  CHECK(start_all(t).empty());
+  t.resume();
+  t.drain();
+  CHECK(start_all(t).empty());
+  t.resume();
+  CHECK(start_all(t) == std::vector<std::string>{"alice"});
+  CHECK(t.resync("alice") == "a migration of alice is already queued or running");
+  CHECK(t.resync("nobody") == "unknown user nobody");
+}
+
+TEST_CASE("job table: restored runs give each user its last state") {
+  job_table t(rules());
+  run_record done;
+  done.user = "alice";
+  done.result = run_result::done;
+  done.started_at = 100;
+  done.finished_at = 110;
+  t.restore(done);
+  run_record cut;
+  cut.user = "bob";
+  cut.result = run_result::running;  // a crash
+  t.restore(cut);
+  CHECK(t.find("alice")->state == user_state::done);
+  CHECK(t.find("alice")->completed_at == 110);
+  CHECK(t.find("bob")->state == user_state::interrupted);
+  CHECK(t.resync("alice").find("no credentials held") == 0);
+}
