@@ -92,6 +92,9 @@ bool known_legacy_server(const config& c, std::string_view name) {
 std::vector<map_row> parse_map(std::string_view text, const std::string& file, const config& c) {
   std::vector<map_row> rows;
   std::map<std::string, std::uint32_t, std::less<>> seen;
+  // new name (folded) -> its row: two legacy mailboxes cannot become one
+  // account (their checkpoints would share one key in the state store).
+  std::map<std::string, std::size_t, std::less<>> targets;
   std::uint32_t line_no = 0;
   std::size_t pos = 0;
   auto fail = [&](const std::string& reason) -> void {
@@ -104,6 +107,7 @@ std::vector<map_row> parse_map(std::string_view text, const std::string& file, c
     pos = end + 1;
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line_no == 1 && line.starts_with("\xEF\xBB\xBF")) line.remove_prefix(3);  // a UTF-8 BOM
     if (line.empty() || line.front() == '#') continue;
     std::vector<std::string> fields;
     for (std::size_t start = 0;;) {
@@ -130,6 +134,13 @@ std::vector<map_row> parse_map(std::string_view text, const std::string& file, c
            "\" is not in the config (\"legacy\" or a [legacy_servers.NAME])");
     if (auto [it, fresh] = seen.emplace(row.login, line_no); !fresh)
       fail("login \"" + row.login + "\" again (first on line " + std::to_string(it->second) + ")");
+    const std::string target = c.sync.fold_user_case ? lower(row.new_user) : row.new_user;
+    if (auto [it, fresh] = targets.emplace(target, rows.size()); !fresh) {
+      const map_row& first = rows[it->second];
+      if (first.legacy_user != row.legacy_user || first.legacy_server != row.legacy_server)
+        fail("new_user \"" + row.new_user + "\" is line " + std::to_string(first.line) +
+             "'s too, from another legacy mailbox (two mailboxes cannot become one account)");
+    }
     rows.push_back(std::move(row));
   }
   return rows;
@@ -183,6 +194,7 @@ account account_map::resolve(std::string_view login) const {
   }
   if (a.legacy_server == "legacy") a.legacy_server.clear();
   a.identity = fold_ ? lower(a.new_user) : a.new_user;
+  a.master_form = !suffix.empty();
   a.legacy_login = a.legacy_user + std::string(suffix);
   a.new_login = a.new_user + std::string(suffix);
   return a;

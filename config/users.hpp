@@ -50,6 +50,7 @@ struct account {
   std::string legacy_user;    // without the suffix: for a legacy master login
   std::string new_user;
   std::string legacy_server;  // "" = [legacy], else a [legacy_servers.NAME]
+  bool master_form = false;   // typed as "user<sep>master": the password is a master's
 
   bool operator==(const account&) const = default;
 };

@@ -75,6 +75,7 @@ struct mapped_login {
   std::string legacy_login;   // LOGIN on legacy (a check, the migration)
   std::string legacy_user;
   std::string legacy_server;  // "" = auth.legacy, else a name in auth.more_legacy
+  bool master_form = false;   // "user*master": the password is a master's, not the user's
 };
 
 struct auth_options {

@@ -100,6 +100,9 @@ header_parse parse_v2(std::string_view data) {
   }
   const unsigned char* a = b + 16;
   switch (family) {
+    case 0x00:  // UNSPEC: the sender does not know; the connection's own address stands
+      p.header.local = true;
+      return p;
     case 0x11:  // TCP over IPv4: src, dst, sport, dport
       if (length < 12) return invalid("v2 header too short for IPv4 addresses");
       p.header.address = ip_text(AF_INET, a);

@@ -263,7 +263,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
   socket.set_option(tcp::no_delay(true), ec);
   // A trusted balancer says whom it accepted the connection from: that
   // address is the client's for limits, logs and x-originating-ip.
-  const bool from_balancer = !ec && trusted(st->balancers, ci.address);
+  const bool from_balancer = ci.port != 0 && trusted(st->balancers, ci.address);
   if (from_balancer) {
     const auto wait = std::min<std::chrono::milliseconds>(st->opt.limits.preauth_idle, std::chrono::seconds(10));
     header_parse h = co_await read_proxy_header(socket, wait);
@@ -483,7 +483,8 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
                      stream.tls_active() ? "yes" : "no", login_ms, ci.session_id);
         if (!co_await say(client_answer(pa.login_tag(), res))) co_return;
         // Legacy confirmed the password: the new server may need the account.
-        if (v.checked_by == "legacy" && st->provision->configured())
+        // Not with a master's password ("bob*admin"): that is not bob's.
+        if (v.checked_by == "legacy" && !names.master_form && st->provision->configured())
           st->provision->maybe_run(creds.user, names.new_user, creds.password, client);
         st->trigger->on_login(login_event{std::move(creds), std::move(names), ci.address, ci.session_id});
 

@@ -92,7 +92,7 @@ std::string checked_by(const daemon::state& st, const verified_login& v) {
 
 mapped_login names_of(const daemon::state& st, const std::string& login) {
   if (st.opt.map_login) return st.opt.map_login(login);
-  return mapped_login{login, login, login, login, login, ""};
+  return mapped_login{login, login, login, login, login, "", false};
 }
 
 asio::awaitable<verified_login> verify_and_login(daemon::state& st, const credentials& creds,

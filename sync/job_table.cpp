@@ -88,8 +88,17 @@ void job_table::queue(const std::string& key, job& j) {
 bool job_table::on_login(const sync_identity& who, std::string legacy_server, std::string client,
                          job_clock::time_point now) {
   if (stopped_) return false;
+  job& j = jobs_[who.key];
+  const bool queued = login_queues(who, std::move(legacy_server), std::move(client), now, j);
+  // credential_ttl 0: a password no job will use is not kept at all.
+  if (rules_.credential_ttl.count() == 0 && !j.running && !j.queued && !j.retry_at)
+    j.has_credentials = false;
+  return queued;
+}
+
+bool job_table::login_queues(const sync_identity& who, std::string legacy_server, std::string client,
+                             job_clock::time_point now, job& j) {
   const std::string& key = who.key;
-  job& j = jobs_[key];
   j.has_credentials = true;
   j.credentials_until = now + rules_.credential_ttl;
   j.client_address = std::move(client);

@@ -133,6 +133,8 @@ class job_table {
   std::uint32_t room_on(const std::string& server) const;
   std::size_t waiting_on(const std::string& server) const;
   void queue(const std::string& key, job& j);
+  bool login_queues(const sync_identity& who, std::string legacy_server, std::string client,
+                    job_clock::time_point now, job& j);
 
   job_rules rules_;
   std::map<std::string, job, std::less<>> jobs_;

@@ -42,9 +42,21 @@ migration_report build_report(
           break;
         case run_result::done: row.state = user_progress::done; break;
       }
-      row.bytes_left = last.result == run_result::done ? 0 : last.bytes_left;
+      if (last.result == run_result::done) {
+        row.bytes_left = 0;
+      } else {
+        // The newest run that got as far as scanning knows what was left.
+        for (const auto& r : runs)
+          if (r.bytes_left >= 0) {
+            row.bytes_left = r.bytes_left;
+            break;
+          }
+      }
     }
-    if (auto it = live.find(user); it != live.end() && row.state != user_progress::running)
+    // The daemon's queue says more than the store, except for a done user:
+    // an incremental pass queued after it does not make it "not done".
+    if (auto it = live.find(user); it != live.end() && row.state != user_progress::running &&
+                                   row.state != user_progress::done)
       row.state = it->second;
     if (row.state != user_progress::done && row.bytes_left < 0) ++rep.bytes_left_unknown;
     if (row.bytes_left > 0) rep.bytes_left += static_cast<std::uint64_t>(row.bytes_left);

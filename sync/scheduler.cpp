@@ -268,9 +268,11 @@ void scheduler::on_login(sync_identity who, std::string legacy_server, std::stri
   std::string& held = impl_->passwords[who.key];
   imap::secure_wipe(held);
   held = pw.value;
+  const std::string key = who.key;
   if (impl_->table.on_login(who, std::move(legacy_server), std::move(client_address),
                             job_clock::now()))
     impl_->kick_later();
+  if (!impl_->table.find(key)->has_credentials) impl_->drop(key);  // credential_ttl 0, no job
 }
 
 std::string scheduler::enqueue(sync_identity who, std::string legacy_server) {

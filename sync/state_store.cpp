@@ -213,12 +213,20 @@ void state_store::migrate() {
   if (version > kSchemaVersion)
     throw state_error("state store " + path_.string() + ": schema version " + std::to_string(version) +
                       " is newer than this suction knows (" + std::to_string(kSchemaVersion) + ")");
-  for (; version < kSchemaVersion; ++version) {
+  while (version < kSchemaVersion) {
     exec("BEGIN IMMEDIATE");
     try {
+      // Another process (the daemon, `suction report`) may have migrated
+      // since the version was read: read it again under the write lock.
+      version = schema_version();
+      if (version >= kSchemaVersion) {
+        exec("COMMIT");
+        break;
+      }
       exec(kMigrations[version]);
       exec(("PRAGMA user_version = " + std::to_string(version + 1)).c_str());
       exec("COMMIT");
+      ++version;
     } catch (...) {
       sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
       throw;

@@ -27,7 +27,8 @@ std::string account_book::reload() {
 }
 
 proxy::mapped_login to_mapped(const config::account& a) {
-  return {a.identity, a.new_login, a.new_user, a.legacy_login, a.legacy_user, a.legacy_server};
+  return {a.identity,    a.new_login,     a.new_user,   a.legacy_login,
+          a.legacy_user, a.legacy_server, a.master_form};
 }
 
 sync::sync_identity to_identity(const proxy::mapped_login& m) {

@@ -79,6 +79,7 @@ int run_proxy(const std::string& config_path) {
     try {
       metrics->start(cfg->metrics.listen);
     } catch (const std::exception& e) {
+      metrics->stop();  // it holds the migration: let the scheduler stop with it
       std::fprintf(stderr, "suction: %s: [metrics] listen: %s\n", cfg->source.c_str(), e.what());
       return 1;
     }

@@ -101,6 +101,9 @@ sync::user_sync_options sync_options_from(const config::config& c) {
 sync::scheduler_options scheduler_options_from(const config::config& c) {
   sync::scheduler_options o;
   o.sync = sync_options_from(c);
+  // Each job's pairs are capped by its own legacy server's max_connections
+  // (the scheduler does it per job), not by [legacy]'s.
+  o.sync.connections = std::max<std::uint32_t>(1, c.sync.connections_per_user);
   o.state_db = c.sync.state_db;
   o.max_concurrent_users = c.sync.max_concurrent_users;
   o.legacy_max_connections = c.legacy.max_connections;

@@ -15,6 +15,7 @@ bool read_users(const std::string& path, std::vector<std::string>& out, std::str
   std::set<std::string> seen;
   for (std::size_t n = 1; std::getline(f, line); ++n) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (n == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // a UTF-8 BOM
     const auto first = line.find_first_not_of(" \t");
     if (first == std::string::npos || line[first] == '#') continue;
     std::string login = line.substr(first, line.find(',') == std::string::npos
@@ -22,7 +23,9 @@ bool read_users(const std::string& path, std::vector<std::string>& out, std::str
                                                 : line.find(',') - first);
     while (!login.empty() && (login.back() == ' ' || login.back() == '\t')) login.pop_back();
     // The map file's header line ("login,legacy_user,new_user,...") names no user.
-    if (n == 1 && login == "login" && line.find(',') != std::string::npos) continue;
+    if (n == 1 && (login == "login" || login == "Login" || login == "LOGIN") &&
+        line.find(',') != std::string::npos)
+      continue;
     if (login.empty()) {
       why = path + ":" + std::to_string(n) + ": no login name";
       return false;

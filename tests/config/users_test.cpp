@@ -166,3 +166,22 @@ TEST_CASE("resolve with the defaults: the names as typed, case folded for the id
   const cfg::account_map exact(plain, {});
   CHECK(exact.resolve("Bob*x").identity == "Bob*x");
 }
+
+TEST_CASE("the map file: two legacy mailboxes cannot become one account, aliases may") {
+  const auto c = parse("");
+  CHECK(map_error(c, "a,alice,alice@example.org\nb,bob,ALICE@example.org\n") ==
+        "map.csv:2: [users] map_file: new_user \"ALICE@example.org\" is line 1's too, from another "
+        "legacy mailbox (two mailboxes cannot become one account)");
+  CHECK(map_error(c, "a,alice,alice@example.org\nb,alice,alice@example.org,old2\n").find(
+            "is line 1's too") != std::string::npos);
+  // Two logins of one mailbox (an alias) are one account.
+  CHECK(map_error(c, "alice,alice,alice@example.org\nali,alice,alice@example.org\n").empty());
+  CHECK(cfg::parse_map("\xEF\xBB\xBFlogin,legacy_user,new_user\nx,y,z\n", "m", c).size() == 1);
+}
+
+TEST_CASE("resolve: a master-user login is marked, its password being a master's") {
+  const auto c = parse("");
+  const cfg::account_map map(c, {});
+  CHECK(map.resolve("bob*admin").master_form);
+  CHECK_FALSE(map.resolve("bob").master_form);
+}

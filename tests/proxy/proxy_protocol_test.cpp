@@ -124,3 +124,9 @@ TEST_CASE("trusted networks: IPv4, IPv6, mapped addresses, host bits ignored") {
   CHECK_FALSE(trusted(from, "192.0.2.1"));
   CHECK_FALSE(trusted(from, "not an address"));
 }
+
+TEST_CASE("proxy protocol v2: an UNSPEC address family keeps the connection's own address") {
+  auto p = parse_proxy_header(v2(1, 0x00, ""));
+  REQUIRE(p.status == header_status::ok);
+  CHECK(p.header.local);
+}

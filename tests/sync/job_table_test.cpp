@@ -208,3 +208,16 @@ TEST_CASE("job table: restored runs give each user its last state") {
   CHECK(t.find("bob")->state == user_state::interrupted);
   CHECK(t.resync("alice").find("no credentials held") == 0);
 }
+
+TEST_CASE("job table: with credential_ttl 0 a login that starts no job keeps no password") {
+  job_rules r = rules();
+  r.credential_ttl = 0s;
+  job_table t(r);
+  t.on_login(who("alice"), "", "", t0);
+  CHECK(t.find("alice")->has_credentials);  // queued: its job will use it
+  start_all(t);
+  auto end = t.finished("alice", true, failure_kind::none, "", t0 + 1s);
+  CHECK(end.drop_credentials);
+  CHECK_FALSE(t.on_login(who("alice"), "", "", t0 + 2s));  // within resync_interval: no job
+  CHECK_FALSE(t.find("alice")->has_credentials);
+}

@@ -70,11 +70,24 @@ TEST_CASE("report: the daemon's queue, what finished a user, and the bytes left"
   CHECK(rep.rows[0].bytes_left == 0);  // done: nothing left, whatever an older run said
   CHECK(rep.rows[1].state == user_progress::interrupted);
   CHECK(rep.rows[1].bytes_left == 5000);
-  CHECK(rep.rows[2].bytes_left == -1);
+  CHECK(rep.rows[2].bytes_left == -1);  // its only run never scanned
   CHECK(rep.rows[3].state == user_progress::queued);
   CHECK(rep.rows[4].state == user_progress::queued);
   CHECK(rep.counts[static_cast<std::size_t>(user_progress::queued)] == 2);
   CHECK(rep.bytes_left == 10000);
   CHECK(rep.bytes_left_unknown == 2);  // carol (failed before scanning) and dave (never seen)
   CHECK(to_string(user_progress::queued) == "queued");
+}
+
+TEST_CASE("report: bytes left from the newest run that scanned, and a done user stays done") {
+  run_record scanned = run(run_result::interrupted, 100, 1);
+  scanned.bytes_left = 700;
+  run_record refused = run(run_result::failed, 200, 0, "refused");  // never scanned
+  std::vector<std::pair<std::string, std::vector<run_record>>> h{
+      {"alice", {refused, scanned}}, {"bob", {run(run_result::done, 300, 2)}}};
+  const std::map<std::string, user_progress, std::less<>> live{{"bob", user_progress::queued}};
+  auto rep = build_report(h, live);
+  CHECK(rep.rows[0].bytes_left == 700);
+  CHECK(rep.rows[1].state == user_progress::done);  // an incremental pass queued: still done
+  CHECK(rep.all_done == false);
 }
