@@ -274,6 +274,11 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
       socket.close(ignored);
       co_return;
     }
+    if (st->stopping) {  // stopped while the header was awaited: not a session any more
+      boost::system::error_code ignored;
+      socket.close(ignored);
+      co_return;
+    }
     if (!h.header.local) {
       const std::string balancer = client;
       ci.address = asio::ip::make_address(h.header.address).to_string();
