@@ -7,9 +7,6 @@ namespace suction::sync {
 
 namespace {
 
-std::int64_t unix_seconds(job_clock::time_point t) {
-  return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
-}
 
 user_state from_run(run_result r) {
   switch (r) {
@@ -22,6 +19,13 @@ user_state from_run(run_result r) {
 }
 
 }  // namespace
+
+job_time job_time::now() {
+  return {std::chrono::steady_clock::now(),
+          std::chrono::duration_cast<std::chrono::seconds>(
+              std::chrono::system_clock::now().time_since_epoch())
+              .count()};
+}
 
 std::string_view to_string(user_state s) {
   switch (s) {
@@ -86,7 +90,7 @@ void job_table::queue(const std::string& key, job& j) {
 }
 
 bool job_table::on_login(const sync_identity& who, std::string legacy_server, std::string client,
-                         job_clock::time_point now) {
+                         job_time now) {
   if (stopped_) return false;
   job& j = jobs_[who.key];
   const bool queued = login_queues(who, std::move(legacy_server), std::move(client), now, j);
@@ -97,10 +101,10 @@ bool job_table::on_login(const sync_identity& who, std::string legacy_server, st
 }
 
 bool job_table::login_queues(const sync_identity& who, std::string legacy_server, std::string client,
-                             job_clock::time_point now, job& j) {
+                             job_time now, job& j) {
   const std::string& key = who.key;
   j.has_credentials = true;
-  j.credentials_until = now + rules_.credential_ttl;
+  j.credentials_until = now.mono + rules_.credential_ttl;
   j.client_address = std::move(client);
   if (j.running) return false;  // one job per user: the running one keeps its names
   j.who = who;
@@ -115,7 +119,7 @@ bool job_table::login_queues(const sync_identity& who, std::string legacy_server
   j.bulk = false;
   if (j.queued || j.retry_at) return false;  // one job per user
   if (j.state == user_state::done && j.completed_at &&
-      unix_seconds(now) - *j.completed_at < rules_.resync_interval.count())
+      now.unix - *j.completed_at < rules_.resync_interval.count())
     return false;
   queue(key, j);
   return true;
@@ -147,7 +151,7 @@ std::string job_table::resync(std::string_view key) {
   return "";
 }
 
-std::optional<job_start> job_table::take_next(job_clock::time_point now) {
+std::optional<job_start> job_table::take_next(job_time now) {
   failed_without_credentials.clear();
   while (!stopped_ && !paused_ && !draining_ && running_ < rules_.max_concurrent_users) {
     // The first queued job whose legacy server has room, logins first.
@@ -172,7 +176,7 @@ std::optional<job_start> job_table::take_next(job_clock::time_point now) {
     }
     j.running = true;
     j.state = user_state::running;
-    j.started_at = unix_seconds(now);
+    j.started_at = now.unix;
     j.finished_at.reset();
     ++running_;
     legacy_in_use_[j.legacy_server] += 1;  // the job's first pair; more through grant()
@@ -206,7 +210,7 @@ void job_table::release(std::string_view key, std::uint32_t n) {
 }
 
 job_end job_table::finished(std::string_view key, bool ok, failure_kind failure, std::string error,
-                            job_clock::time_point now) {
+                            job_time now) {
   job_end end;
   auto it = jobs_.find(key);
   if (it == jobs_.end() || !it->second.running) return end;
@@ -215,7 +219,7 @@ job_end job_table::finished(std::string_view key, bool ok, failure_kind failure,
   --running_;
   legacy_in_use_[j.legacy_server] -= 1 + j.extra_connections;
   j.extra_connections = 0;
-  j.finished_at = unix_seconds(now);
+  j.finished_at = now.unix;
   j.last_error = std::move(error);
   if (ok) {
     j.state = user_state::done;
@@ -234,7 +238,7 @@ job_end job_table::finished(std::string_view key, bool ok, failure_kind failure,
     } else {
       const auto delay = rules_.retry.delay(j.attempts);
       j.state = user_state::pending;
-      j.retry_at = unix_seconds(now) + std::chrono::ceil<std::chrono::seconds>(delay).count();
+      j.retry_at = now.unix + std::chrono::ceil<std::chrono::seconds>(delay).count();
       end.retry_in = delay;
       end.generation = ++j.retry_generation;
       char buf[48];
@@ -264,13 +268,13 @@ bool job_table::retry_due(std::string_view key, std::uint64_t generation) {
   return true;
 }
 
-std::vector<std::string> job_table::expired_credentials(job_clock::time_point now) {
+std::vector<std::string> job_table::expired_credentials(job_time now) {
   std::vector<std::string> out;
   if (rules_.credential_ttl.count() == 0) return out;
   for (auto& [key, j] : jobs_)
     // Not while queued: the job is about to use them (a storm's queue can be
     // longer than a short credential_ttl).
-    if (j.has_credentials && !j.running && !j.queued && now >= j.credentials_until) {
+    if (j.has_credentials && !j.running && !j.queued && now.mono >= j.credentials_until) {
       j.has_credentials = false;
       out.push_back(key);
     }

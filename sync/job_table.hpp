@@ -25,7 +25,16 @@ namespace suction::sync {
 enum class user_state : std::uint8_t { pending, running, done, failed, interrupted };
 std::string_view to_string(user_state s);
 
-using job_clock = std::chrono::system_clock;
+// The time of an event, both ways: a steady clock for deadlines (a password's
+// lifetime must not stretch when the wall clock is stepped) and unix seconds
+// for what the views and the runs show.
+struct job_time {
+  std::chrono::steady_clock::time_point mono{};
+  std::int64_t unix = 0;
+
+  static job_time now();
+  job_time operator+(std::chrono::seconds d) const { return {mono + d, unix + d.count()}; }
+};
 
 struct job_rules {
   std::uint32_t max_concurrent_users = 4;
@@ -45,7 +54,7 @@ struct job {
   std::string legacy_server;         // "" = the default legacy server
   std::string client_address;        // of the last login
   bool has_credentials = false;      // the runner holds a password
-  job_clock::time_point credentials_until{};
+  std::chrono::steady_clock::time_point credentials_until{};
   std::optional<std::int64_t> started_at, finished_at, completed_at;  // unix seconds
   std::string last_error;
   std::uint32_t attempts = 0;        // retried failures in a row
@@ -81,7 +90,7 @@ class job_table {
   // A successful login. True when a job was queued for it (or a queued bulk
   // job moved ahead of the bulk queue). The runner holds the password.
   bool on_login(const sync_identity& who, std::string legacy_server, std::string client,
-                job_clock::time_point now);
+                job_time now);
   // A user who may never log in: "" when queued, else why not.
   std::string enqueue_bulk(const sync_identity& who, std::string legacy_server);
   // An operator's resync: "" when queued, else why not.
@@ -91,7 +100,7 @@ class job_table {
   // server's cap), marked running with its first pair of connections; nullopt
   // when none may. A queued login job whose credentials are gone fails here
   // (`failed_without_credentials` says which, for the log).
-  std::optional<job_start> take_next(job_clock::time_point now);
+  std::optional<job_start> take_next(job_time now);
   std::vector<std::string> failed_without_credentials;
 
   // More legacy connections for a running job: how many of `wanted` fit under
@@ -102,13 +111,13 @@ class job_table {
 
   // A run ended. `error`: the report's first error ("" if none).
   job_end finished(std::string_view key, bool ok, failure_kind failure, std::string error,
-                   job_clock::time_point now);
+                   job_time now);
   // A retry's time came: queues the job unless something else ran meanwhile.
   bool retry_due(std::string_view key, std::uint64_t generation);
 
   // Users whose credentials expired (credential_ttl) and are not about to be
   // used: the runner wipes them.
-  std::vector<std::string> expired_credentials(job_clock::time_point now);
+  std::vector<std::string> expired_credentials(job_time now);
 
   // Everything stops: running jobs become interrupted, queues emptied, every
   // credential dropped (the runner wipes them all).
@@ -134,7 +143,7 @@ class job_table {
   std::size_t waiting_on(const std::string& server) const;
   void queue(const std::string& key, job& j);
   bool login_queues(const sync_identity& who, std::string legacy_server, std::string client,
-                    job_clock::time_point now, job& j);
+                    job_time now, job& j);
 
   job_rules rules_;
   std::map<std::string, job, std::less<>> jobs_;

@@ -98,7 +98,7 @@ struct scheduler::impl {
   void kick() {
     std::vector<std::tuple<job_start, std::shared_ptr<secret>, std::shared_ptr<sync_progress>>> starting;
     std::unique_lock lock(m);
-    while (auto start = table.take_next(job_clock::now())) {
+    while (auto start = table.take_next(job_time::now())) {
       for (const auto& key : table.failed_without_credentials)
         log("migration user=" + log_value(key) + " result=failed error=" +
             log_value(table.find(key)->last_error));
@@ -170,7 +170,7 @@ struct scheduler::impl {
       if (opts.observe_run) opts.observe_run(rep.duration);
       const job_end end = table.finished(start.key, rep.outcome == sync_outcome::ok, rep.failure,
                                          rep.errors.empty() ? std::string() : rep.errors.front(),
-                                         job_clock::now());
+                                         job_time::now());
       if (end.drop_credentials) drop(start.key);
       if (end.retry_in)
         asio::co_spawn(io, retry_later(start.key, *end.retry_in, end.generation), asio::detached);
@@ -200,7 +200,7 @@ struct scheduler::impl {
       co_await sweeper.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       if (ec) co_return;
       std::lock_guard lock(m);
-      for (const auto& key : table.expired_credentials(job_clock::now())) {
+      for (const auto& key : table.expired_credentials(job_time::now())) {
         drop(key);
         log("credentials dropped user=" + log_value(key) + " (credential_ttl " +
             std::to_string(opts.credential_ttl.count()) + "s)");
@@ -270,7 +270,7 @@ void scheduler::on_login(sync_identity who, std::string legacy_server, std::stri
   held = pw.value;
   const std::string key = who.key;
   if (impl_->table.on_login(who, std::move(legacy_server), std::move(client_address),
-                            job_clock::now()))
+                            job_time::now()))
     impl_->kick_later();
   if (!impl_->table.find(key)->has_credentials) impl_->drop(key);  // credential_ttl 0, no job
 }

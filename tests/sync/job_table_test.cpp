@@ -12,7 +12,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const job_clock::time_point t0 = job_clock::time_point(std::chrono::seconds(1'700'000'000));
+const job_time t0{std::chrono::steady_clock::time_point(std::chrono::hours(1)), 1'700'000'000};
 
 sync_identity who(const std::string& key) { return {key, {key, key}, {key, key}}; }
 
@@ -26,7 +26,7 @@ job_rules rules(std::uint32_t users = 4, std::uint32_t legacy = 16) {
   return r;
 }
 
-std::vector<std::string> start_all(job_table& t, job_clock::time_point now = t0) {
+std::vector<std::string> start_all(job_table& t, job_time now = t0) {
   std::vector<std::string> out;
   while (auto s = t.take_next(now)) out.push_back(s->key);
   return out;
