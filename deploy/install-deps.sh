@@ -13,6 +13,7 @@ packages=(
   haproxy    # tests: a real load balancer sending the PROXY protocol (test_proxy_protocol.py)
   prometheus-cpp-dev   # the [metrics] endpoint
   prometheus # tests: promtool check metrics on a scrape (Debian also enables its service)
+  postgresql-15 postgresql-client-15   # tests: a private PostgreSQL (tests/testbed/pgbed.py)
 )
 
 missing=()
