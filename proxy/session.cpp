@@ -281,9 +281,10 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
     }
     if (!h.header.local) {
       const std::string balancer = client;
-      ci.address = asio::ip::make_address(h.header.address).to_string();
+      const auto from = asio::ip::make_address(h.header.address);
+      ci.address = from.to_string();
       ci.port = h.header.port;
-      client = client_text(asio::ip::make_address(h.header.address), ci.port);
+      client = client_text(from, ci.port);
       spdlog::debug("proxy protocol client={} balancer={} session={}", client, balancer, ci.session_id);
     }
   }

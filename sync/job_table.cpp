@@ -152,7 +152,6 @@ std::string job_table::resync(std::string_view key) {
 }
 
 std::optional<job_start> job_table::take_next(job_time now) {
-  failed_without_credentials.clear();
   while (!stopped_ && !paused_ && !draining_ && running_ < rules_.max_concurrent_users) {
     // The first queued job whose legacy server has room, logins first.
     std::string key;

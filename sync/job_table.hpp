@@ -99,7 +99,7 @@ class job_table {
   // The next job that may start now (caps, logins before bulk, each legacy
   // server's cap), marked running with its first pair of connections; nullopt
   // when none may. A queued login job whose credentials are gone fails here
-  // (`failed_without_credentials` says which, for the log).
+  // (added to `failed_without_credentials`, for the log; the caller clears it).
   std::optional<job_start> take_next(job_time now);
   std::vector<std::string> failed_without_credentials;
 
@@ -133,12 +133,12 @@ class job_table {
   const job* find(std::string_view key) const;
   const std::map<std::string, job, std::less<>>& jobs() const { return jobs_; }
   bool known_server(std::string_view server) const;
+  std::uint32_t cap_of(std::string_view server) const;  // the server's max_connections
   std::uint32_t running() const { return running_; }
   std::uint32_t legacy_in_use() const;  // every server's
   std::size_t queued() const { return queue_.size() + bulk_queue_.size(); }
 
  private:
-  std::uint32_t cap_of(std::string_view server) const;
   std::uint32_t room_on(const std::string& server) const;
   std::size_t waiting_on(const std::string& server) const;
   void queue(const std::string& key, job& j);

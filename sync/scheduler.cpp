@@ -99,9 +99,6 @@ struct scheduler::impl {
     std::vector<std::tuple<job_start, std::shared_ptr<secret>, std::shared_ptr<sync_progress>>> starting;
     std::unique_lock lock(m);
     while (auto start = table.take_next(job_time::now())) {
-      for (const auto& key : table.failed_without_credentials)
-        log("migration user=" + log_value(key) + " result=failed error=" +
-            log_value(table.find(key)->last_error));
       auto p = std::make_shared<sync_progress>();
       progress[start->key] = p;
       // The job's own copy of the password, made here: never a moved-from string.
@@ -111,6 +108,7 @@ struct scheduler::impl {
     for (const auto& key : table.failed_without_credentials)
       log("migration user=" + log_value(key) + " result=failed error=" +
           log_value(table.find(key)->last_error));
+    table.failed_without_credentials.clear();
     lock.unlock();
     for (auto& [start, pw, p] : starting)
       asio::co_spawn(io, run_job(std::move(start), pw, p), asio::detached);
@@ -127,12 +125,7 @@ struct scheduler::impl {
     } else {
       o.legacy.master = {};
     }
-    const std::uint32_t cap = [&] {
-      for (const auto& t : opts.more_legacy)
-        if (t.name == j.legacy_server) return t.max_connections;
-      return opts.legacy_max_connections;
-    }();
-    o.connections = std::max<std::uint32_t>(1, std::min(o.connections, cap));
+    o.connections = std::max<std::uint32_t>(1, std::min(o.connections, table.cap_of(j.legacy_server)));
     return o;
   }
 

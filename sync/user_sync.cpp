@@ -72,11 +72,13 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
     co_return false;
   }
   command_result r;
+  // The master logs in as the user; otherwise the user's own login name.
+  const std::string& name = so.master.configured() ? who.user : who.login;
   std::error_code ec;  // two statements, no co_await in ?: (GCC 12, imap/client/README.md)
   if (so.master.configured())
-    ec = co_await s.c->login_as(who.user, so.master, &r);
+    ec = co_await s.c->login_as(name, so.master, &r);
   else
-    ec = co_await s.c->login(who.login, password, &r);
+    ec = co_await s.c->login(name, password, &r);
   if (ec) {
     if (ec == imap::errc::auth_failed) {
       // Refused for good (the credentials), or for now ([UNAVAILABLE] ...): retried.
@@ -87,7 +89,7 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
       rep.errors.push_back("the " + std::string(which) + " server " + where(so) +
                            (kind == failure_kind::credentials ? " refused the login for "
                                                               : " refused the login for now for ") +
-                           (so.master.configured() ? who.user : who.login) + (r.text.empty() ? std::string() : ": " + r.text));
+                           name + (r.text.empty() ? std::string() : ": " + r.text));
     } else {
       rep.outcome = sync_outcome::failed;
       rep.errors.push_back("login on the " + std::string(which) + " server " + where(so) +
@@ -168,8 +170,7 @@ bool is_inbox(std::string_view legacy_name) { return imap::iequals(legacy_name, 
 // What the workers of one run share. One thread: no locks.
 struct copy_run {
   const user_sync_options& opts;
-  const sync_identity& who;  // the names the servers get
-  std::string_view key;      // in the state store (who.key)
+  const sync_identity& who;  // the names the servers get; who.key in the state store
   tls_contexts& tls;
   state_store& state;
   sync_progress* progress;
@@ -211,7 +212,7 @@ boost::asio::awaitable<void> copy_worker(copy_run& run, session& legacy, session
       };
     }
     folder_copy_report cr;
-    auto ec = co_await copy_folder(*legacy.c, *fresh.c, run.state, run.key, m, co, cr);
+    auto ec = co_await copy_folder(*legacy.c, *fresh.c, run.state, run.who.key, m, co, cr);
     if (progress && !scanned) progress->messages_total -= estimate;
     fr.copied = cr.copied;
     fr.bytes = cr.bytes;
@@ -294,7 +295,7 @@ boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
   std::uint64_t to_copy = 0;
   for (auto& j : jobs) to_copy += rep.folders[j.report_index].to_copy;
   const std::size_t wanted = to_copy >= opts.parallel_min_messages ? opts.connections : 1;
-  copy_run run{opts, who, who.key, tls, state, progress, rep, std::move(jobs)};
+  copy_run run{opts, who, tls, state, progress, rep, std::move(jobs)};
   std::size_t workers = std::max<std::size_t>(1, std::min<std::size_t>(wanted, run.jobs.size()));
   std::uint32_t granted = 0;  // extra pairs the scheduler allowed (its legacy cap)
   if (workers > 1 && opts.acquire_connections) {

@@ -27,10 +27,6 @@ std::optional<proxy::listen_address> listen_address(const std::string& value) {
   return proxy::listen_address{hp->host, hp->port, value};
 }
 
-}  // namespace
-
-namespace {
-
 // Where the proxy checks a password on a legacy server.
 proxy::backend_options checker_of(const config::server_section& s) {
   const sync::server_options legacy = to_server(s);

@@ -3,6 +3,8 @@
 #include <fstream>
 #include <set>
 
+#include "imap/value.hpp"
+
 namespace suction::cli {
 
 bool read_users(const std::string& path, std::vector<std::string>& out, std::string& why) {
@@ -23,8 +25,7 @@ bool read_users(const std::string& path, std::vector<std::string>& out, std::str
                                                 : line.find(',') - first);
     while (!login.empty() && (login.back() == ' ' || login.back() == '\t')) login.pop_back();
     // The map file's header line ("login,legacy_user,new_user,...") names no user.
-    if (n == 1 && (login == "login" || login == "Login" || login == "LOGIN") &&
-        line.find(',') != std::string::npos)
+    if (n == 1 && imap::iequals(login, "login") && line.find(',') != std::string::npos)
       continue;
     if (login.empty()) {
       why = path + ":" + std::to_string(n) + ": no login name";
