@@ -7,6 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libboost1.81-dev libssl-dev libspdlog-dev libfmt-dev doctest-dev
   libsqlite3-dev libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
+  libpq-dev  # [sync] state_db = "postgresql://...": the state several nodes share
   clang libclang-rt-14-dev
   dovecot-imapd dovecot-core isync openssl curl python3
   fail2ban   # tests: fail2ban-regex checks deploy/fail2ban/ (Debian also enables its service)

@@ -1,8 +1,18 @@
 // The engine's memory between runs: per user and folder a checkpoint, per
 // copied message the legacy UID -> new UID map with the flags last agreed,
 // the append journal (batches sent whose outcome is not known yet), and the
-// history of runs. SQLite in WAL mode, one file; the schema is
-// versioned (PRAGMA user_version) and migrated forward on open.
+// history of runs. Two back ends behind the one interface (sync/sql.hpp):
+// SQLite in WAL mode, one file, for one node; PostgreSQL for several nodes
+// sharing one truth. The schema is versioned (SQLite: PRAGMA user_version;
+// PostgreSQL: table suction_schema), the same versions and migrations on
+// both, migrated forward on open.
+//
+// One run per user at a time, across processes and nodes: a run is held by
+// its node and process. A run of this node is alive while its process is; a
+// run of another node while its lease (renewed by every record and by
+// renew_leases) has not expired by the database's clock. A run that lost
+// its lease (another node took the user over) can no longer journal or
+// record a batch: the fencing check is in the same transaction as the write.
 //
 // Failures of the store itself (disk full, a corrupt file) are not expected
 // outcomes of a migration: they throw state_error.
@@ -20,20 +30,39 @@
 #include <utility>
 #include <vector>
 
-struct sqlite3;
-
 namespace suction::sync {
+
+namespace sql {
+class database;
+class statement;
+}  // namespace sql
 
 class state_error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
 
-// begin_run: another live process is migrating this user.
+// begin_run: another live process (of this node or another) is migrating this user.
 class run_busy : public state_error {
  public:
-  run_busy(const std::string& what, std::int64_t pid) : state_error(what), pid(pid) {}
+  run_busy(const std::string& what, std::int64_t pid, std::string node = {})
+      : state_error(what), pid(pid), node(std::move(node)) {}
   std::int64_t pid;
+  std::string node;
+};
+
+// A write of a run whose user is no longer its own (the lease expired and
+// another node took the user over, or the run was marked interrupted): refused.
+class lease_lost : public run_busy {
+ public:
+  using run_busy::run_busy;
+};
+
+// Who this store's runs belong to. node "": SQLite stays "" (one machine,
+// runs told apart by process); PostgreSQL takes the host name.
+struct store_identity {
+  std::string node;
+  std::int64_t lease_seconds = 60;  // another node's run is alive this long after its last renewal
 };
 
 // Where one legacy folder stands (dsync's mailbox state, plus the new side).
@@ -81,6 +110,7 @@ struct run_record {
   std::string error;
   std::string started_by;        // "login", "bulk", "cli" ("" before schema 4)
   std::int64_t bytes_left = -1;  // known still to copy when it ended; -1: not known
+  std::string node;              // the node that ran it ("": this machine's SQLite, before schema 5)
 };
 
 struct run_totals {
@@ -89,15 +119,18 @@ struct run_totals {
 
 class state_store {
  public:
-  static constexpr int kSchemaVersion = 4;
+  static constexpr int kSchemaVersion = 5;
 
-  // Opens (creating the file and its folder if needed), sets WAL, migrates.
-  explicit state_store(const std::filesystem::path& path);
+  // Opens `location` (a path: created with its folder if needed, WAL; or a
+  // PostgreSQL connection string, sql::is_postgresql) and migrates.
+  explicit state_store(const std::string& location, store_identity id = {});
   ~state_store();
   state_store(const state_store&) = delete;
   state_store& operator=(const state_store&) = delete;
 
   int schema_version() const;
+  bool shared() const;               // PostgreSQL: several nodes may use it
+  const std::string& node() const { return id_.node; }
 
   std::optional<folder_state> folder(std::string_view user, std::string_view legacy_name) const;
   std::vector<folder_state> folders(std::string_view user) const;
@@ -136,28 +169,39 @@ class state_store {
   void update_flags(std::string_view user, std::string_view legacy_name,
                     std::span<const std::pair<std::uint32_t, std::string>> flags);
 
-  // One run per user at a time, across processes sharing the file: throws
-  // run_busy while another live process has a run of this user "running"
-  // (one of a process gone is marked interrupted first). pid 0: this process.
+  // One run per user at a time, across processes and nodes: throws run_busy
+  // while another live process has a run of this user "running" (one of a
+  // process gone, or of a node whose lease expired, is marked interrupted
+  // first). pid 0: this process.
   std::int64_t begin_run(std::string_view user, std::int64_t now, std::int64_t pid = 0,
                          std::string_view started_by = {});
   void finish_run(const run_record& r);
   std::vector<run_record> runs(std::string_view user, std::size_t limit) const;  // newest first
   std::vector<run_record> latest_runs() const;  // every user's newest run, by user
   run_totals totals() const;                    // over every run recorded
-  // Runs left "running" by this process (it is stopping) or by a process that
-  // is gone (a crash, a kill) become "interrupted"; those of another live
-  // process stay. At start-up and at stop.
+  // Runs left "running" by this process (it is stopping), by a process of
+  // this node that is gone (a crash, a kill) or by a node whose lease expired
+  // become "interrupted"; those of another live process stay. At start-up
+  // and at stop.
   std::size_t mark_interrupted(std::int64_t now);
+  // Extends the lease of every run this process has running (the scheduler,
+  // every lease/3: a long FETCH records nothing for a while).
+  void renew_leases();
 
  private:
-  class statement;
-  static std::vector<run_record> read_runs(statement& st);
-  void exec(const char* sql);
+  class transaction;
+  static std::vector<run_record> read_runs(sql::statement& st);
+  std::unique_ptr<sql::statement> prepare(std::string_view sql) const;
   void migrate();
   void delete_journal(std::span<const std::int64_t> ids);  // inside a transaction
-  sqlite3* db_ = nullptr;
-  std::filesystem::path path_;
+  // Inside a write transaction: throws lease_lost unless this user's newest
+  // run is this process's and running (or there is none: a bare store), and
+  // renews its lease.
+  void fence(std::string_view user);
+  bool alive(std::string_view node, std::int64_t pid, std::int64_t lease_until, std::int64_t db_now) const;
+  std::int64_t db_now() const;
+  std::unique_ptr<sql::database> db_;
+  store_identity id_;
 };
 
 }  // namespace suction::sync

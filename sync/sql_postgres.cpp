@@ -1,0 +1,214 @@
+// The PostgreSQL back end of sync/sql.hpp (libpq): the state of several
+// nodes in one database. Every value goes as a parameter, as text, never
+// spliced into the statement.
+#include <libpq-fe.h>
+
+#include <cstdlib>
+#include <vector>
+
+#include "sync/sql.hpp"
+#include "sync/sql_backends.hpp"
+#include "sync/state_store.hpp"
+
+namespace suction::sync::sql {
+
+namespace {
+
+// ?N -> $N: the statements are written once, in SQLite's form. None of them
+// has a '?' inside a string literal.
+std::string to_dollars(std::string_view sql) {
+  std::string out(sql);
+  for (std::size_t i = 0; i + 1 < out.size(); ++i)
+    if (out[i] == '?' && out[i + 1] >= '0' && out[i + 1] <= '9') out[i] = '$';
+  return out;
+}
+
+std::string trimmed(const char* msg) {
+  std::string s = msg ? msg : "";
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  for (char& c : s)
+    if (c == '\n') c = ' ';
+  return s;
+}
+
+// The parsed connection string, freed with it.
+struct conninfo_options {
+  PQconninfoOption* opts = nullptr;
+  explicit conninfo_options(const std::string& conninfo, std::string& error) {
+    char* err = nullptr;
+    opts = PQconninfoParse(conninfo.c_str(), &err);
+    if (!opts) error = trimmed(err ? err : "out of memory");
+    PQfreemem(err);
+  }
+  ~conninfo_options() { PQconninfoFree(opts); }
+  const char* get(std::string_view key) const {
+    for (auto* o = opts; o && o->keyword; ++o)
+      if (key == o->keyword) return o->val;
+    return nullptr;
+  }
+};
+
+class pg_database;
+
+class pg_statement final : public statement {
+ public:
+  pg_statement(PGconn* conn, const std::string& where, std::string_view sql)
+      : conn_(conn), where_(where), sql_(to_dollars(sql)) {}
+  ~pg_statement() override { PQclear(res_); }
+
+  statement& bind(int i, std::string_view v) override {
+    slot(i) = std::string(v);
+    return *this;
+  }
+  statement& bind(int i, std::int64_t v) override {
+    slot(i) = std::to_string(v);
+    return *this;
+  }
+  bool step() override {
+    if (!res_) execute();
+    return ++row_ < PQntuples(res_);
+  }
+  std::int64_t integer(int col) const override {
+    if (PQgetisnull(res_, row_, col)) return 0;
+    return std::strtoll(PQgetvalue(res_, row_, col), nullptr, 10);
+  }
+  std::string text(int col) const override {
+    return std::string(PQgetvalue(res_, row_, col),
+                       static_cast<std::size_t>(PQgetlength(res_, row_, col)));
+  }
+  void reset() override {
+    PQclear(res_);
+    res_ = nullptr;
+    row_ = -1;
+    params_.clear();
+  }
+
+ private:
+  std::string& slot(int i) {
+    if (params_.size() < static_cast<std::size_t>(i)) params_.resize(static_cast<std::size_t>(i));
+    return params_[static_cast<std::size_t>(i - 1)];
+  }
+  void execute() {
+    std::vector<const char*> values;
+    values.reserve(params_.size());
+    for (const auto& p : params_) values.push_back(p.c_str());
+    res_ = PQexecParams(conn_, sql_.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
+                        nullptr, nullptr, 0);
+    const auto status = PQresultStatus(res_);
+    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
+      std::string msg = trimmed(res_ ? PQresultErrorMessage(res_) : PQerrorMessage(conn_));
+      PQclear(res_);
+      res_ = nullptr;
+      throw state_error("state store " + where_ + ": " + msg);
+    }
+    row_ = -1;
+  }
+  PGconn* conn_;
+  const std::string& where_;
+  std::string sql_;
+  std::vector<std::string> params_;
+  PGresult* res_ = nullptr;
+  int row_ = -1;
+};
+
+class pg_database final : public database {
+ public:
+  explicit pg_database(const std::string& conninfo) {
+    std::string error;
+    conninfo_options parsed(conninfo, error);
+    if (!parsed.opts) throw state_error("state store: [sync] state_db: not a PostgreSQL connection string: " + error);
+    where_ = "postgresql";
+    for (const char* key : {"host", "port", "dbname", "user"})
+      if (const char* v = parsed.get(key); v && *v) where_ += std::string(" ") + key + "=" + v;
+    // A server that does not answer is an error after 10 s, not a hang,
+    // unless the connection string says otherwise.
+    const bool has_timeout = parsed.get("connect_timeout") != nullptr;
+    const char* keys[] = {"dbname", "application_name", has_timeout ? nullptr : "connect_timeout", nullptr};
+    const char* vals[] = {conninfo.c_str(), "suction", has_timeout ? nullptr : "10", nullptr};
+    conn_ = PQconnectdbParams(keys, vals, 1);
+    if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
+      std::string msg = conn_ ? trimmed(PQerrorMessage(conn_)) : "out of memory";
+      PQfinish(conn_);
+      conn_ = nullptr;
+      throw state_error("state store: cannot connect to " + where_ + ": " + msg);
+    }
+    // NOTICEs ("relation already exists, skipping") are not for stderr.
+    PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
+  }
+  ~pg_database() override { PQfinish(conn_); }
+
+  dialect kind() const override { return dialect::postgresql; }
+  std::unique_ptr<statement> prepare(std::string_view sql) override {
+    reconnect_if_lost();
+    return std::make_unique<pg_statement>(conn_, where_, sql);
+  }
+  void exec(std::string_view sql) override {
+    reconnect_if_lost();
+    const std::string text(sql);
+    PGresult* res = PQexec(conn_, text.c_str());
+    const auto status = PQresultStatus(res);
+    if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+      std::string msg = trimmed(res ? PQresultErrorMessage(res) : PQerrorMessage(conn_));
+      PQclear(res);
+      throw state_error("state store " + where_ + ": " + msg);
+    }
+    PQclear(res);
+  }
+  void begin() override { exec("BEGIN"); }
+  void lock(std::string_view name) override {
+    pg_statement st(conn_, where_, "SELECT pg_advisory_xact_lock(hashtextextended(?1, 0))");
+    st.bind(1, name);
+    st.run();
+  }
+  int schema_version() override {
+    pg_statement st(conn_, where_, "SELECT to_regclass('suction_schema') IS NOT NULL");
+    if (!st.step() || st.text(0) != "t") return 0;
+    pg_statement v(conn_, where_, "SELECT max(version) FROM suction_schema");
+    return v.step() ? static_cast<int>(v.integer(0)) : 0;
+  }
+  void set_schema_version(int v) override {
+    exec("CREATE TABLE IF NOT EXISTS suction_schema (version INTEGER NOT NULL);"
+         " DELETE FROM suction_schema; INSERT INTO suction_schema (version) VALUES (" +
+         std::to_string(v) + ")");
+  }
+  const char* now_sql() const override { return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT)"; }
+  const std::string& where() const override { return where_; }
+
+ private:
+  // A connection the server closed (a restart, an idle cut) is opened again
+  // between transactions; inside one, the statement fails and so does the
+  // transaction.
+  void reconnect_if_lost() {
+    if (PQstatus(conn_) == CONNECTION_BAD) PQreset(conn_);
+  }
+  PGconn* conn_ = nullptr;
+  std::string where_;
+};
+
+}  // namespace
+
+std::unique_ptr<database> open_postgresql(const std::string& conninfo) {
+  return std::make_unique<pg_database>(conninfo);
+}
+
+bool is_postgresql(std::string_view location) {
+  if (location.starts_with("postgresql://") || location.starts_with("postgres://")) return true;
+  std::size_t n = 0;
+  while (n < location.size() && ((location[n] >= 'a' && location[n] <= 'z') || location[n] == '_')) ++n;
+  std::size_t eq = n;
+  while (eq < location.size() && location[eq] == ' ') ++eq;
+  if (n == 0 || eq >= location.size() || location[eq] != '=') return false;
+  const std::string key(location.substr(0, n));
+  PQconninfoOption* defaults = PQconndefaults();
+  bool known = false;
+  for (auto* o = defaults; o && o->keyword; ++o)
+    if (key == o->keyword) known = true;
+  PQconninfoFree(defaults);
+  return known;
+}
+
+std::unique_ptr<database> open(const std::string& location) {
+  return is_postgresql(location) ? open_postgresql(location) : open_sqlite(location);
+}
+
+}  // namespace suction::sync::sql
