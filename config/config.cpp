@@ -139,6 +139,15 @@ struct field {
     if (s.empty()) fail("must not be empty");
     return s;
   }
+  // A node's name in the shared state store: what `suction status` shows.
+  std::string node_name() const {
+    auto s = nonempty_string();
+    if (s.size() > 64 ||
+        s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") !=
+            std::string::npos)
+      fail("a node name is at most 64 letters, digits, '.', '-' and '_'");
+    return s;
+  }
   bool boolean() const {
     if (auto* v = node.as_boolean()) return v->get();
     wrong_type("a boolean");
@@ -366,6 +375,9 @@ const std::vector<key_spec<M>> limits_keys = {
 using S = sync_section;
 const std::vector<key_spec<S>> sync_keys = {
     {"state_db", [](const field& f, S& s) { s.state_db = f.nonempty_string(); }},
+    {"node_name", [](const field& f, S& s) { s.node_name = f.node_name(); }},
+    // At least 5 s: leases are renewed every third of it.
+    {"lease", [](const field& f, S& s) { s.lease = f.seconds(5); }},
     {"connections_per_user", [](const field& f, S& s) { s.connections_per_user = f.count(1); }},
     // 0: no recent-first pass.
     {"recent_first_days", [](const field& f, S& s) { s.recent_first_days = f.count(0); }},

@@ -127,7 +127,13 @@ struct folder_rename {
 };
 
 struct sync_section {
+  // A path (SQLite), or a PostgreSQL URI / libpq keyword string: the state
+  // several nodes share.
   std::string state_db = "/var/lib/suction/state.db";
+  // With PostgreSQL: this node's name in the runs table ("" = the host
+  // name), and how long another node waits for a silent node's runs.
+  std::string node_name;
+  std::chrono::seconds lease{60};
   std::uint32_t connections_per_user = 2;
   std::uint32_t recent_first_days = 14;
   std::uint32_t max_concurrent_users = 4;

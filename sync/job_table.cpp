@@ -58,7 +58,8 @@ std::uint32_t job_table::cap_of(std::string_view server) const {
 
 std::uint32_t job_table::room_on(const std::string& server) const {
   auto it = legacy_in_use_.find(server);
-  const std::uint32_t used = it == legacy_in_use_.end() ? 0 : it->second;
+  std::uint32_t used = it == legacy_in_use_.end() ? 0 : it->second;
+  if (auto other = held_elsewhere_.find(server); other != held_elsewhere_.end()) used += other->second;
   const std::uint32_t cap = cap_of(server);
   return used < cap ? cap - used : 0;
 }

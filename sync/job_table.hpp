@@ -136,6 +136,16 @@ class job_table {
   std::uint32_t cap_of(std::string_view server) const;  // the server's max_connections
   std::uint32_t running() const { return running_; }
   std::uint32_t legacy_in_use() const;  // every server's
+
+  // Several nodes sharing one state store: the legacy connections the other
+  // nodes hold now, by server, read by the runner (in the same transaction
+  // as it publishes legacy_held) before take_next and grant. Each server's
+  // cap is then the cluster's.
+  void set_held_elsewhere(std::map<std::string, std::uint32_t, std::less<>> held) {
+    held_elsewhere_ = std::move(held);
+  }
+  // This node's legacy connections, by server ("" = the default).
+  const std::map<std::string, std::uint32_t, std::less<>>& legacy_held() const { return legacy_in_use_; }
   std::size_t queued() const { return queue_.size() + bulk_queue_.size(); }
 
  private:
@@ -150,6 +160,7 @@ class job_table {
   std::deque<std::string> queue_;       // logins' jobs, first
   std::deque<std::string> bulk_queue_;  // enqueue's, when no login waits
   std::map<std::string, std::uint32_t, std::less<>> legacy_in_use_;  // by server name
+  std::map<std::string, std::uint32_t, std::less<>> held_elsewhere_;  // other nodes', by server name
   std::uint32_t running_ = 0;
   bool paused_ = false, draining_ = false, stopped_ = false;
 };

@@ -36,8 +36,8 @@ struct scheduler::impl {
   explicit impl(scheduler_options o)
       : opts(std::move(o)),
         table(rules_of(opts)),
-        store(opts.state_db),
-        reader(opts.state_db),
+        store(opts.state_db, opts.store),
+        reader(opts.state_db, opts.store),
         work(asio::make_work_guard(io)),
         sweeper(io) {
     store.mark_interrupted(unix_now());
@@ -95,9 +95,40 @@ struct scheduler::impl {
   // are spawned after the lock is released: co_spawn may run a job at once,
   // up to its first wait, and a job that ends without waiting (its run
   // refused as busy, a CA file that cannot be read) locks m in finish().
+  using starting_jobs =
+      std::vector<std::tuple<job_start, std::shared_ptr<secret>, std::shared_ptr<sync_progress>>>;
+
   void kick() {
-    std::vector<std::tuple<job_start, std::shared_ptr<secret>, std::shared_ptr<sync_progress>>> starting;
-    std::unique_lock lock(m);
+    starting_jobs starting;
+    if (!store.shared()) {
+      take_startable(starting);
+    } else {
+      // Several nodes: the legacy caps are the cluster's. What the others
+      // hold is read, the jobs taken and what this node holds now written,
+      // in one transaction under the store's lock.
+      try {
+        store.claim_legacy([&](const legacy_counts& elsewhere) {
+          std::lock_guard lock(m);
+          table.set_held_elsewhere(elsewhere);
+          return take_startable_locked(starting);
+        });
+      } catch (const state_error& e) {
+        // Jobs taken before the failure run; the next claim counts them.
+        log(std::string("state store: claiming legacy connections failed: ") + e.what());
+      }
+    }
+    for (auto& [start, pw, p] : starting)
+      asio::co_spawn(io, run_job(std::move(start), pw, p), asio::detached);
+  }
+
+  void take_startable(starting_jobs& starting) {
+    std::lock_guard lock(m);
+    take_startable_locked(starting);
+  }
+
+  // Under m: the jobs the table lets start now, each with its password and
+  // progress; returns the legacy connections this node then holds.
+  legacy_counts take_startable_locked(starting_jobs& starting) {
     while (auto start = table.take_next(job_time::now())) {
       auto p = std::make_shared<sync_progress>();
       progress[start->key] = p;
@@ -109,9 +140,23 @@ struct scheduler::impl {
       log("migration user=" + log_value(key) + " result=failed error=" +
           log_value(table.find(key)->last_error));
     table.failed_without_credentials.clear();
-    lock.unlock();
-    for (auto& [start, pw, p] : starting)
-      asio::co_spawn(io, run_job(std::move(start), pw, p), asio::detached);
+    return table.legacy_held();
+  }
+
+  // This node holds fewer legacy connections now: tell the cluster. On the
+  // worker thread; a failure leaves the count high until the next claim.
+  void publish_legacy() {
+    if (!store.shared()) return;
+    legacy_counts held;
+    {
+      std::lock_guard lock(m);
+      held = table.legacy_held();
+    }
+    try {
+      store.publish_legacy(held);
+    } catch (const state_error& e) {
+      log(std::string("state store: publishing legacy connections failed: ") + e.what());
+    }
   }
 
   // The options of one job: its legacy server; a login's job logs in with
@@ -137,13 +182,30 @@ struct scheduler::impl {
     user_sync_options job = job_options(start);
     // More pairs of connections only as the legacy cap allows, counted per job.
     const std::string key = start.key;
-    job.acquire_connections = [this, key](std::uint32_t n) {
-      std::lock_guard lock(m);
-      return table.grant(key, n);
+    job.acquire_connections = [this, key](std::uint32_t n) -> std::uint32_t {
+      if (!store.shared()) {
+        std::lock_guard lock(m);
+        return table.grant(key, n);
+      }
+      std::uint32_t granted = 0;
+      try {
+        store.claim_legacy([&](const legacy_counts& elsewhere) {
+          std::lock_guard lock(m);
+          table.set_held_elsewhere(elsewhere);
+          granted = table.grant(key, n);
+          return table.legacy_held();
+        });
+      } catch (const state_error& e) {
+        log(std::string("state store: claiming legacy connections failed: ") + e.what());
+      }
+      return granted;
     };
     job.release_connections = [this, key](std::uint32_t n) {
-      std::lock_guard lock(m);
-      table.release(key, n);
+      {
+        std::lock_guard lock(m);
+        table.release(key, n);
+      }
+      publish_legacy();
     };
     user_sync_report rep;
     try {
@@ -173,6 +235,7 @@ struct scheduler::impl {
           imap::display(opts.sync.fresh.endpoint) +
           " attempt=" + std::to_string(std::max<std::uint32_t>(j->attempts, 1)) + end.note);
     }
+    publish_legacy();
     kick();
   }
 
@@ -185,13 +248,35 @@ struct scheduler::impl {
     if (table.retry_due(key, generation)) kick_later();
   }
 
-  // Drops credentials older than credential_ttl, once a second.
+  // Drops credentials older than credential_ttl, once a second; renews the
+  // leases of this node's runs every third of a lease, so a long FETCH that
+  // records nothing keeps its user (a shared store only).
   asio::awaitable<void> sweep() {
+    auto renewed = std::chrono::steady_clock::now();
+    const auto renew_every = std::chrono::milliseconds(opts.store.lease_seconds * 1000 / 3);
     for (;;) {
       sweeper.expires_after(std::chrono::seconds(1));
       boost::system::error_code ec;
       co_await sweeper.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       if (ec) co_return;
+      if (store.shared() && std::chrono::steady_clock::now() - renewed >= renew_every) {
+        renewed = std::chrono::steady_clock::now();
+        try {
+          store.renew_leases();
+        } catch (const state_error& e) {
+          // The next record renews it or finds it lost; a database away for
+          // longer than the lease hands the users to another node.
+          log(std::string("state store: renewing leases failed: ") + e.what());
+        }
+      }
+      // Other nodes let go of legacy connections without telling this one:
+      // queued jobs look again once a second.
+      bool look_again = false;
+      {
+        std::lock_guard lock(m);
+        look_again = store.shared() && table.queued() > 0 && !table.paused();
+      }
+      if (look_again) kick();
       std::lock_guard lock(m);
       for (const auto& key : table.expired_credentials(job_time::now())) {
         drop(key);

@@ -67,7 +67,8 @@ struct scheduler_options {
   // with master credentials: the new server's here, legacy's in its
   // server_options (sync.legacy.master, more_legacy[i].server.master).
   imap::master_credentials bulk_new_master;
-  std::filesystem::path state_db;
+  std::string state_db;      // a path or a PostgreSQL connection string (state_store)
+  store_identity store;      // this node, and its runs' lease
   std::uint32_t max_concurrent_users = 4;
   std::uint32_t legacy_max_connections = 16;
   std::chrono::seconds resync_interval{600};

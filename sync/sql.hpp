@@ -53,9 +53,9 @@ class database {
   // The schema's version (0: none yet); set inside the migration's transaction.
   virtual int schema_version() = 0;
   virtual void set_schema_version(int v) = 0;
-  // Seconds since the epoch by the database's clock: the one clock every node
-  // of a cluster agrees on (leases).
-  virtual const char* now_sql() const = 0;
+  // Milliseconds since the epoch by the database's clock: the one clock every
+  // node of a cluster agrees on (leases).
+  virtual const char* now_ms_sql() const = 0;
   // What to call it in messages: the path, or the server and database
   // (never a password).
   virtual const std::string& where() const = 0;

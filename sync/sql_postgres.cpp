@@ -161,7 +161,13 @@ class pg_database final : public database {
     st.run();
   }
   int schema_version() override {
-    pg_statement st(conn_, where_, "SELECT to_regclass('suction_schema') IS NOT NULL");
+    // Read from pg_class with the statement's snapshot, not to_regclass: a
+    // name lookup may answer from a cache that still says "no such table"
+    // after another node's migration committed while this one waited.
+    pg_statement st(conn_, where_,
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+                    " ON n.oid = c.relnamespace WHERE c.relname = 'suction_schema'"
+                    " AND n.nspname = current_schema())");
     if (!st.step() || st.text(0) != "t") return 0;
     pg_statement v(conn_, where_, "SELECT max(version) FROM suction_schema");
     return v.step() ? static_cast<int>(v.integer(0)) : 0;
@@ -171,7 +177,9 @@ class pg_database final : public database {
          " DELETE FROM suction_schema; INSERT INTO suction_schema (version) VALUES (" +
          std::to_string(v) + ")");
   }
-  const char* now_sql() const override { return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT)"; }
+  const char* now_ms_sql() const override {
+    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+  }
   const std::string& where() const override { return where_; }
 
  private:

@@ -99,7 +99,10 @@ class sqlite_database final : public database {
     return st.step() ? static_cast<int>(st.integer(0)) : 0;
   }
   void set_schema_version(int v) override { exec("PRAGMA user_version = " + std::to_string(v)); }
-  const char* now_sql() const override { return "unixepoch()"; }
+  // unixepoch('subsec') needs SQLite 3.42; Debian 12 has 3.40.
+  const char* now_ms_sql() const override {
+    return "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+  }
   const std::string& where() const override { return where_; }
 
  private:

@@ -128,16 +128,33 @@ constexpr migration kMigrations[] = {
     ALTER TABLE runs ADD COLUMN bytes_left BIGINT NOT NULL DEFAULT -1;
     )sql"},
     // 4 -> 5: the node that runs a run, and its lease (by the database's
-    // clock) for one run per user across nodes
+    // clock) for one run per user across nodes; the legacy connections each
+    // node's process holds, for caps that hold for the cluster
     {R"sql(
     ALTER TABLE runs ADD COLUMN node TEXT NOT NULL DEFAULT '';
-    ALTER TABLE runs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN lease_until_ms INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX runs_running ON runs (result) WHERE result = 'running';
+    CREATE TABLE legacy_slots (
+      server TEXT NOT NULL,
+      node TEXT NOT NULL,
+      pid INTEGER NOT NULL,
+      held INTEGER NOT NULL,
+      lease_until_ms INTEGER NOT NULL,
+      PRIMARY KEY (server, node, pid)
+    );
     )sql",
      R"sql(
     ALTER TABLE runs ADD COLUMN node TEXT NOT NULL DEFAULT '';
-    ALTER TABLE runs ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN lease_until_ms BIGINT NOT NULL DEFAULT 0;
     CREATE INDEX runs_running ON runs (result) WHERE result = 'running';
+    CREATE TABLE legacy_slots (
+      server TEXT NOT NULL,
+      node TEXT NOT NULL,
+      pid BIGINT NOT NULL,
+      held BIGINT NOT NULL,
+      lease_until_ms BIGINT NOT NULL,
+      PRIMARY KEY (server, node, pid)
+    );
     )sql"},
 };
 static_assert(std::size(kMigrations) == state_store::kSchemaVersion);
@@ -230,6 +247,8 @@ state_store::state_store(const std::string& location, store_identity id)
 
 state_store::~state_store() = default;
 
+bool sql_location_is_shared(std::string_view location) { return sql::is_postgresql(location); }
+
 bool state_store::shared() const { return db_->kind() == sql::dialect::postgresql; }
 
 std::unique_ptr<sql::statement> state_store::prepare(std::string_view sql) const {
@@ -261,17 +280,17 @@ void state_store::migrate() {
   }
 }
 
-std::int64_t state_store::db_now() const {
-  auto st = prepare(std::string("SELECT ") + db_->now_sql());
+std::int64_t state_store::db_now_ms() const {
+  auto st = prepare(std::string("SELECT ") + db_->now_ms_sql());
   return st->step() ? st->integer(0) : 0;
 }
 
-bool state_store::alive(std::string_view node, std::int64_t pid, std::int64_t lease_until,
+bool state_store::alive(std::string_view node, std::int64_t pid, std::int64_t lease_until_ms,
                         std::int64_t now) const {
   // This node's processes are asked directly: a crash is seen at once, and
   // a node that restarts takes its users back without waiting for a lease.
   if (node == id_.node) return process_alive(pid);
-  return lease_until > now;
+  return lease_until_ms > now;
 }
 
 std::optional<folder_state> state_store::folder(std::string_view user, std::string_view legacy_name) const {
@@ -338,9 +357,9 @@ void state_store::fence(std::string_view user) {
                          std::to_string(pid) + "): this run may not record",
                      pid, node);
   }
-  auto renew = prepare(std::string("UPDATE runs SET lease_until = ") + db_->now_sql() +
+  auto renew = prepare(std::string("UPDATE runs SET lease_until_ms = ") + db_->now_ms_sql() +
                        " + ?2 WHERE id = ?1");
-  renew->bind(1, id).bind(2, id_.lease_seconds);
+  renew->bind(1, id).bind(2, id_.lease_seconds * 1000);
   renew->run();
 }
 
@@ -508,8 +527,8 @@ std::int64_t state_store::begin_run(std::string_view user, std::int64_t now, std
   // processes, on one node or two, cannot both pass.
   transaction tx(*db_);
   db_->lock("suction.user:" + std::string(user));
-  const std::int64_t clock = db_now();
-  auto running = prepare("SELECT id, pid, node, lease_until FROM runs WHERE \"user\" = ?1 AND result = 'running'");
+  const std::int64_t clock = db_now_ms();
+  auto running = prepare("SELECT id, pid, node, lease_until_ms FROM runs WHERE \"user\" = ?1 AND result = 'running'");
   running->bind(1, user);
   std::vector<std::int64_t> dead;
   while (running->step()) {
@@ -529,10 +548,10 @@ std::int64_t state_store::begin_run(std::string_view user, std::int64_t now, std
     cut->bind(1, id).bind(2, now);
     cut->run();
   }
-  auto st = prepare(std::string("INSERT INTO runs (\"user\", started_at, result, pid, started_by, node, lease_until)"
+  auto st = prepare(std::string("INSERT INTO runs (\"user\", started_at, result, pid, started_by, node, lease_until_ms)"
                                 " VALUES (?1, ?2, 'running', ?3, ?4, ?5, ") +
-                    db_->now_sql() + " + ?6) RETURNING id");
-  st->bind(1, user).bind(2, now).bind(3, pid).bind(4, started_by).bind(5, id_.node).bind(6, id_.lease_seconds);
+                    db_->now_ms_sql() + " + ?6) RETURNING id");
+  st->bind(1, user).bind(2, now).bind(3, pid).bind(4, started_by).bind(5, id_.node).bind(6, id_.lease_seconds * 1000);
   if (!st->step()) throw state_error("state store " + db_->where() + ": no id for a run");
   const std::int64_t id = st->integer(0);
   st->reset();
@@ -605,8 +624,8 @@ std::size_t state_store::mark_interrupted(std::int64_t now) {
   // Runs of this process (it is stopping), of this node's processes gone, of
   // nodes whose lease expired; not those of another live suction (a `suction
   // sync` beside the daemon, another node).
-  const std::int64_t clock = db_now();
-  auto running = prepare("SELECT id, pid, node, lease_until FROM runs WHERE result = 'running'");
+  const std::int64_t clock = db_now_ms();
+  auto running = prepare("SELECT id, pid, node, lease_until_ms FROM runs WHERE result = 'running'");
   std::vector<std::int64_t> cut;
   while (running->step()) {
     const std::int64_t pid = running->integer(1);
@@ -620,14 +639,74 @@ std::size_t state_store::mark_interrupted(std::int64_t now) {
     st->bind(1, id).bind(2, now);
     st->run();
   }
+  // The legacy connections such processes held are free again.
+  auto slots = prepare("SELECT node, pid, lease_until_ms FROM legacy_slots");
+  std::vector<std::pair<std::string, std::int64_t>> gone;
+  while (slots->step()) {
+    const std::string node = slots->text(0);
+    const std::int64_t pid = slots->integer(1);
+    if ((node == id_.node && pid == ::getpid()) || !alive(node, pid, slots->integer(2), clock))
+      gone.emplace_back(node, pid);
+  }
+  slots->reset();
+  for (const auto& [node, pid] : gone) {
+    auto st = prepare("DELETE FROM legacy_slots WHERE node = ?1 AND pid = ?2");
+    st->bind(1, node).bind(2, pid);
+    st->run();
+  }
   return cut.size();
 }
 
 void state_store::renew_leases() {
-  auto st = prepare(std::string("UPDATE runs SET lease_until = ") + db_->now_sql() +
-                    " + ?3 WHERE result = 'running' AND node = ?1 AND pid = ?2");
-  st->bind(1, id_.node).bind(2, static_cast<std::int64_t>(::getpid())).bind(3, id_.lease_seconds);
-  st->run();
+  transaction tx(*db_);
+  for (const char* sql : {"UPDATE runs SET lease_until_ms = {now} + ?3 WHERE result = 'running' AND node = ?1 AND pid = ?2",
+                          "UPDATE legacy_slots SET lease_until_ms = {now} + ?3 WHERE node = ?1 AND pid = ?2"}) {
+    std::string text = sql;
+    text.replace(text.find("{now}"), 5, db_->now_ms_sql());
+    auto st = prepare(text);
+    st->bind(1, id_.node).bind(2, static_cast<std::int64_t>(::getpid())).bind(3, id_.lease_seconds * 1000);
+    st->run();
+  }
+  tx.commit();
+}
+
+legacy_counts state_store::claim_legacy(const std::function<legacy_counts(const legacy_counts&)>& decide) {
+  transaction tx(*db_);
+  db_->lock("suction.legacy");
+  const std::int64_t clock = db_now_ms();
+  legacy_counts elsewhere;
+  auto st = prepare("SELECT server, node, pid, held, lease_until_ms FROM legacy_slots WHERE held > 0");
+  while (st->step()) {
+    const std::string node = st->text(1);
+    const std::int64_t pid = st->integer(2);
+    if (node == id_.node && pid == ::getpid()) continue;
+    if (alive(node, pid, st->integer(4), clock))
+      elsewhere[st->text(0)] += static_cast<std::uint32_t>(st->integer(3));
+  }
+  st->reset();
+  write_legacy(decide(elsewhere));
+  tx.commit();
+  return elsewhere;
+}
+
+void state_store::publish_legacy(const legacy_counts& held) {
+  transaction tx(*db_);
+  write_legacy(held);
+  tx.commit();
+}
+
+void state_store::write_legacy(const legacy_counts& held) {
+  const auto pid = static_cast<std::int64_t>(::getpid());
+  auto clear = prepare("DELETE FROM legacy_slots WHERE node = ?1 AND pid = ?2");
+  clear->bind(1, id_.node).bind(2, pid);
+  clear->run();
+  auto put = prepare(std::string("INSERT INTO legacy_slots (server, node, pid, held, lease_until_ms)"
+                                 " VALUES (?1, ?2, ?3, ?4, ") + db_->now_ms_sql() + " + ?5)");
+  for (const auto& [server, n] : held) {
+    if (n == 0) continue;
+    put->bind(1, server).bind(2, id_.node).bind(3, pid).bind(4, std::int64_t{n}).bind(5, id_.lease_seconds * 1000);
+    put->run();
+  }
 }
 
 }  // namespace suction::sync

@@ -20,6 +20,8 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -113,9 +115,15 @@ struct run_record {
   std::string node;              // the node that ran it ("": this machine's SQLite, before schema 5)
 };
 
+// Legacy connections by server name ("" = the default legacy server).
+using legacy_counts = std::map<std::string, std::uint32_t, std::less<>>;
+
 struct run_totals {
   std::uint64_t runs = 0, messages_copied = 0, bytes_copied = 0;
 };
+
+// Whether `location` names a PostgreSQL database (else a SQLite file).
+bool sql_location_is_shared(std::string_view location);
 
 class state_store {
  public:
@@ -188,18 +196,28 @@ class state_store {
   // every lease/3: a long FETCH records nothing for a while).
   void renew_leases();
 
+  // The cluster's legacy connections. claim_legacy: `decide` is given what
+  // the other live processes (of any node) hold, by server, and returns what
+  // this process holds now; read and write in one transaction under one
+  // lock, so two nodes never both take the last connection of a server.
+  // Returns what `decide` was given. publish_legacy: this process holds
+  // fewer now (no check needed to let go).
+  legacy_counts claim_legacy(const std::function<legacy_counts(const legacy_counts&)>& decide);
+  void publish_legacy(const legacy_counts& held);
+
  private:
   class transaction;
   static std::vector<run_record> read_runs(sql::statement& st);
   std::unique_ptr<sql::statement> prepare(std::string_view sql) const;
   void migrate();
   void delete_journal(std::span<const std::int64_t> ids);  // inside a transaction
+  void write_legacy(const legacy_counts& held);              // inside a transaction
   // Inside a write transaction: throws lease_lost unless this user's newest
   // run is this process's and running (or there is none: a bare store), and
   // renews its lease.
   void fence(std::string_view user);
-  bool alive(std::string_view node, std::int64_t pid, std::int64_t lease_until, std::int64_t db_now) const;
-  std::int64_t db_now() const;
+  bool alive(std::string_view node, std::int64_t pid, std::int64_t lease_until_ms, std::int64_t now_ms) const;
+  std::int64_t db_now_ms() const;
   std::unique_ptr<sql::database> db_;
   store_identity id_;
 };

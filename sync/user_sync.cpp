@@ -605,6 +605,11 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
     rep.outcome = sync_outcome::failed;
     try {
       std::rethrow_exception(failure);
+    } catch (const lease_lost& e) {
+      // Another node took the user over (this one was silent past its
+      // lease): tried again later, when that node's run is over.
+      note_failure(rep, failure_kind::busy);
+      rep.errors.insert(rep.errors.begin(), e.what());
     } catch (const state_error& e) {
       note_failure(rep, failure_kind::state_store);
       rep.errors.insert(rep.errors.begin(), std::string("state store: ") + e.what());

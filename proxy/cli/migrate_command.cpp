@@ -108,8 +108,6 @@ int run_standalone(const config::config& cfg, const account_book& accounts,
   opts.log = [](const std::string& line) {
     std::fprintf(stderr, "%ssuction: %s\n", isatty(2) ? "\r\033[K" : "", line.c_str());
   };
-  const std::filesystem::path db = cfg.sync.state_db;
-  if (db.has_parent_path()) std::filesystem::create_directories(db.parent_path());
   sync::scheduler s(std::move(opts));
   s.start();
   std::vector<listed> list;

@@ -50,6 +50,7 @@ nlohmann::json to_json(const sync::run_record& r) {
       {"bytes_copied", r.bytes_copied},
       {"messages_failed", r.messages_failed},
       {"error", optional_text(r.error)},
+      {"node", optional_text(r.node)},  // a shared state store: the node that ran it
   };
 }
 

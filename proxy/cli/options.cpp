@@ -94,6 +94,10 @@ sync::user_sync_options sync_options_from(const config::config& c) {
   return o;
 }
 
+sync::store_identity store_identity_from(const config::config& c) {
+  return {c.sync.node_name, static_cast<std::int64_t>(c.sync.lease.count())};
+}
+
 sync::scheduler_options scheduler_options_from(const config::config& c) {
   sync::scheduler_options o;
   o.sync = sync_options_from(c);
@@ -101,6 +105,7 @@ sync::scheduler_options scheduler_options_from(const config::config& c) {
   // (the scheduler does it per job), not by [legacy]'s.
   o.sync.connections = std::max<std::uint32_t>(1, c.sync.connections_per_user);
   o.state_db = c.sync.state_db;
+  o.store = store_identity_from(c);
   o.max_concurrent_users = c.sync.max_concurrent_users;
   o.legacy_max_connections = c.legacy.max_connections;
   o.resync_interval = c.sync.resync_interval;

@@ -30,6 +30,8 @@ sync::user_sync_options sync_options_from(const config::config& c);
 
 // The scheduler's: the engine's plus [sync] state_db, caps, intervals.
 sync::scheduler_options scheduler_options_from(const config::config& c);
+// [sync] node_name and lease: who this node's runs belong to in a shared store.
+sync::store_identity store_identity_from(const config::config& c);
 
 // The proxy daemon's: [listen], [new], [limits], [status].
 proxy::options proxy_options_from(const config::config& c);

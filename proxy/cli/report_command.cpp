@@ -161,12 +161,13 @@ int run_report_command(const report_command_args& a) {
   const auto live_by_identity = live_states(*cfg);
   std::map<std::string, sync::user_progress, std::less<>> live;  // by the names of the rows
   try {
-    if (!std::filesystem::exists(cfg->sync.state_db) && a.users_path.empty()) {
+    if (!sync::sql_location_is_shared(cfg->sync.state_db) && !std::filesystem::exists(cfg->sync.state_db) &&
+        a.users_path.empty()) {
       std::fprintf(stderr, "suction report: %s: no state store yet ([sync] state_db)\n",
                    cfg->sync.state_db.c_str());
       return 3;
     }
-    sync::state_store store(cfg->sync.state_db);
+    sync::state_store store(cfg->sync.state_db, store_identity_from(*cfg));
     if (listed.empty()) {
       // The store's own keys: the canonical identities.
       for (const auto& r : store.latest_runs()) histories.emplace_back(r.user, store.runs(r.user, 1u << 20));

@@ -201,9 +201,7 @@ int run_sync_command(const sync_command_args& a) {
   std::optional<sync::user_sync_report> report;
   std::exception_ptr failure;
   try {
-    std::filesystem::path db = cfg->sync.state_db;
-    if (db.has_parent_path()) std::filesystem::create_directories(db.parent_path());
-    sync::state_store state(db);
+    sync::state_store state(cfg->sync.state_db, store_identity_from(*cfg));
     state.mark_interrupted(static_cast<std::int64_t>(std::time(nullptr)));
     std::string_view password = pw.value;
     // Transient failures are tried again with a growing pause; the runs are

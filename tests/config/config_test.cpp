@@ -201,6 +201,8 @@ max_connections_per_ip = 5
 shutdown_grace = 0
 [sync]
 state_db = "/tmp/s.db"
+node_name = "mx-2.example"
+lease = 30
 connections_per_user = 1
 recent_first_days = 0
 max_concurrent_users = 2
@@ -251,7 +253,8 @@ level = "debug"
                                         .preauth_idle = 15s, .preauth_total = 40s, .relay_idle = 300s,
                                         .max_connections = 100, .max_connections_per_ip = 5,
                                         .shutdown_grace = 0s});
-  CHECK(c.sync == cfg::sync_section{.state_db = "/tmp/s.db", .connections_per_user = 1,
+  CHECK(c.sync == cfg::sync_section{.state_db = "/tmp/s.db", .node_name = "mx-2.example",
+                                    .lease = 30s, .connections_per_user = 1,
                                     .recent_first_days = 0, .max_concurrent_users = 2,
                                     .resync_interval = 60s, .credential_ttl = 0s,
                                     .batch_messages = 1, .batch_bytes = 65536,
@@ -463,6 +466,9 @@ TEST_CASE("errors: numbers out of range") {
        "test.toml:2: [sync] max_concurrent_users: must be at least 1 (got 0)"},
       {"[sync]\nresync_interval = -1\n",
        "test.toml:2: [sync] resync_interval: must not be negative (got -1)"},
+      {"[sync]\nlease = 4\n", "test.toml:2: [sync] lease: must be at least 5 (got 4)"},
+      {"[sync]\nnode_name = \"node a\"\n",
+       "test.toml:2: [sync] node_name: a node name is at most 64 letters, digits, '.', '-' and '_'"},
       {"[sync]\nbatch_messages = 0\n",
        "test.toml:2: [sync] batch_messages: must be at least 1 (got 0)"},
       {"[sync]\nbatch_bytes = 1000\n",

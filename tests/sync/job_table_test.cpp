@@ -64,6 +64,24 @@ TEST_CASE("job table: max_concurrent_users and each legacy server's own cap") {
   CHECK(start_all(t) == std::vector<std::string>{"b"});
 }
 
+TEST_CASE("job table: with other nodes, each legacy server's cap is the cluster's") {
+  job_rules r = rules(8, 3);
+  r.more_legacy.emplace("old2", 2);
+  job_table t(r);
+  for (auto u : {"a", "b", "c"}) t.on_login(who(u), "", "", t0);
+  t.on_login(who("x"), "old2", "", t0);
+  // Other nodes hold 2 of [legacy]'s 3 and both of old2's.
+  t.set_held_elsewhere({{"", 2}, {"old2", 2}});
+  CHECK(start_all(t) == std::vector<std::string>{"a"});
+  CHECK(t.grant("a", 4) == 0);
+  CHECK(t.legacy_held() == std::map<std::string, std::uint32_t, std::less<>>{{"", 1}});
+  // They let go of theirs: the rest may start, within the cap.
+  t.set_held_elsewhere({});
+  CHECK(start_all(t) == std::vector<std::string>{"b", "c", "x"});
+  CHECK(t.legacy_held().at("") == 3);
+  CHECK(t.legacy_held().at("old2") == 1);
+}
+
 TEST_CASE("job table: more pairs for a big mailbox leave one for each job that could start") {
   job_table t(rules(4, 6));
   t.on_login(who("big"), "", "", t0);

@@ -4,13 +4,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <set>
 #include <thread>
 
+#include "sync/sql.hpp"
 #include "sync/state_store.hpp"
 
 using namespace suction::sync;
@@ -29,6 +32,26 @@ struct temp_dir {
     std::error_code ec;
     fs::remove_all(path, ec);
   }
+};
+
+// The back end under test. By default SQLite, a file in a temp dir; with
+// SUCTION_TEST_PG set (tests/testbed/pgbed.py run, ctest
+// sync.state_store.postgresql) the PostgreSQL it names, emptied for each case.
+struct backend {
+  temp_dir dir;
+  std::string location;
+  bool pg = false;
+  backend() {
+    if (const char* conninfo = std::getenv("SUCTION_TEST_PG"); conninfo && *conninfo) {
+      pg = true;
+      location = conninfo;
+      raw("DROP SCHEMA public CASCADE; CREATE SCHEMA public");
+    } else {
+      location = (dir.path / "state.db").string();
+    }
+  }
+  // Statements run beside the store, as another client of the database would.
+  void raw(const std::string& sql) const { suction::sync::sql::open(location)->exec(sql); }
 };
 
 folder_state sent_items() {
@@ -56,34 +79,86 @@ std::string journal_mode(const fs::path& db) {
 
 }  // namespace
 
-TEST_CASE("state store: created with its folder, in WAL mode, at the current schema version") {
-  temp_dir t;
-  fs::path db = t.path / "sub" / "state.db";
+TEST_CASE("state store: created (a file with its folder, in WAL mode) at the current schema version") {
+  backend b;
+  std::string where = b.location;
+  if (!b.pg) where = (b.dir.path / "sub" / "state.db").string();
   {
-    state_store s(db);
+    state_store s(where);
     CHECK(s.schema_version() == state_store::kSchemaVersion);
+    CHECK(s.shared() == b.pg);
   }
-  CHECK(fs::exists(db));
-  CHECK(journal_mode(db) == "wal");
-  state_store again(db);  // reopening migrates nothing and keeps the version
+  if (!b.pg) {
+    CHECK(fs::exists(where));
+    CHECK(journal_mode(where) == "wal");
+  }
+  state_store again(where);  // reopening migrates nothing and keeps the version
   CHECK(again.schema_version() == state_store::kSchemaVersion);
 }
 
-TEST_CASE("state store: a file from a newer suction is refused, naming it") {
-  temp_dir t;
-  fs::path db = t.path / "state.db";
-  { state_store s(db); }
-  sqlite3* h = nullptr;
-  REQUIRE(sqlite3_open(db.c_str(), &h) == SQLITE_OK);
-  sqlite3_exec(h, "PRAGMA user_version = 99", nullptr, nullptr, nullptr);
-  sqlite3_close(h);
+TEST_CASE("state store: two opening a new database at once migrate it once") {
+  backend b;
+  std::vector<std::thread> openers;
+  std::atomic<int> failed{0};
+  for (int i = 0; i < 4; ++i)
+    openers.emplace_back([&] {
+      try {
+        state_store s(b.location);
+        if (s.schema_version() != state_store::kSchemaVersion) ++failed;
+      } catch (const std::exception& e) {
+        MESSAGE(std::string(e.what()));
+        ++failed;
+      }
+    });
+  for (auto& t : openers) t.join();
+  CHECK(failed == 0);
+}
+
+TEST_CASE("state store: a database from a newer suction is refused, naming it") {
+  backend b;
+  { state_store s(b.location); }
+  b.raw(b.pg ? "UPDATE suction_schema SET version = 99" : "PRAGMA user_version = 99");
   try {
-    state_store s(db);
+    state_store s(b.location);
     FAIL("opened a newer schema");
   } catch (const state_error& e) {
-    CHECK(std::string(e.what()).find(db.string()) != std::string::npos);
-    CHECK(std::string(e.what()).find("newer") != std::string::npos);
+    const std::string what = e.what();
+    CHECK(what.find(b.pg ? std::string("postgresql host=") : b.location) != std::string::npos);
+    CHECK(what.find("newer") != std::string::npos);
   }
+}
+
+TEST_CASE("state store: locations: a path is SQLite, a URI or a libpq keyword string PostgreSQL") {
+  using suction::sync::sql::is_postgresql;
+  CHECK(is_postgresql("postgresql://suction@db.example/suction"));
+  CHECK(is_postgresql("postgres://db.example/suction"));
+  CHECK(is_postgresql("host=/run/postgresql dbname=suction"));
+  CHECK(is_postgresql("dbname = suction"));
+  CHECK_FALSE(is_postgresql("/var/lib/suction/state.db"));
+  CHECK_FALSE(is_postgresql("state.db"));
+  CHECK_FALSE(is_postgresql("weird=name.db"));  // not a libpq keyword: a file
+  CHECK_FALSE(is_postgresql(""));
+}
+
+TEST_CASE("state store: a PostgreSQL that cannot be reached is a state_error naming it, never its password") {
+  // Port 1 on loopback: refused at once (connect_timeout bounds it anyway).
+  try {
+    state_store s("host=127.0.0.1 port=1 dbname=suction user=suction password=hunter2 connect_timeout=3");
+    FAIL("connected to nothing");
+  } catch (const state_error& e) {
+    const std::string what = e.what();
+    CHECK(what.find("cannot connect to postgresql host=127.0.0.1 port=1 dbname=suction user=suction") !=
+          std::string::npos);
+    CHECK(what.find("hunter2") == std::string::npos);
+  }
+  try {
+    state_store s("postgresql://suction:hunter2@127.0.0.1:1/suction?connect_timeout=3");
+    FAIL("connected to nothing");
+  } catch (const state_error& e) {
+    CHECK(std::string(e.what()).find("hunter2") == std::string::npos);
+  }
+  CHECK_THROWS_WITH_AS(state_store("host=127.0.0.1 nonsense=1"),
+                       doctest::Contains("not a PostgreSQL connection string"), state_error);
 }
 
 TEST_CASE("state store: a path that cannot be opened is a state_error naming it") {
@@ -94,8 +169,8 @@ TEST_CASE("state store: a path that cannot be opened is a state_error naming it"
 }
 
 TEST_CASE("state store: folder checkpoints per user") {
-  temp_dir t;
-  state_store s(t.path / "state.db");
+  backend b;
+  state_store s(b.location);
   CHECK_FALSE(s.folder("alice", "INBOX.Sent Items"));
   folder_state f = sent_items();
   s.save_folder("alice", f);
@@ -116,8 +191,8 @@ TEST_CASE("state store: folder checkpoints per user") {
 }
 
 TEST_CASE("state store: a batch's UID map and its checkpoint are recorded together") {
-  temp_dir t;
-  state_store s(t.path / "state.db");
+  backend b;
+  state_store s(b.location);
   folder_state f = sent_items();
   std::vector<message_record> batch = {{1, 101, "\\Seen"}, {2, 102, ""}, {5, 103, "$Forwarded \\Seen"}};
   f.last_legacy_uid = 5;
@@ -136,8 +211,8 @@ TEST_CASE("state store: a batch's UID map and its checkpoint are recorded togeth
 }
 
 TEST_CASE("state store: runs, newest first, and a crash's 'running' becomes 'interrupted'") {
-  temp_dir t;
-  fs::path db = t.path / "state.db";
+  backend b;
+  const std::string db = b.location;
   {
     state_store s(db);
     auto first = s.begin_run("alice", 1000, 0, "bulk");
@@ -170,8 +245,8 @@ TEST_CASE("state store: runs, newest first, and a crash's 'running' becomes 'int
 }
 
 TEST_CASE("state store: one running run per user across processes") {
-  temp_dir t;
-  fs::path db = t.path / "state.db";
+  backend b;
+  const std::string db = b.location;
   state_store s(db);
   // Another live process (a child that waits) has a run of alice going.
   pid_t other = fork();
@@ -209,8 +284,8 @@ TEST_CASE("state store: one running run per user across processes") {
 }
 
 TEST_CASE("state store: SIGKILL at any instant leaves map and checkpoint in agreement") {
-  temp_dir t;
-  fs::path db = t.path / "state.db";
+  backend b;
+  const std::string db = b.location;
   { state_store s(db); }
   std::mt19937 rng(7);
   for (int round = 0; round < 6; ++round) {
@@ -257,8 +332,8 @@ TEST_CASE("state store: SIGKILL at any instant leaves map and checkpoint in agre
 }
 
 TEST_CASE("state store: the append journal is written before a batch and goes with its record") {
-  temp_dir t;
-  state_store s(t.path / "state.db");
+  backend b;
+  state_store s(b.location);
   folder_state f = sent_items();
   s.save_folder("alice", f);
   const std::uint32_t batch[] = {3, 4, 9};
@@ -281,7 +356,7 @@ TEST_CASE("state store: the append journal is written before a batch and goes wi
     CHECK(s.journal("alice", "INBOX").size() == 1);
   }
   SUBCASE("dropped (a refused batch), kept across a reopen until then") {
-    state_store again(t.path / "state.db");
+    state_store again(b.location);
     CHECK(again.journal("alice", f.legacy_name).size() == 1);
     const std::int64_t ids[] = {id, id2};
     again.drop_journal(ids);
@@ -291,4 +366,87 @@ TEST_CASE("state store: the append journal is written before a batch and goes wi
     s.forget_folder("alice", f.legacy_name);
     CHECK(s.journal("alice", f.legacy_name).empty());
   }
+}
+
+TEST_CASE("state store: a run that lost its user can neither journal nor record (fencing)") {
+  backend b;
+  state_store s(b.location);
+  folder_state f = sent_items();
+  const std::uint32_t uids[] = {1};
+  s.begin_run("alice", 100);
+  CHECK(s.journal_batch("alice", f.legacy_name, uids, 1, 100) > 0);
+  f.last_legacy_uid = 1;
+  const message_record one[] = {{1, 1, ""}};
+  s.record_batch("alice", f, one);
+  // The process is stopping (or another took the user over): its run is cut.
+  CHECK(s.mark_interrupted(101) == 1);
+  CHECK_THROWS_AS(s.journal_batch("alice", f.legacy_name, uids, 2, 102), lease_lost);
+  f.last_legacy_uid = 2;
+  const message_record two[] = {{2, 2, ""}};
+  CHECK_THROWS_AS(s.record_batch("alice", f, two), lease_lost);
+  const std::pair<std::uint32_t, std::string> seen[] = {{1, "\\Seen"}};
+  CHECK_THROWS_AS(s.update_flags("alice", f.legacy_name, seen), lease_lost);
+  // Nothing of the refused writes is there.
+  CHECK(s.folder("alice", f.legacy_name)->last_legacy_uid == 1);
+  CHECK(s.messages("alice", f.legacy_name) == std::vector<message_record>{{1, 1, ""}});
+  CHECK(s.journal("alice", f.legacy_name).size() == 1);
+  // A new run of this process owns the user again.
+  s.begin_run("alice", 103);
+  s.record_batch("alice", f, two);
+  CHECK(s.messages("alice", f.legacy_name).size() == 2);
+}
+
+TEST_CASE("state store: another node's run holds the user while its lease lasts, then is taken over") {
+  backend b;
+  if (!b.pg) {
+    MESSAGE("skipped: SQLite is one machine's file, its runs are told apart by process "
+            "(ctest sync.state_store.postgresql runs this case)");
+    return;
+  }
+  state_store a(b.location, {.node = "node-a", .lease_seconds = 2});
+  state_store other(b.location, {.node = "node-b", .lease_seconds = 2});
+  CHECK(a.node() == "node-a");
+  const auto theirs = a.begin_run("alice", 100);
+  try {
+    other.begin_run("alice", 101);
+    FAIL("node-b began a run of alice while node-a holds it");
+  } catch (const run_busy& e) {
+    CHECK(e.node == "node-a");
+    CHECK(std::string(e.what()).find("on node node-a") != std::string::npos);
+  }
+  // node-b starting up leaves node-a's live run alone.
+  CHECK(other.mark_interrupted(101) == 0);
+  // Renewed, the lease outlives its first term.
+  a.begin_run("bob", 100);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  a.renew_leases();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  CHECK_THROWS_AS(other.begin_run("bob", 102), run_busy);
+  // alice's lease was renewed too (renew_leases covers every run of the
+  // process): let both expire, node-a silent as a dead node is.
+  std::this_thread::sleep_for(std::chrono::milliseconds(3100));
+  const auto mine = other.begin_run("alice", 105);
+  auto runs = other.runs("alice", 10);
+  REQUIRE(runs.size() == 2);
+  CHECK(runs[0].id == mine);
+  CHECK(runs[0].node == "node-b");
+  CHECK(runs[1].id == theirs);
+  CHECK(runs[1].result == run_result::interrupted);
+  // node-a comes back to life: it may not record what it was doing.
+  folder_state f = sent_items();
+  f.last_legacy_uid = 1;
+  const message_record one[] = {{1, 1, ""}};
+  try {
+    a.record_batch("alice", f, one);
+    FAIL("a run whose lease expired recorded a batch");
+  } catch (const lease_lost& e) {
+    CHECK(e.node == "node-b");
+  }
+  CHECK_FALSE(other.folder("alice", f.legacy_name));
+  other.record_batch("alice", f, one);
+  CHECK(other.messages("alice", f.legacy_name).size() == 1);
+  other.finish_run(run_record{.id = mine, .finished_at = 106, .result = run_result::done});
+  // Expired leases are cut at a node's start-up too (bob's, node-a silent).
+  CHECK(other.mark_interrupted(107) == 1);
+  CHECK(other.runs("bob", 1).at(0).result == run_result::interrupted);
 }

@@ -6,6 +6,7 @@ root), a Unix socket in that dir and a free loopback port, a database and a role
 stopped and removed afterwards. Nothing of the system's own clusters is touched.
 
     python3 tests/testbed/pgbed.py selftest      # start, connect, query, stop, nothing left
+    python3 tests/testbed/pgbed.py run -- CMD...  # CMD with SUCTION_TEST_PG=<its dsn>, then stop
 
 From Python:
 
@@ -182,7 +183,20 @@ def selftest() -> int:
     return 0
 
 
+def run(cmd: list[str]) -> int:
+    """Runs cmd against a private server: the state store's test suite on PostgreSQL."""
+    with PgBed() as pg:
+        env = dict(os.environ, SUCTION_TEST_PG=pg.dsn)
+        try:
+            return subprocess.run(cmd, env=env, timeout=600).returncode
+        except subprocess.TimeoutExpired:
+            print(f"pgbed run: {cmd[0]} did not end within 600 s", file=sys.stderr)
+            return 1
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) > 3 and argv[1] == "run" and argv[2] == "--":
+        return run(argv[3:])
     if argv[1:] == ["selftest"]:
         try:
             return selftest()
