@@ -32,6 +32,7 @@ from collections import Counter
 
 from netfault import Forwarder
 from proxyfixture import HOST, Proxy, RawClient, bed, free_ports, start_bed, tmp_root, wait_until
+from testbed import quote
 from syncfixture import expected_name, folders, messages
 from test_migration_e2e import ask, seed
 
@@ -159,7 +160,7 @@ backend suction
         try:
             greeting = c.readline()
             assert greeting.startswith(b"* OK"), greeting
-            answer = c.command("a1", f'LOGIN "{user}" "{bed().users[user]}"')
+            answer = c.command("a1", f"LOGIN {quote(user)} {quote(bed().users[user])}")
             assert b"a1 OK" in answer, (user, answer)
             c.command("a2", "LOGOUT")
         finally:
@@ -276,7 +277,7 @@ backend suction
             c.send(header)
             greeting = c.readline()
             assert greeting.startswith(b"* OK"), greeting
-            answer = c.command("a1", f'LOGIN "{user}" "{bed().users[user]}"')
+            answer = c.command("a1", f"LOGIN {quote(user)} {quote(bed().users[user])}")
             assert b"a1 OK" in answer, (user, answer)
             c.command("a2", "LOGOUT")
         finally:
