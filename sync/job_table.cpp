@@ -152,6 +152,13 @@ std::string job_table::resync(std::string_view key) {
   return "";
 }
 
+std::uint32_t job_table::room_for_bulk() const {
+  if (stopped_ || paused_ || draining_ || !queue_.empty()) return 0;
+  const std::size_t busy = running_ + bulk_queue_.size();
+  return busy < rules_.max_concurrent_users ? static_cast<std::uint32_t>(rules_.max_concurrent_users - busy)
+                                            : 0;
+}
+
 std::optional<job_start> job_table::take_next(job_time now) {
   while (!stopped_ && !paused_ && !draining_ && running_ < rules_.max_concurrent_users) {
     // The first queued job whose legacy server has room, logins first.

@@ -144,6 +144,10 @@ class job_table {
   void set_held_elsewhere(std::map<std::string, std::uint32_t, std::less<>> held) {
     held_elsewhere_ = std::move(held);
   }
+  // How many bulk jobs this node could start now from the cluster's queue
+  // (a shared store): none while paused, draining or a login's job waits;
+  // else the free job slots not already promised to queued jobs.
+  std::uint32_t room_for_bulk() const;
   // This node's legacy connections, by server ("" = the default).
   const std::map<std::string, std::uint32_t, std::less<>>& legacy_held() const { return legacy_in_use_; }
   std::size_t queued() const { return queue_.size() + bulk_queue_.size(); }

@@ -98,8 +98,45 @@ struct scheduler::impl {
   using starting_jobs =
       std::vector<std::tuple<job_start, std::shared_ptr<secret>, std::shared_ptr<sync_progress>>>;
 
+  // A shared store: users handed over on any node, taken while this node
+  // has room for bulk jobs. On the worker thread.
+  void pull_cluster_queue() {
+    std::uint32_t room = 0;
+    {
+      std::lock_guard lock(m);
+      room = table.room_for_bulk();
+    }
+    if (room == 0) return;
+    std::vector<queued_user> taken;
+    try {
+      taken = store.take_queued(room);
+    } catch (const state_error& e) {
+      log(std::string("state store: taking queued users failed: ") + e.what());
+      return;
+    }
+    for (const auto& u : taken) {
+      std::string refused;
+      {
+        std::lock_guard lock(m);
+        refused = table.enqueue_bulk({u.key, {u.legacy_login, u.legacy_user}, {u.new_login, u.new_user}},
+                                     u.legacy_server);
+      }
+      // Already running here (a login's job): that run does it.
+      if (!refused.empty()) unqueue(u.key);
+    }
+  }
+
+  void unqueue(const std::string& key) {
+    try {
+      store.unqueue(key);
+    } catch (const state_error& e) {
+      log(std::string("state store: unqueueing failed: ") + e.what());
+    }
+  }
+
   void kick() {
     starting_jobs starting;
+    if (store.shared()) pull_cluster_queue();
     if (!store.shared()) {
       take_startable(starting);
     } else {
@@ -220,6 +257,7 @@ struct scheduler::impl {
 
   // A job ended. On the worker thread.
   void finish(const job_start& start, const user_sync_report& rep) {
+    bool unqueue_after = false;
     {
       std::lock_guard lock(m);
       if (opts.observe_run) opts.observe_run(rep.duration);
@@ -227,6 +265,8 @@ struct scheduler::impl {
                                          rep.errors.empty() ? std::string() : rep.errors.front(),
                                          job_time::now());
       if (end.drop_credentials) drop(start.key);
+      // A job of the cluster's queue is over unless it is retried.
+      if (start.bulk && !end.retry_in && store.shared()) unqueue_after = true;
       if (end.retry_in)
         asio::co_spawn(io, retry_later(start.key, *end.retry_in, end.generation), asio::detached);
       const job* j = table.find(start.key);
@@ -235,6 +275,7 @@ struct scheduler::impl {
           imap::display(opts.sync.fresh.endpoint) +
           " attempt=" + std::to_string(std::max<std::uint32_t>(j->attempts, 1)) + end.note);
     }
+    if (unqueue_after) unqueue(start.key);
     publish_legacy();
     kick();
   }
@@ -271,10 +312,11 @@ struct scheduler::impl {
       }
       // Other nodes let go of legacy connections without telling this one:
       // queued jobs look again once a second.
+      // So do users queued on other nodes.
       bool look_again = false;
       {
         std::lock_guard lock(m);
-        look_again = store.shared() && table.queued() > 0 && !table.paused();
+        look_again = store.shared() && !table.paused();
       }
       if (look_again) kick();
       std::lock_guard lock(m);
@@ -360,6 +402,20 @@ std::string scheduler::enqueue(sync_identity who, std::string legacy_server) {
        !impl_->opts.bulk_new_master.configured()))
     return "needs a login: no master credentials for " +
            std::string(impl_->opts.bulk_new_master.configured() ? "its legacy server" : "[new]");
+  if (impl_->store.shared()) {
+    // Into the cluster's queue: whichever node has room runs it.
+    if (!impl_->table.known_server(legacy_server)) return "no legacy server \"" + legacy_server + "\"";
+    const queued_user u{who.key,         who.legacy.login, who.legacy.user, who.fresh.login,
+                        who.fresh.user, legacy_server};
+    try {
+      std::lock_guard reader_lock(impl_->reader_m);
+      if (!impl_->reader.queue_user(u, unix_now())) return "already queued in the cluster";
+    } catch (const state_error& e) {
+      return std::string("state store: ") + e.what();
+    }
+    impl_->kick_later();
+    return "";
+  }
   std::string refused = impl_->table.enqueue_bulk(who, std::move(legacy_server));
   if (refused.empty()) impl_->kick_later();
   return refused;

@@ -129,7 +129,8 @@ constexpr migration kMigrations[] = {
     )sql"},
     // 4 -> 5: the node that runs a run, and its lease (by the database's
     // clock) for one run per user across nodes; the legacy connections each
-    // node's process holds, for caps that hold for the cluster
+    // node's process holds, for caps that hold for the cluster; the users
+    // handed over for bulk migration, taken by whichever node has room
     {R"sql(
     ALTER TABLE runs ADD COLUMN node TEXT NOT NULL DEFAULT '';
     ALTER TABLE runs ADD COLUMN lease_until_ms INTEGER NOT NULL DEFAULT 0;
@@ -141,6 +142,18 @@ constexpr migration kMigrations[] = {
       held INTEGER NOT NULL,
       lease_until_ms INTEGER NOT NULL,
       PRIMARY KEY (server, node, pid)
+    );
+    CREATE TABLE job_queue (
+      "user" TEXT PRIMARY KEY,
+      legacy_login TEXT NOT NULL,
+      legacy_user TEXT NOT NULL,
+      new_login TEXT NOT NULL,
+      new_user TEXT NOT NULL,
+      legacy_server TEXT NOT NULL,
+      enqueued_at INTEGER NOT NULL,
+      node TEXT NOT NULL DEFAULT '',
+      pid INTEGER NOT NULL DEFAULT 0,
+      lease_until_ms INTEGER NOT NULL DEFAULT 0
     );
     )sql",
      R"sql(
@@ -154,6 +167,18 @@ constexpr migration kMigrations[] = {
       held BIGINT NOT NULL,
       lease_until_ms BIGINT NOT NULL,
       PRIMARY KEY (server, node, pid)
+    );
+    CREATE TABLE job_queue (
+      "user" TEXT PRIMARY KEY,
+      legacy_login TEXT NOT NULL,
+      legacy_user TEXT NOT NULL,
+      new_login TEXT NOT NULL,
+      new_user TEXT NOT NULL,
+      legacy_server TEXT NOT NULL,
+      enqueued_at BIGINT NOT NULL,
+      node TEXT NOT NULL DEFAULT '',
+      pid BIGINT NOT NULL DEFAULT 0,
+      lease_until_ms BIGINT NOT NULL DEFAULT 0
     );
     )sql"},
 };
@@ -639,6 +664,23 @@ std::size_t state_store::mark_interrupted(std::int64_t now) {
     st->bind(1, id).bind(2, now);
     st->run();
   }
+  // The queued users they had taken go back to the queue, for any node.
+  {
+    auto taken = prepare("SELECT \"user\", node, pid, lease_until_ms FROM job_queue WHERE node <> ''");
+    std::vector<std::string> back;
+    while (taken->step()) {
+      const std::string node = taken->text(1);
+      const std::int64_t pid = taken->integer(2);
+      if ((node == id_.node && pid == ::getpid()) || !alive(node, pid, taken->integer(3), clock))
+        back.push_back(taken->text(0));
+    }
+    taken->reset();
+    for (const auto& user : back) {
+      auto st = prepare("UPDATE job_queue SET node = '', pid = 0, lease_until_ms = 0 WHERE \"user\" = ?1");
+      st->bind(1, user);
+      st->run();
+    }
+  }
   // The legacy connections such processes held are free again.
   auto slots = prepare("SELECT node, pid, lease_until_ms FROM legacy_slots");
   std::vector<std::pair<std::string, std::int64_t>> gone;
@@ -660,7 +702,8 @@ std::size_t state_store::mark_interrupted(std::int64_t now) {
 void state_store::renew_leases() {
   transaction tx(*db_);
   for (const char* sql : {"UPDATE runs SET lease_until_ms = {now} + ?3 WHERE result = 'running' AND node = ?1 AND pid = ?2",
-                          "UPDATE legacy_slots SET lease_until_ms = {now} + ?3 WHERE node = ?1 AND pid = ?2"}) {
+                          "UPDATE legacy_slots SET lease_until_ms = {now} + ?3 WHERE node = ?1 AND pid = ?2",
+                          "UPDATE job_queue SET lease_until_ms = {now} + ?3 WHERE node = ?1 AND pid = ?2"}) {
     std::string text = sql;
     text.replace(text.find("{now}"), 5, db_->now_ms_sql());
     auto st = prepare(text);
@@ -707,6 +750,58 @@ void state_store::write_legacy(const legacy_counts& held) {
     put->bind(1, server).bind(2, id_.node).bind(3, pid).bind(4, std::int64_t{n}).bind(5, id_.lease_seconds * 1000);
     put->run();
   }
+}
+
+bool state_store::queue_user(const queued_user& u, std::int64_t now) {
+  auto st = prepare(
+      "INSERT INTO job_queue (\"user\", legacy_login, legacy_user, new_login, new_user, legacy_server,"
+      " enqueued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (\"user\") DO NOTHING RETURNING \"user\"");
+  st->bind(1, u.key)
+      .bind(2, u.legacy_login)
+      .bind(3, u.legacy_user)
+      .bind(4, u.new_login)
+      .bind(5, u.new_user)
+      .bind(6, u.legacy_server)
+      .bind(7, now);
+  const bool added = st->step();
+  st->reset();
+  return added;
+}
+
+std::vector<queued_user> state_store::take_queued(std::size_t n) {
+  if (n == 0) return {};
+  // Nodes taking at once skip each other's rows instead of waiting on them
+  // (PostgreSQL's SKIP LOCKED; SQLite's write lock serializes them anyway).
+  std::string sql =
+      "UPDATE job_queue SET node = ?1, pid = ?2, lease_until_ms = {now} + ?3 WHERE \"user\" IN"
+      " (SELECT \"user\" FROM job_queue WHERE node = '' OR lease_until_ms < {now}"
+      " ORDER BY enqueued_at, \"user\" LIMIT ?4{skip})"
+      " RETURNING \"user\", legacy_login, legacy_user, new_login, new_user, legacy_server";
+  for (std::size_t at; (at = sql.find("{now}")) != std::string::npos;) sql.replace(at, 5, db_->now_ms_sql());
+  sql.replace(sql.find("{skip}"), 6, shared() ? " FOR UPDATE SKIP LOCKED" : "");
+  transaction tx(*db_);
+  auto st = prepare(sql);
+  st->bind(1, id_.node)
+      .bind(2, static_cast<std::int64_t>(::getpid()))
+      .bind(3, id_.lease_seconds * 1000)
+      .bind(4, static_cast<std::int64_t>(n));
+  std::vector<queued_user> out;
+  while (st->step())
+    out.push_back({st->text(0), st->text(1), st->text(2), st->text(3), st->text(4), st->text(5)});
+  st->reset();
+  tx.commit();
+  return out;
+}
+
+void state_store::unqueue(std::string_view user) {
+  auto st = prepare("DELETE FROM job_queue WHERE \"user\" = ?1 AND node = ?2 AND pid = ?3");
+  st->bind(1, user).bind(2, id_.node).bind(3, static_cast<std::int64_t>(::getpid()));
+  st->run();
+}
+
+std::size_t state_store::queue_length() const {
+  auto st = prepare("SELECT COUNT(*) FROM job_queue");
+  return st->step() ? static_cast<std::size_t>(st->integer(0)) : 0;
 }
 
 }  // namespace suction::sync

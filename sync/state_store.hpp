@@ -118,6 +118,13 @@ struct run_record {
 // Legacy connections by server name ("" = the default legacy server).
 using legacy_counts = std::map<std::string, std::uint32_t, std::less<>>;
 
+// A user handed over for bulk migration in a shared store (suction migrate
+// on any node): the names each server knows, and the legacy server.
+struct queued_user {
+  std::string key, legacy_login, legacy_user, new_login, new_user, legacy_server;
+  bool operator==(const queued_user&) const = default;
+};
+
 struct run_totals {
   std::uint64_t runs = 0, messages_copied = 0, bytes_copied = 0;
 };
@@ -204,6 +211,15 @@ class state_store {
   // fewer now (no check needed to let go).
   legacy_counts claim_legacy(const std::function<legacy_counts(const legacy_counts&)>& decide);
   void publish_legacy(const legacy_counts& held);
+
+  // The cluster's queue of users handed over for bulk migration. queue_user:
+  // false when the user is queued already. take_queued: up to n users no
+  // live node holds, now held by this process (under its lease; back in the
+  // queue when it dies or stops, mark_interrupted). unqueue: its job is over.
+  bool queue_user(const queued_user& u, std::int64_t now);
+  std::vector<queued_user> take_queued(std::size_t n);
+  void unqueue(std::string_view user);
+  std::size_t queue_length() const;
 
  private:
   class transaction;

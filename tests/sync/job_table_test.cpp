@@ -82,6 +82,21 @@ TEST_CASE("job table: with other nodes, each legacy server's cap is the cluster'
   CHECK(t.legacy_held().at("old2") == 1);
 }
 
+TEST_CASE("job table: room for the cluster's queued users: free slots, none while a login waits") {
+  job_table t(rules(3, 16));
+  CHECK(t.room_for_bulk() == 3);
+  t.enqueue_bulk(who("b1"), "");
+  CHECK(t.room_for_bulk() == 2);  // promised to the queued one
+  CHECK(start_all(t).size() == 1);
+  CHECK(t.room_for_bulk() == 2);
+  t.on_login(who("alice"), "", "", t0);
+  CHECK(t.room_for_bulk() == 0);  // a login waits: it goes first
+  CHECK(start_all(t) == std::vector<std::string>{"alice"});
+  CHECK(t.room_for_bulk() == 1);
+  t.pause();
+  CHECK(t.room_for_bulk() == 0);
+}
+
 TEST_CASE("job table: more pairs for a big mailbox leave one for each job that could start") {
   job_table t(rules(4, 6));
   t.on_login(who("big"), "", "", t0);

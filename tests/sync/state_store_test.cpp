@@ -450,3 +450,53 @@ TEST_CASE("state store: another node's run holds the user while its lease lasts,
   CHECK(other.mark_interrupted(107) == 1);
   CHECK(other.runs("bob", 1).at(0).result == run_result::interrupted);
 }
+
+TEST_CASE("state store: the cluster's queue and legacy connections, shared by two nodes") {
+  backend b;
+  if (!b.pg) {
+    MESSAGE("skipped: SQLite is one machine's file, its runs are told apart by process "
+            "(ctest sync.state_store.postgresql runs this case)");
+    return;
+  }
+  state_store a(b.location, {.node = "node-a", .lease_seconds = 2});
+  state_store other(b.location, {.node = "node-b", .lease_seconds = 2});
+  // Queued once, whoever queues it; each taken by one node.
+  for (int i = 0; i < 5; ++i) {
+    const std::string u = "user" + std::to_string(i);
+    CHECK(a.queue_user({u, u, u, u + "@new", u + "@new", ""}, 100 + i));
+  }
+  CHECK_FALSE(other.queue_user({"user0", "user0", "user0", "x", "x", ""}, 200));
+  CHECK(a.queue_length() == 5);
+  const auto mine = a.take_queued(2);
+  REQUIRE(mine.size() == 2);
+  CHECK(mine[0] == queued_user{"user0", "user0", "user0", "user0@new", "user0@new", ""});
+  const auto theirs = other.take_queued(10);
+  CHECK(theirs.size() == 3);
+  CHECK(a.take_queued(10).empty());
+  a.unqueue("user0");
+  other.unqueue("user1");  // not node-b's: stays
+  CHECK(a.queue_length() == 4);
+  // The cluster's legacy connections: node-b sees node-a's.
+  a.claim_legacy([](const legacy_counts& elsewhere) {
+    CHECK(elsewhere.empty());
+    return legacy_counts{{"", 2}, {"old2", 1}};
+  });
+  other.claim_legacy([](const legacy_counts& elsewhere) {
+    CHECK(elsewhere == legacy_counts{{"", 2}, {"old2", 1}});
+    return legacy_counts{{"", 1}};
+  });
+  a.publish_legacy({{"", 1}});
+  CHECK(other.claim_legacy([](const legacy_counts&) { return legacy_counts{{"", 1}}; }) ==
+        legacy_counts{{"", 1}});
+  // node-a falls silent: after its lease its connections count no more and
+  // the users it had taken go back to the queue for node-b.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2600));
+  other.renew_leases();
+  CHECK(other.claim_legacy([](const legacy_counts&) { return legacy_counts{}; }).empty());
+  // (node-b stopping too: mark_interrupted puts back its own as well.)
+  CHECK(other.mark_interrupted(300) == 0);
+  const auto back = other.take_queued(10);
+  std::set<std::string> keys;
+  for (const auto& u : back) keys.insert(u.key);
+  CHECK(keys == std::set<std::string>{"user1", "user2", "user3", "user4"});
+}
