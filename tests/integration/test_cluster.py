@@ -14,6 +14,9 @@ max_connections = 3 for the cluster).
 - A node killed mid-migration (SIGKILL node-a while it copies bob's 2,500 messages): bob logs in
   again and lands on node-b, which waits for node-a's lease to expire, takes bob over (node-a's
   run marked interrupted) and finishes: exact, nothing twice.
+- The cluster's queue: `suction migrate --users` on node-a hands 12 users who never log in to
+  the shared queue (master users on both servers); both nodes take them (FOR UPDATE SKIP
+  LOCKED): each exact, by one run at a time, the queue empty after, the cap held.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import urllib.request
 from collections import Counter
 
 from netfault import Forwarder
-from proxyfixture import HOST, Proxy, RawClient, bed, free_ports, start_bed, tmp_root, wait_until
+from proxyfixture import HOST, SUCTION_BIN, Proxy, RawClient, bed, free_ports, start_bed, tmp_root, wait_until
 from testbed import quote
 from syncfixture import expected_name, folders, messages
 from test_migration_e2e import ask, seed
@@ -45,6 +48,8 @@ from pgbed import PgBed  # noqa: E402
 
 BALANCER, CLIENT = "127.0.0.2", "127.0.0.3"
 USERS = [f"user{i:03d}" for i in range(1, 61)]
+BULK = [f"user{i:03d}" for i in range(61, 73)]     # never log in: `suction migrate` on node-a
+MASTER, MASTER_PW = "cluster-master", "clu5ter-m4ster"
 LOGINS_EACH = 3
 LEGACY_CAP = 3
 LEASE = 5
@@ -55,8 +60,10 @@ _PG: PgBed | None = None
 
 def setUpModule():
     global _PG
-    tb = start_bed(seed=False, extra_users=len(USERS))
-    for i, user in enumerate(USERS):
+    tb = start_bed(seed=False, extra_users=len(USERS) + len(BULK))
+    for server in (tb.legacy, tb.new):
+        server.add_master_user(MASTER, MASTER_PW)
+    for i, user in enumerate(USERS + BULK):
         seed(user, {"INBOX": 2, "INBOX.Kept": 1 + i % 3}, size=2000, tag=f"-c{i}")
     gen_corpus.generate(os.path.join(tb.legacy.home, KILL_USER, "Maildir"), 2500, 6, 8, seed=12,
                         owner="dovecot", samples=0)
@@ -101,12 +108,18 @@ class TwoNodes(unittest.TestCase):
     def setUpClass(cls):
         cls.legacy = Forwarder((bed().legacy.host, bed().legacy.imap_port))
         cls.nodes = {}
+        pw = os.path.join(tmp_root(), "cluster-master.pw")
+        with open(pw, "w") as f:
+            f.write(MASTER_PW + "\n")
+        os.chmod(pw, 0o600)
+        master = {"master_user": MASTER, "master_password_file": pw}
         metrics_port, = free_ports(1)
         cls.metrics_port = metrics_port
         for name in ("node-a", "node-b"):
             over = {
                 "listen": {"proxy_protocol_from": [BALANCER]},
-                "legacy": {"port": cls.legacy.port, "max_connections": LEGACY_CAP},
+                "legacy": {"port": cls.legacy.port, "max_connections": LEGACY_CAP, **master},
+                "new": dict(master),
                 "sync": {"state_db": _PG.dsn, "node_name": name, "lease": LEASE,
                          "resync_interval": 0, "connections_per_user": 2,
                          "max_concurrent_users": 4},
@@ -266,6 +279,29 @@ backend suction
         b.wait_log(r"migration user=bob result=failed .*is running on node node-a")
         self.assert_exact(KILL_USER)
         self.assert_runs_never_overlap(KILL_USER)
+
+    def test_3_users_handed_over_on_one_node_are_run_by_both(self):
+        a, b = self.nodes["node-a"], self.nodes["node-b"]
+        if not a.running():
+            a.start()   # test_2 killed it; its lease is long gone
+        users = os.path.join(tmp_root(), "cluster-bulk.txt")
+        with open(users, "w") as f:
+            f.write("".join(u + "\n" for u in BULK))
+        r = subprocess.run([SUCTION_BIN, "migrate", "--config", a.config_path, "--users", users],
+                           capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout.decode() + r.stderr.decode())
+        self.assertTrue(wait_until(lambda: self.all_done(BULK), 180),
+                        a.log_tail(10) + b.log_tail(10))
+        nodes = {r[2] for r in runs_of() if r[0] in BULK}
+        self.assertEqual(nodes, {"node-a", "node-b"}, "the queue was not shared")
+        for user in BULK:
+            with self.subTest(user=user):
+                self.assert_exact(user)
+                self.assert_runs_never_overlap(user)
+        self.assertEqual(_PG.psql("SELECT count(*) FROM job_queue"), "0")
+        self.assertLessEqual(self.legacy.peak, LEGACY_CAP)
+        for p in (a, b):
+            self.assertNotIn(MASTER_PW, p.log())
 
     def log_in_direct(self, node: Proxy, user: str) -> None:
         src, dst = bytes([127, 0, 0, 3]), bytes([127, 0, 0, 1])
