@@ -1,7 +1,9 @@
 // The SQLite back end of sync/sql.hpp: one file in WAL mode.
 #include <sqlite3.h>
 
+#include <chrono>
 #include <filesystem>
+#include <thread>
 #include <system_error>
 
 #include "sync/sql.hpp"
@@ -71,7 +73,15 @@ class sqlite_database final : public database {
       throw state_error("state store: cannot open " + where_ + ": " + msg);
     }
     sqlite3_busy_timeout(db_, 5000);
-    exec("PRAGMA journal_mode = WAL");
+    // Switching a new file to WAL needs it to itself, and SQLite answers
+    // "locked" at once instead of waiting when another process opens it at
+    // the same instant (the daemon and `suction report`): tried again for 5 s.
+    for (int tries = 0;; ++tries) {
+      const int rc = sqlite3_exec(db_, "PRAGMA journal_mode = WAL", nullptr, nullptr, nullptr);
+      if (rc == SQLITE_OK) break;
+      if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED) || tries >= 250) exec("PRAGMA journal_mode = WAL");
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     // WAL with synchronous=NORMAL survives a process crash at any instant
     // (only a power loss may drop the last transactions, never corrupt).
     exec("PRAGMA synchronous = NORMAL");
