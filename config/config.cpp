@@ -444,6 +444,13 @@ const std::vector<key_spec<metrics_section>> metrics_keys = {
     {"listen", [](const field& f, metrics_section& s) { s.listen = f.listen_address(); }},
 };
 
+const std::vector<key_spec<proxy_section>> proxy_keys = {
+    // 0: one per core. More than 256 buys nothing but memory.
+    {"threads", [](const field& f, proxy_section& s) {
+       s.threads = static_cast<std::uint32_t>(f.integer(0, 256, "an integer (0 = one per core)"));
+     }},
+};
+
 const std::vector<key_spec<log_section>> log_keys = {
     {"level", [](const field& f, log_section& s) { s.level = f.one_of<log_level>(level_names); }},
 };
@@ -494,6 +501,7 @@ const std::vector<section_spec> sections = {
     {"folders", read_section<&config::folders, folders_keys>},
     {"status", read_section<&config::status, status_keys>},
     {"metrics", read_section<&config::metrics, metrics_keys>},
+    {"proxy", read_section<&config::proxy, proxy_keys>},
     {"log", read_section<&config::log, log_keys>},
 };
 

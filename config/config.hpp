@@ -162,6 +162,13 @@ struct status_section {
   bool operator==(const status_section&) const = default;
 };
 
+// [proxy]: the front door's own resources.
+struct proxy_section {
+  std::uint32_t threads = 0;  // io threads for the sessions; 0 = one per core
+
+  bool operator==(const proxy_section&) const = default;
+};
+
 // [metrics]: Prometheus metrics over HTTP ("" = off).
 struct metrics_section {
   std::string listen;  // "127.0.0.1:9143"
@@ -188,6 +195,7 @@ struct config {
   folders_section folders;
   status_section status;
   metrics_section metrics;
+  proxy_section proxy;
   log_section log;
 
   bool operator==(const config&) const = default;

@@ -12,6 +12,9 @@
 
 #include <algorithm>
 #include <csignal>
+#include <random>
+
+#include <pthread.h>
 
 #include "imap/client/stream.hpp"
 #include "proxy/daemon_state.hpp"
@@ -47,14 +50,26 @@ std::shared_ptr<asio::ssl::context> make_server_tls(const options& opt) {
 }
 
 void daemon::state::session_ended() {
-  if (stopping && sessions.empty()) {
-    grace_timer.cancel();
-    refusal_timer.cancel();
-    idle_sweep_timer.cancel();
-    boost::system::error_code ignored;
-    signals.cancel(ignored);
-    spdlog::info("shutdown complete");
+  if (!stopping) return;
+  {
+    std::lock_guard lock(m);
+    if (!sessions.empty()) return;
   }
+  // Any io thread: the timers and signals are the caller's thread's.
+  asio::post(io, [self = shared_from_this()] { self->finish_stop(); });
+}
+
+void daemon::state::finish_stop() {
+  if (stop_finished) return;
+  stop_finished = true;
+  grace_timer.cancel();
+  refusal_timer.cancel();
+  idle_sweep_timer.cancel();
+  boost::system::error_code ignored;
+  signals.cancel(ignored);
+  worker_work.clear();  // the workers' run() returns once their last handlers ran
+  stop_work.reset();
+  spdlog::info("shutdown complete");
 }
 
 namespace {
@@ -101,7 +116,10 @@ asio::awaitable<void> accept_loop(std::shared_ptr<daemon::state> st, tcp::accept
   std::uint64_t failures_since_warning = 0;
   for (;;) {
     boost::system::error_code ec;
-    tcp::socket s = co_await acc.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    // Round robin over the io threads: the socket is made on its session's.
+    const std::size_t shard = st->next_shard++ % st->shards();
+    tcp::socket s =
+        co_await acc.async_accept(st->executor_of(shard), asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (st->stopping || ec == asio::error::operation_aborted) co_return;
       ++failures_since_warning;
@@ -117,7 +135,8 @@ asio::awaitable<void> accept_loop(std::shared_ptr<daemon::state> st, tcp::accept
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
-    asio::co_spawn(acc.get_executor(), run_session(st, std::move(s), implicit_tls), log_session_failure);
+    auto ex = s.get_executor();
+    asio::co_spawn(ex, run_session(st, std::move(s), implicit_tls, shard), log_session_failure);
   }
 }
 
@@ -153,12 +172,18 @@ daemon::~daemon() {
     asio::post(*st.status_io, [&st] { st.status_socket->stop(); });
     st.status_thread.join();
   }
+  // After a stop the workers are idle and return by themselves; otherwise
+  // (the caller's io_context stopped early) they are stopped here.
+  st.worker_work.clear();
+  for (auto& w : st.workers) w->stop();
+  for (auto& t : st.worker_threads) t.join();
 }
 
 void daemon::start() {
   state& st = *state_;
   const options& opt = st.opt;
   st.server_tls = make_server_tls(opt);
+  st.session_id_salt = std::random_device{}() | 1ull << 40;
   if (opt.listen.login_requires_tls && !st.server_tls)
     throw startup_error(opt.origin + ": [listen] login_requires_tls: needs tls_cert and tls_key");
 
@@ -215,9 +240,23 @@ void daemon::start() {
                    self->backend.display(), ec.message());
       co_return;
     }
-    self->backend_capabilities = caps;
+    self->set_capabilities(caps);
     spdlog::info("backend {} offers: {}", self->backend.display(), caps.to_string());
   }, asio::detached);
+
+  // [proxy] threads: the caller's thread runs shard 0, these the others.
+  for (std::uint32_t n = 1; n < std::max<std::uint32_t>(1, opt.threads); ++n) {
+    st.workers.push_back(std::make_unique<asio::io_context>(1));
+    st.worker_work.push_back(asio::make_work_guard(*st.workers.back()));
+  }
+  for (std::size_t n = 0; n < st.workers.size(); ++n)
+    st.worker_threads.emplace_back([io = st.workers[n].get(), n] {
+      // "suction-io-1": what `top -H` and /proc/PID/task/*/comm show.
+      const std::string name = "suction-io-" + std::to_string(n + 1);
+      pthread_setname_np(pthread_self(), name.c_str());
+      io->run();
+    });
+  spdlog::info("io threads={} (sessions spread over them at accept)", st.shards());
 
   std::size_t i = 0;
   if (opt.listen.imap) {
@@ -243,7 +282,12 @@ void daemon::start() {
       self->refusal_timer.expires_after(self->refusals.interval());
       boost::system::error_code ec;
       co_await self->refusal_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      for (const auto& line : self->refusals.flush()) spdlog::warn("{}", line);
+      std::vector<std::string> lines;
+      {
+        std::lock_guard lock(self->m);
+        lines = self->refusals.flush();
+      }
+      for (const auto& line : lines) spdlog::warn("{}", line);
       if (ec) co_return;  // cancelled: the daemon has stopped
     }
   }, asio::detached);
@@ -259,9 +303,16 @@ void daemon::start() {
       boost::system::error_code ec;
       co_await self->idle_sweep_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       if (ec) co_return;  // cancelled: the daemon has stopped
-      const auto now = std::chrono::steady_clock::now();
-      for (auto& [id, h] : self->sessions)
-        if (h->active_relay && now - h->active_relay->last_activity() >= idle) h->active_relay->stop("idle");
+      // Each shard sweeps its own sessions on its own thread: a relay is
+      // touched only there.
+      for (std::size_t shard = 0; shard < self->shards(); ++shard)
+        asio::post(self->executor_of(shard), [self, shard, idle] {
+          const auto now = std::chrono::steady_clock::now();
+          std::lock_guard lock(self->m);
+          for (auto& [id, h] : self->sessions)
+            if (h->shard == shard && h->active_relay && now - h->active_relay->last_activity() >= idle)
+              h->active_relay->stop("idle");
+        });
     }
   }, asio::detached);
 
@@ -285,7 +336,10 @@ void daemon::start() {
       }
       try {
         if (auto ctx = make_server_tls(s->opt)) {
-          s->server_tls = ctx;
+          {
+            std::lock_guard lock(s->m);
+            s->server_tls = ctx;
+          }
           spdlog::info("SIGHUP: TLS certificate reloaded from {}", s->opt.listen.tls_cert);
         }
       } catch (const std::exception& e) {
@@ -306,22 +360,29 @@ void daemon::stop() {
   state& st = *state_;
   if (st.stopping) return;
   st.stopping = true;
+  st.stop_work.emplace(st.io.get_executor());
   for (auto& a : st.acceptors) {
     boost::system::error_code ignored;
     a->close(ignored);
   }
   if (st.status_socket) asio::post(*st.status_io, [&st] { st.status_socket->stop(); });
   std::size_t relays = 0;
-  for (auto& [id, h] : st.sessions) {
-    if (h->phase == session_phase::preauth) {
-      // The session's pending read ends; it says BYE itself.
-      h->shutting_down = true;
-      boost::system::error_code ignored;
-      h->client->socket().cancel(ignored);
-    } else {
-      ++relays;
+  std::vector<std::pair<std::uint64_t, std::size_t>> all;
+  {
+    std::lock_guard lock(st.m);
+    for (auto& [id, h] : st.sessions) {
+      all.emplace_back(id, h->shard);
+      if (h->phase != session_phase::preauth) ++relays;
     }
   }
+  for (const auto& [id, shard] : all)
+    st.on_session(id, shard, [](session_handle& h) {
+      if (h.phase != session_phase::preauth) return;
+      // The session's pending read ends; it says BYE itself.
+      h.shutting_down = true;
+      boost::system::error_code ignored;
+      h.client->socket().cancel(ignored);
+    });
   spdlog::info("stop: no new connections; {} logged-in session(s) may drain for {}s", relays,
                std::chrono::duration_cast<std::chrono::seconds>(st.opt.limits.shutdown_grace).count());
   st.grace_timer.expires_after(st.opt.limits.shutdown_grace);
@@ -329,13 +390,19 @@ void daemon::stop() {
     auto s = weak.lock();
     if (ec || !s) return;
     s->grace_over = true;
-    spdlog::info("stop: grace period over, closing {} session(s)", s->sessions.size());
-    for (auto& [id, h] : s->sessions) {
-      if (h->active_relay) h->active_relay->stop("shutdown");
-      else if (h->client) h->client->close();
+    std::vector<std::pair<std::uint64_t, std::size_t>> all;
+    {
+      std::lock_guard lock(s->m);
+      for (auto& [id, h] : s->sessions) all.emplace_back(id, h->shard);
     }
+    spdlog::info("stop: grace period over, closing {} session(s)", all.size());
+    for (const auto& [id, shard] : all)
+      s->on_session(id, shard, [](session_handle& h) {
+        if (h.active_relay) h.active_relay->stop("shutdown");
+        else if (h.client) h.client->close();
+      });
   });
-  if (st.sessions.empty()) st.session_ended();
+  st.session_ended();
 }
 
 }  // namespace suction::proxy

@@ -2,7 +2,10 @@
 // to proxy/ (pulls in Asio): include only from proxy .cpp files.
 #pragma once
 
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/ssl/context.hpp>
@@ -10,6 +13,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
+#include <optional>
 #include <thread>
 #include <memory>
 #include <string>
@@ -31,10 +36,13 @@ namespace suction::proxy {
 
 enum class session_phase : std::uint8_t { preauth, login, relay };
 
-// What the daemon may do to a running session (SIGTERM).
+// What the daemon may do to a running session (SIGTERM, the idle sweep).
+// Touched only on the session's own io thread (`shard`), except id and
+// shard; other threads post there (daemon::state::on_session).
 struct session_handle {
   std::uint64_t id = 0;
-  session_phase phase = session_phase::preauth;
+  std::size_t shard = 0;  // which io thread runs it: 0 the caller's, i workers[i - 1]
+  std::atomic<session_phase> phase{session_phase::preauth};  // read by stop() on the caller's thread
   imap::tls_stream* client = nullptr;
   relay* active_relay = nullptr;
   bool shutting_down = false;
@@ -49,8 +57,22 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
         provision(std::make_shared<provisioner>(opt.auth.provision_command,
                                                 opt.auth.provision_timeout)) {}
 
-  boost::asio::io_context& io;
+  boost::asio::io_context& io;  // the caller's: listeners, signals, timers, shard 0's sessions
   options opt;
+  // [proxy] threads - 1 more io threads for sessions (shards 1..n-1); their
+  // work guards go when the last session after a stop has ended.
+  std::vector<std::unique_ptr<boost::asio::io_context>> workers;
+  std::vector<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> worker_work;
+  std::vector<std::thread> worker_threads;
+  std::size_t next_shard = 0;  // the accept loops' round robin (the caller's thread only)
+  std::size_t shards() const { return 1 + workers.size(); }
+  boost::asio::any_io_executor executor_of(std::size_t shard) const {
+    return shard == 0 ? io.get_executor() : workers[shard - 1]->get_executor();
+  }
+  // Runs f(handle) on the session's own io thread, if it still exists there.
+  template <class F>
+  void on_session(std::uint64_t id, std::size_t shard, F f);
+
   std::shared_ptr<login_trigger> trigger;
   status_backend* status = nullptr;
   // The status socket runs on its own io_context and thread: a flood of
@@ -61,11 +83,29 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   std::thread status_thread;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
-  std::shared_ptr<boost::asio::ssl::context> server_tls;  // null without a certificate
+  // Sessions on several io threads share what follows outside the relay
+  // path, under `m`: the sessions and per-address counts (limits), the
+  // refusal log, the legacy check penalty, the backend's capabilities and
+  // the certificate (replaced on SIGHUP). The relay path takes no lock.
+  mutable std::mutex m;
+  std::shared_ptr<boost::asio::ssl::context> tls() const {
+    std::lock_guard lock(m);
+    return server_tls;
+  }
+  imap::capability_set capabilities() const {
+    std::lock_guard lock(m);
+    return backend_capabilities;
+  }
+  void set_capabilities(imap::capability_set caps) {
+    std::lock_guard lock(m);
+    backend_capabilities = std::move(caps);
+  }
+
+  std::shared_ptr<boost::asio::ssl::context> server_tls;  // null without a certificate (under m)
   backend_settings backend;
   backend_settings legacy;  // [auth] verify = "legacy" / "new_then_legacy": where passwords are checked
   std::unordered_map<std::string, backend_settings> more_legacy;  // by [legacy_servers] name
-  imap::capability_set backend_capabilities;  // pre-login, refreshed on every backend connect
+  imap::capability_set backend_capabilities;  // pre-login, refreshed on every backend connect (under m)
   imap::parser_limits preauth_limits;
   std::vector<cidr> balancers;  // [listen] proxy_protocol_from
 
@@ -73,29 +113,49 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   boost::asio::signal_set signals;
   boost::asio::steady_timer grace_timer;
   boost::asio::steady_timer refusal_timer;
-  boost::asio::steady_timer idle_sweep_timer;  // the relays' idle deadline
+  boost::asio::steady_timer idle_sweep_timer;  // the relays' idle deadline, swept on each shard
 
-  std::unordered_map<std::uint64_t, session_handle*> sessions;
-  std::unordered_map<std::string, std::uint32_t> per_address;
-  refusal_log refusals;  // flushed every interval by the daemon
-  auth_penalty penalty;  // failed checks against legacy
+  std::unordered_map<std::uint64_t, session_handle*> sessions;  // under m
+  std::unordered_map<std::string, std::uint32_t> per_address;   // under m
+  refusal_log refusals;  // flushed every interval by the daemon (under m)
+  auth_penalty penalty;  // failed checks against legacy (under m)
   std::shared_ptr<provisioner> provision;  // [auth] provision_command, its own threads
-  std::uint64_t next_session = 0;
-  std::uint64_t session_id_salt = 0;
-  bool stopping = false;
-  bool grace_over = false;  // after SIGTERM, relays had their time
+  std::atomic<std::uint64_t> next_session{0};
+  std::uint64_t session_id_salt = 0;  // set once by start()
+  std::atomic<bool> stopping{false};
+  std::atomic<bool> grace_over{false};  // after SIGTERM, relays had their time
 
   // Read by the status socket's thread (daemon::stats()), written here.
   std::atomic<std::uint64_t> logins_ok{0}, logins_failed{0}, backend_errors{0}, active_sessions{0};
   std::atomic<std::uint64_t> backend_unavailable{0}, backend_temporary{0}, preauth_limits_hit{0},
       connections_refused{0}, proxy_protocol_refused{0}, bytes_from_clients{0}, bytes_to_clients{0};
 
-  void session_ended();  // the last one out after a stop ends the daemon
+  void session_ended();  // the last one out after a stop ends the daemon (any io thread)
+  void finish_stop();    // on the caller's thread, once: timers, signals, the workers' guards
+  bool stop_finished = false;
+  // From stop() to finish_stop(): the caller's io_context waits for the last
+  // session of another io thread to end (it posts finish_stop there).
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> stop_work;
 };
+
+template <class F>
+void daemon::state::on_session(std::uint64_t id, std::size_t shard, F f) {
+  boost::asio::post(executor_of(shard), [self = shared_from_this(), id, f = std::move(f)]() mutable {
+    // On the session's thread: it cannot end while this runs.
+    session_handle* h = nullptr;
+    {
+      std::lock_guard lock(self->m);
+      auto it = self->sessions.find(id);
+      if (it != self->sessions.end()) h = it->second;
+    }
+    if (h) f(*h);
+  });
+}
 
 // The coroutine of one client connection, from accept to close.
 boost::asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st,
-                                         boost::asio::ip::tcp::socket socket, bool implicit_tls);
+                                         boost::asio::ip::tcp::socket socket, bool implicit_tls,
+                                         std::size_t shard);
 
 std::shared_ptr<boost::asio::ssl::context> make_server_tls(const options& opt);
 

@@ -102,14 +102,18 @@ struct options {
   auth_options auth;
   limit_options limits;
   status_options status;
+  // io threads for the sessions (the caller's thread is the first); spread
+  // round robin at accept. 1: everything on the caller's io_context.
+  std::uint32_t threads = 1;
   // The names a login stands for; empty: the name as typed everywhere. Called
-  // on the proxy's thread for every login: it must not block.
+  // on a session's io thread for every login: thread-safe, must not block.
   std::function<mapped_login(std::string_view login)> map_login;
   // SIGHUP besides the certificate: reloads what the composition root keeps
   // (the [users] map file). Returns the line to log; throws to keep the old.
   std::function<std::string()> reload;
   // Every login the backend answered (ok or refused), its duration: the
-  // metrics' latency histogram. Called on the proxy's thread: must not block.
+  // metrics' latency histogram. Called on a session's io thread: thread-safe,
+  // must not block.
   std::function<void(std::chrono::milliseconds)> observe_login;
 };
 

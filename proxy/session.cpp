@@ -103,20 +103,34 @@ class registration {
  public:
   registration(daemon::state& st, session_handle& h, std::string address)
       : st_(st), h_(h), address_(std::move(address)) {
+    std::lock_guard lock(st_.m);
     st_.sessions.emplace(h_.id, &h_);
     ++st_.active_sessions;
     ++st_.per_address[address_];
   }
   ~registration() {
-    st_.sessions.erase(h_.id);
-    --st_.active_sessions;
-    auto it = st_.per_address.find(address_);
-    if (it != st_.per_address.end() && --it->second == 0) st_.per_address.erase(it);
+    {
+      std::lock_guard lock(st_.m);
+      st_.sessions.erase(h_.id);
+      --st_.active_sessions;
+      auto it = st_.per_address.find(address_);
+      if (it != st_.per_address.end() && --it->second == 0) st_.per_address.erase(it);
+    }
     st_.session_ended();
   }
   registration(const registration&) = delete;
   registration& operator=(const registration&) = delete;
-  std::uint32_t from_this_address() const { return st_.per_address[address_]; }
+  // Why this connection is over the limits (nullptr: it is not); a refusal
+  // to log when the refusal log says so. Under the daemon's lock.
+  const char* over_limits(const limit_options& limits, bool& log_it) const {
+    std::lock_guard lock(st_.m);
+    const char* why = nullptr;
+    if (st_.sessions.size() > limits.max_connections) why = "too many connections";
+    else if (st_.per_address[address_] > limits.max_connections_per_ip)
+      why = "too many connections from this address";
+    log_it = why && st_.refusals.on_refused(address_, why);
+    return why;
+  }
 
  private:
   daemon::state& st_;
@@ -129,8 +143,8 @@ class registration {
 // logged-in session no longer holds the pre-auth frame (parser, preauth
 // state, capability lists).
 struct session_core {
-  session_core(daemon::state& st, std::uint64_t id, tcp::socket s, std::string address)
-      : h{id}, stream(std::move(s)), reg(st, h, std::move(address)) {
+  session_core(daemon::state& st, std::uint64_t id, std::size_t shard, tcp::socket s, std::string address)
+      : h{id, shard}, stream(std::move(s)), reg(st, h, std::move(address)) {
     h.client = &stream;
   }
   session_handle h;
@@ -164,8 +178,7 @@ asio::awaitable<void> relay_session(std::shared_ptr<daemon::state> st, std::uniq
                ms_since(log.started), log.session_id);
 }
 
-std::string make_session_id(daemon::state& st, std::uint64_t n) {
-  if (st.session_id_salt == 0) st.session_id_salt = std::random_device{}() | 1ull << 40;
+std::string make_session_id(const daemon::state& st, std::uint64_t n) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%010llx%06llx", static_cast<unsigned long long>(st.session_id_salt),
                 static_cast<unsigned long long>(n & 0xffffff));
@@ -249,7 +262,7 @@ asio::awaitable<header_parse> read_proxy_header(tcp::socket& socket, std::chrono
 }
 
 asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket socket,
-                                  bool implicit_tls) {
+                                  bool implicit_tls, std::size_t shard) {
   const auto started = clock::now();
   auto ex = co_await asio::this_coro::executor;
   const std::uint64_t id = ++st->next_session;
@@ -288,7 +301,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
       spdlog::debug("proxy protocol client={} balancer={} session={}", client, balancer, ci.session_id);
     }
   }
-  auto core = std::make_unique<session_core>(*st, id, std::move(socket), ci.address);
+  auto core = std::make_unique<session_core>(*st, id, shard, std::move(socket), ci.address);
   session_handle& h = core->h;
   imap::tls_stream& stream = core->stream;
   const registration& reg = core->reg;
@@ -298,11 +311,10 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
   // Connection limits, answered in plaintext before anything else. A flood of
   // refusals writes two lines per address and interval, not one each.
   const auto& limits = st->opt.limits;
-  if (st->sessions.size() > limits.max_connections || reg.from_this_address() > limits.max_connections_per_ip) {
-    const char* why = st->sessions.size() > limits.max_connections ? "too many connections"
-                                                                    : "too many connections from this address";
+  bool log_refusal = false;
+  if (const char* why = reg.over_limits(limits, log_refusal)) {
     ++st->connections_refused;
-    if (st->refusals.on_refused(ci.address, why))
+    if (log_refusal)
       spdlog::warn("connection refused client={} reason=\"{}\" session={} (more from this address in the "
                    "next {}s are counted, not logged one by one)",
                    client, why, ci.session_id,
@@ -324,11 +336,12 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
   const auto login_due = started + limits.preauth_total;
   deadline.arm(limits.preauth_idle, login_due);
 
-  if (implicit_tls && !co_await tls_handshake(stream, st->server_tls, client, ci.session_id)) co_return;
+  auto server_tls = st->tls();
+  if (implicit_tls && !co_await tls_handshake(stream, server_tls, client, ci.session_id)) co_return;
 
   preauth_settings ps;
-  ps.backend_capabilities = st->backend_capabilities;
-  ps.starttls_available = !implicit_tls && st->server_tls != nullptr;
+  ps.backend_capabilities = st->capabilities();
+  ps.starttls_available = !implicit_tls && server_tls != nullptr;
   ps.login_requires_tls = st->opt.listen.login_requires_tls;
   ps.max_bad_commands = limits.max_bad_commands;
   ps.max_login_attempts = limits.login_attempts;
@@ -430,7 +443,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         // dropped: answering it inside TLS is the command-injection bug.
         begin = end = 0;
         parser.reset();
-        if (!co_await tls_handshake(stream, st->server_tls, client, ci.session_id)) co_return;
+        if (!co_await tls_handshake(stream, st->tls(), client, ci.session_id)) co_return;
         pa.on_tls_started();
         break;
       }
@@ -443,7 +456,7 @@ asio::awaitable<void> run_session(std::shared_ptr<daemon::state> st, tcp::socket
         mapped_login names = names_of(*st, creds.user);
         verified_login v = co_await verify_and_login(*st, creds, names, ci);
         backend_result& res = v.result;
-        if (!res.preauth_capabilities.empty()) st->backend_capabilities = res.preauth_capabilities;
+        if (!res.preauth_capabilities.empty()) st->set_capabilities(res.preauth_capabilities);
         const auto login_ms = ms_since(login_started);
         if (st->opt.observe_login && res.outcome != backend_outcome::unavailable)
           st->opt.observe_login(std::chrono::milliseconds(login_ms));

@@ -1,6 +1,7 @@
 #include "proxy/verify.hpp"
 
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -47,8 +48,14 @@ asio::awaitable<backend_result> via_legacy(daemon::state& st, const credentials&
                                            const mapped_login& names, const client_info& client) {
   const auto now = auth_penalty::clock::now();
   // Limited per account: every spelling of one user counts as that user.
-  if (!st.penalty.allowed(client.address, names.identity, now))
-    co_return refused("too many failed checks against legacy: not asked");
+  bool allowed = false;
+  {
+    std::lock_guard lock(st.m);
+    allowed = st.penalty.allowed(client.address, names.identity, now);
+  }
+  if (!allowed) co_return refused("too many failed checks against legacy: not asked");
+  // The session's own io thread ([proxy] threads): its backend connections too.
+  const auto ex = co_await asio::this_coro::executor;
   const backend_settings* legacy = &st.legacy;
   if (!names.legacy_server.empty()) {
     auto it = st.more_legacy.find(names.legacy_server);
@@ -57,12 +64,16 @@ asio::awaitable<backend_result> via_legacy(daemon::state& st, const credentials&
     legacy = &it->second;
   }
   const credentials as_legacy = renamed(creds, names.legacy_login);
-  backend_result check = co_await backend_login(st.io.get_executor(), *legacy, as_legacy, client);
+  backend_result check = co_await backend_login(ex, *legacy, as_legacy, client);
   check.stream.reset();  // only the answer counts: the connection goes
   if (check.outcome == backend_outcome::refused) {
-    const auto wait = st.penalty.failed(client.address, names.identity, auth_penalty::clock::now());
+    std::chrono::milliseconds wait{0};
+    {
+      std::lock_guard lock(st.m);
+      wait = st.penalty.failed(client.address, names.identity, auth_penalty::clock::now());
+    }
     if (wait.count() > 0) {
-      asio::steady_timer t(st.io, wait);
+      asio::steady_timer t(ex, wait);
       boost::system::error_code ignored;
       co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
     }
@@ -70,9 +81,12 @@ asio::awaitable<backend_result> via_legacy(daemon::state& st, const credentials&
   }
   if (check.outcome != backend_outcome::ok)
     co_return unavailable("legacy " + legacy->display() + ": " + check.reason);
-  st.penalty.succeeded(names.identity);
+  {
+    std::lock_guard lock(st.m);
+    st.penalty.succeeded(names.identity);
+  }
   const credentials as_new = renamed(creds, names.new_user);
-  backend_result r = co_await backend_login(st.io.get_executor(), st.backend, as_new, client,
+  backend_result r = co_await backend_login(ex, st.backend, as_new, client,
                                             &st.opt.auth.new_master);
   if (r.outcome == backend_outcome::refused) {
     // The password was right: the new server refusing its master login is
@@ -101,13 +115,14 @@ asio::awaitable<verified_login> verify_and_login(daemon::state& st, const creden
   // One co_await per statement, never inside a braced initializer (GCC 12
   // miscompiles that: imap/client/README.md).
   const verify_mode mode = st.opt.auth.verify;
+  const auto ex = co_await asio::this_coro::executor;  // the session's io thread
   verified_login v;
   if (mode != verify_mode::legacy) {
     if (names.new_login == creds.user) {
-      v.result = co_await backend_login(st.io.get_executor(), st.backend, creds, client);
+      v.result = co_await backend_login(ex, st.backend, creds, client);
     } else {
       const credentials as_new = renamed(creds, names.new_login);
-      v.result = co_await backend_login(st.io.get_executor(), st.backend, as_new, client);
+      v.result = co_await backend_login(ex, st.backend, as_new, client);
     }
     v.checked_by = "new";
     if (mode == verify_mode::fresh || v.result.outcome != backend_outcome::refused) co_return v;

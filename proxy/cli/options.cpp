@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <optional>
+#include <thread>
 
 namespace suction::cli {
 
@@ -126,6 +127,7 @@ sync::scheduler_options scheduler_options_from(const config::config& c) {
 proxy::options proxy_options_from(const config::config& c) {
   proxy::options o;
   o.origin = c.source.string();
+  o.threads = c.proxy.threads != 0 ? c.proxy.threads : std::max(1u, std::thread::hardware_concurrency());
   o.listen.imap = listen_address(c.listen.imap);
   o.listen.imaps = listen_address(c.listen.imaps);
   o.listen.tls_cert = c.listen.tls_cert;

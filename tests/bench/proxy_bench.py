@@ -268,8 +268,10 @@ def copy_binary(src: str, workdir: str, name: str) -> tuple[str, str]:
 
 
 def proxy_config(path: str, *, imap_port: int, imaps_port: int, backend_port: int, legacy_port: int,
-                 cert: str, key: str, workdir: str, max_conn: int) -> None:
-    text = f"""# written by tests/bench/proxy_bench.py
+                 cert: str, key: str, workdir: str, max_conn: int, threads: int | None = None) -> None:
+    # [proxy] threads only when asked: a binary from before it would refuse the section.
+    proxy_section = f"\n[proxy]\nthreads = {threads}\n" if threads else ""
+    text = f"""# written by tests/bench/proxy_bench.py{proxy_section}
 [listen]
 imap = "{HOST}:{imap_port}"
 imaps = "{HOST}:{imaps_port}"
@@ -312,7 +314,7 @@ class Proxy:
 
     def __init__(self, children: Children, binary: str, workdir: str, name: str, backend_port: int,
                  legacy_port: int, cert: str, key: str, ca_ctx: ssl.SSLContext, max_conn: int = 1000,
-                 nofile: int = 65536):
+                 nofile: int = 65536, threads: int | None = None):
         self.name = name
         self.imap_port = free_port()
         self.imaps_port = free_port()
@@ -322,7 +324,7 @@ class Proxy:
         self.log_path = os.path.join(d, "suction.log")
         proxy_config(self.config, imap_port=self.imap_port, imaps_port=self.imaps_port,
                      backend_port=backend_port, legacy_port=legacy_port, cert=cert, key=key, workdir=d,
-                     max_conn=max_conn)
+                     max_conn=max_conn, threads=threads)
         self.logf = open(self.log_path, "wb")
         self.children = children
         self.proc = children.start(name, [binary, "proxy", "--config", self.config], nofile=nofile,
@@ -1295,11 +1297,12 @@ def start_fake(children: Children, fetch_bytes: int, max_seconds: int) -> tuple[
     return proc, int(line.split()[1])
 
 
-def suction_relay(e: SimpleNamespace, name: str, binary: str, tag: str) -> Relay:
+def suction_relay(e: SimpleNamespace, name: str, binary: str, tag: str, threads: int | None = None) -> Relay:
     """suction in front of Dovecot and a second one in front of the fake backend."""
-    dov = Proxy(e.children, binary, e.workdir, f"{tag}-dovecot", e.dove, e.tb.legacy.imap_port, e.cert, e.key, e.ca)
+    dov = Proxy(e.children, binary, e.workdir, f"{tag}-dovecot", e.dove, e.tb.legacy.imap_port, e.cert, e.key, e.ca,
+                threads=threads)
     fake = Proxy(e.children, binary, e.workdir, f"{tag}-fake", e.fake_port, e.tb.legacy.imap_port, e.cert, e.key,
-                 e.ca)
+                 e.ca, threads=threads)
     return Relay(name, dov.imap_port, dov.imaps_port, lambda: [dov.pid], fake.imap_port, lambda: [fake.pid])
 
 
@@ -1356,6 +1359,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-seconds", type=int, default=1200, help="whole-run deadline")
     ap.add_argument("--proxy-nofile", type=int, default=65536,
                     help="RLIMIT_NOFILE asked for each relay (capped by the hard limit without CAP_SYS_RESOURCE)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="[proxy] threads of suction (default: the binary's own default)")
+    ap.add_argument("--baseline-threads", type=int, default=None,
+                    help="[proxy] threads of the baseline binary (e.g. the same binary with 1 thread)")
     ap.add_argument("--no-nginx", action="store_true", help="leave nginx out even where it is installed")
     ap.add_argument("--only", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -1387,9 +1394,9 @@ def setup(args: argparse.Namespace, workdir: str, children: Children, tb: Testbe
     e.baseline, e.baseline_sha = (copy_binary(args.baseline_binary, workdir, "suction-before")
                                   if args.baseline_binary else (None, None))
     e.fake_proc, e.fake_port = start_fake(children, e.fetch_bytes, args.max_seconds)
-    e.relays = [suction_relay(e, SUCTION, e.binary, "suction")]
+    e.relays = [suction_relay(e, SUCTION, e.binary, "suction", e.args.threads)]
     if e.baseline:
-        e.relays.append(suction_relay(e, BEFORE, e.baseline, "before"))
+        e.relays.append(suction_relay(e, BEFORE, e.baseline, "before", e.args.baseline_threads))
     why = "--no-nginx" if args.no_nginx else nginx_peer.missing()
     e.has_nginx = why is None
     e.capabilities = dovecot_capabilities(e.dove)
@@ -1407,9 +1414,10 @@ def emit_header(e: SimpleNamespace, commit: str) -> None:
     info = (f"{os.cpu_count()} cores ({platform_cpu()}), Python {sys.version.split()[0]}, {dovecot_version()}, "
             f"{nginx_peer.version() if e.has_nginx else 'no nginx'}, {tool_version('socat', '-V')}, {tool_version('strace', '-V')}")
     e.emit(f"suction proxy benchmarks: tree at commit {commit}, {time.strftime('%Y-%m-%d')}, {info}")
-    e.emit(f"{SUCTION}: {e.args.binary} ({e.binary_sha})")
+    threads = lambda n: f", [proxy] threads = {n}" if n else ""  # noqa: E731
+    e.emit(f"{SUCTION}: {e.args.binary} ({e.binary_sha}{threads(e.args.threads)})")
     if e.baseline:
-        e.emit(f"{BEFORE}: {e.args.baseline_binary} ({e.baseline_sha})")
+        e.emit(f"{BEFORE}: {e.args.baseline_binary} ({e.baseline_sha}{threads(e.args.baseline_threads)})")
     e.emit("All traffic on 127.0.0.1; paths interleaved round by round; ratios are to 'direct' of the same "
            "transport. Relays: " + ", ".join(r.name for r in e.relays) + ".")
 

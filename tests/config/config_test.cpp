@@ -219,6 +219,8 @@ exclude = ["^Trash$", "^Public/"]
 socket = "/tmp/s.sock"
 mode = 0o660
 group = "mail"
+[proxy]
+threads = 3
 [log]
 level = "debug"
 )",
@@ -262,6 +264,7 @@ level = "debug"
   CHECK(c.folders.rename ==
         std::vector<cfg::folder_rename>{{"^INBOX\\.(.*)$", "$1"}, {"^Sent Items$", "Sent"}});
   CHECK(c.folders.exclude == std::vector<std::string>{"^Trash$", "^Public/"});
+  CHECK(c.proxy.threads == 3);
   CHECK(c.status == cfg::status_section{.socket = "/tmp/s.sock", .mode = 0660, .group = "mail"});
   CHECK(c.log.level == cfg::log_level::debug);
 }
@@ -383,7 +386,8 @@ TEST_CASE("errors: unknown sections and keys") {
        "test.toml:8: [limit]: unknown section (did you mean \"limits\"?)"},
       {minimal + "\n[server]\n",
        "test.toml:9: [server]: unknown section "
-       "(valid: listen, new, legacy, legacy_servers, users, auth, limits, sync, folders, status, metrics, log)"},
+       "(valid: listen, new, legacy, legacy_servers, users, auth, limits, sync, folders, status, metrics, proxy, "
+       "log)"},
       {"level = \"info\"\n" + minimal, "test.toml:1: level: a key outside any section"},
       {"log = \"info\"\n" + minimal, "test.toml:1: [log]: expected a table, got a string"},
       {minimal + "[sync]\nstate_dbs = \"x\"\n",
@@ -466,6 +470,8 @@ TEST_CASE("errors: numbers out of range") {
        "test.toml:2: [sync] max_concurrent_users: must be at least 1 (got 0)"},
       {"[sync]\nresync_interval = -1\n",
        "test.toml:2: [sync] resync_interval: must not be negative (got -1)"},
+      {"[proxy]\nthreads = 257\n", "test.toml:2: [proxy] threads: must be at most 256 (got 257)"},
+      {"[proxy]\nthreads = -1\n", "test.toml:2: [proxy] threads: must not be negative (got -1)"},
       {"[sync]\nlease = 4\n", "test.toml:2: [sync] lease: must be at least 5 (got 4)"},
       {"[sync]\nnode_name = \"node a\"\n",
        "test.toml:2: [sync] node_name: a node name is at most 64 letters, digits, '.', '-' and '_'"},

@@ -14,9 +14,10 @@ max_connections = 3 for the cluster).
 - A node killed mid-migration (SIGKILL node-a while it copies bob's 2,500 messages): bob logs in
   again and lands on node-b, which waits for node-a's lease to expire, takes bob over (node-a's
   run marked interrupted) and finishes: exact, nothing twice.
-- The cluster's queue: `suction migrate --users` on node-a hands 12 users who never log in to
-  the shared queue (master users on both servers); both nodes take them (FOR UPDATE SKIP
-  LOCKED): each exact, by one run at a time, the queue empty after, the cap held.
+- The cluster's queue: `suction migrate --users` on node-a (both nodes paused) hands 12 users
+  who never log in to the shared queue (master users on both servers); resumed, both nodes take
+  them (FOR UPDATE SKIP LOCKED): each exact, by one run at a time, the queue empty after, the
+  cap held.
 """
 
 from __future__ import annotations
@@ -287,9 +288,16 @@ backend suction
         users = os.path.join(tmp_root(), "cluster-bulk.txt")
         with open(users, "w") as f:
             f.write("".join(u + "\n" for u in BULK))
+        # Both nodes paused while the users are handed over on node-a: they wait in the shared
+        # queue, then both nodes are let go at once and take them.
+        for p in (a, b):
+            self.assertEqual(ask(p, {"cmd": "pause"}), {"ok": True})
         r = subprocess.run([SUCTION_BIN, "migrate", "--config", a.config_path, "--users", users],
                            capture_output=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stdout.decode() + r.stderr.decode())
+        self.assertEqual(_PG.psql("SELECT count(*) FROM job_queue"), str(len(BULK)))
+        for p in (a, b):
+            self.assertEqual(ask(p, {"cmd": "resume"}), {"ok": True})
         self.assertTrue(wait_until(lambda: self.all_done(BULK), 180),
                         a.log_tail(10) + b.log_tail(10))
         nodes = {r[2] for r in runs_of() if r[0] in BULK}

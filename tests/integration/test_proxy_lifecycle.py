@@ -157,6 +157,50 @@ class ShutdownTests(unittest.TestCase):
         self.assertRegex(log, r"session closed user=alice [^\n]*reason=\"shutdown\"")
         self.assertIn("shutdown complete", log)
 
+    def test_io_threads_share_the_sessions_and_drain_together(self):
+        """[proxy] threads = 3: two io threads besides the main one, named; logged-in sessions
+        spread over all three (each thread's own run time grows while they work); SIGTERM
+        closes them all after the grace period and the process exits 0."""
+        proxy = pf.Proxy(pf.bed(), {"proxy": {"threads": 3}, "limits": {"shutdown_grace": 1}})
+        self.addCleanup(proxy.stop)
+        proxy.start()
+        self.assertIn("io threads=3 ", proxy.log())
+        tasks = {}
+        for tid in os.listdir(f"/proc/{proxy.proc.pid}/task"):
+            with open(f"/proc/{proxy.proc.pid}/task/{tid}/comm") as f:
+                tasks[f.read().strip()] = tid
+        self.assertIn("suction-io-1", tasks)
+        self.assertIn("suction-io-2", tasks)
+
+        def run_ns(name: str) -> int:
+            with open(f"/proc/{proxy.proc.pid}/task/{tasks[name]}/schedstat") as f:
+                return int(f.read().split()[0])
+        before = {n: run_ns(n) for n in ("suction-io-1", "suction-io-2")}
+        clients = []
+        for i in range(6):
+            c = proxy.raw()
+            self.addCleanup(c.close)
+            self.assertTrue(c.command("a", "LOGIN alice wonderland").startswith(b"a OK"))
+            self.assertTrue(c.command("b", "SELECT INBOX").startswith(b"b OK"))
+            clients.append(c)
+        for round_ in range(30):
+            for c in clients:
+                self.assertTrue(c.command(f"n{round_}", "NOOP").startswith(f"n{round_} OK".encode()))
+        for n, t in before.items():
+            self.assertGreater(run_ns(n), t, f"{n} relayed nothing: the sessions were not spread")
+        t0 = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        for c in clients:
+            c.wait_closed(5)
+        try:
+            rc = proxy.proc.wait(max(0.1, t0 + 6 - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.fail("still running 6 s after SIGTERM\n" + proxy.log_tail())
+        self.assertEqual(rc, 0, proxy.log_tail())
+        log = proxy.log()
+        self.assertEqual(log.count('reason="shutdown"'), 6, proxy.log_tail())
+        self.assertIn("shutdown complete", log)
+
     def test_sigterm_exits_when_last_session_leaves(self):
         proxy = pf.Proxy(pf.bed(), {"limits": {"shutdown_grace": 30}})
         self.addCleanup(proxy.stop)
