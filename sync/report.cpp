@@ -33,6 +33,7 @@ migration_report build_report(
     if (!runs.empty()) {
       const run_record& last = runs.front();
       row.last_run_at = last.started_at;
+      row.node = last.node;
       switch (last.result) {
         case run_result::running: row.state = user_progress::running; break;
         case run_result::interrupted: row.state = user_progress::interrupted; break;

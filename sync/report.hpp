@@ -36,6 +36,7 @@ struct user_report_row {
   std::int64_t bytes_left = -1;
   std::uint64_t messages_copied = 0, bytes_copied = 0;  // over all runs
   std::string error;             // the newest run's, if it failed
+  std::string node;              // the node of the newest run (a shared store; "" otherwise)
 };
 
 struct migration_report {

@@ -473,6 +473,14 @@ scheduler_totals scheduler::totals() const {
   return t;
 }
 
+std::optional<cluster_view> scheduler::cluster() const {
+  std::lock_guard lock(impl_->reader_m);
+  if (!impl_->reader.shared()) return std::nullopt;
+  return impl_->reader.cluster();
+}
+
+std::string scheduler::node() const { return impl_->reader.node(); }
+
 std::vector<user_view> scheduler::users() const {
   std::lock_guard lock(impl_->m);
   std::vector<user_view> out;

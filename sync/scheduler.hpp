@@ -146,6 +146,11 @@ class scheduler {
   void drain();   // let running jobs finish, start no other
 
   scheduler_totals totals() const;
+  // A shared state store: every node's running runs, the cluster's queue and
+  // legacy connections, and this node's name; nullopt with SQLite. Throws
+  // state_error when the database cannot be read.
+  std::optional<cluster_view> cluster() const;
+  std::string node() const;
   std::vector<user_view> users() const;  // by user name
   std::optional<user_view> user(std::string_view name) const;
   std::vector<run_record> runs(std::string_view name, std::size_t limit) const;  // newest first

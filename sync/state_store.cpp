@@ -804,4 +804,21 @@ std::size_t state_store::queue_length() const {
   return st->step() ? static_cast<std::size_t>(st->integer(0)) : 0;
 }
 
+cluster_view state_store::cluster() const {
+  cluster_view v;
+  const std::int64_t clock = db_now_ms();
+  auto runs = prepare(
+      "SELECT \"user\", node, pid, started_at, lease_until_ms FROM runs WHERE result = 'running'"
+      " ORDER BY node, \"user\"");
+  while (runs->step())
+    if (alive(runs->text(1), runs->integer(2), runs->integer(4), clock))
+      v.running.push_back({runs->text(0), runs->text(1), runs->integer(2), runs->integer(3)});
+  v.queued = queue_length();
+  auto slots = prepare("SELECT node, pid, held, lease_until_ms FROM legacy_slots WHERE held > 0");
+  while (slots->step())
+    if (alive(slots->text(0), slots->integer(1), slots->integer(3), clock))
+      v.legacy_by_node[slots->text(0)] += static_cast<std::uint32_t>(slots->integer(2));
+  return v;
+}
+
 }  // namespace suction::sync

@@ -115,6 +115,17 @@ struct run_record {
   std::string node;              // the node that ran it ("": this machine's SQLite, before schema 5)
 };
 
+// What every node of a shared store is doing (suction status).
+struct cluster_view {
+  struct running_run {
+    std::string user, node;
+    std::int64_t pid = 0, started_at = 0;
+  };
+  std::vector<running_run> running;            // runs recorded as running, by node then user
+  std::size_t queued = 0;                      // users in the cluster's queue
+  std::map<std::string, std::uint32_t> legacy_by_node;  // legacy connections held, live processes
+};
+
 // Legacy connections by server name ("" = the default legacy server).
 using legacy_counts = std::map<std::string, std::uint32_t, std::less<>>;
 
@@ -220,6 +231,7 @@ class state_store {
   std::vector<queued_user> take_queued(std::size_t n);
   void unqueue(std::string_view user);
   std::size_t queue_length() const;
+  cluster_view cluster() const;
 
  private:
   class transaction;

@@ -77,7 +77,7 @@ void migration::on_login(proxy::login_event event) {
 nlohmann::json migration::status() {
   proxy_stats p = proxy_stats_ ? proxy_stats_() : proxy_stats{};
   sync::scheduler_totals t = scheduler_.totals();
-  return {
+  nlohmann::json doc = {
       {"proxy",
        {{"uptime_s", p.uptime_s},
         {"active_sessions", p.active_sessions},
@@ -96,6 +96,21 @@ nlohmann::json migration::status() {
         {"bytes_copied", t.bytes_copied},
         {"legacy_connections", t.legacy_connections}}},
   };
+  // Several nodes: what every one of them runs, from the shared store.
+  try {
+    if (auto c = scheduler_.cluster()) {
+      nlohmann::json running = nlohmann::json::array();
+      for (const auto& r : c->running)
+        running.push_back({{"user", r.user}, {"node", r.node}, {"started_at", optional_time(r.started_at)}});
+      doc["cluster"] = {{"node", scheduler_.node()},
+                        {"queued", c->queued},
+                        {"running", std::move(running)},
+                        {"legacy_connections", c->legacy_by_node}};
+    }
+  } catch (const sync::state_error& e) {
+    doc["cluster"] = {{"node", scheduler_.node()}, {"error", e.what()}};
+  }
+  return doc;
 }
 
 nlohmann::json migration::users() {

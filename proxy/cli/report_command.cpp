@@ -89,7 +89,8 @@ nlohmann::json to_json(const sync::migration_report& rep) {
                      {"bytes_left", r.bytes_left < 0 ? nlohmann::json(nullptr) : nlohmann::json(r.bytes_left)},
                      {"messages_copied", r.messages_copied},
                      {"bytes_copied", r.bytes_copied},
-                     {"error", r.error}});
+                     {"error", r.error},
+                     {"node", r.node.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.node)}});
   nlohmann::json counts;
   for (std::size_t i = 0; i < std::size(rep.counts); ++i)
     counts[std::string(sync::to_string(static_cast<sync::user_progress>(i)))] = rep.counts[i];

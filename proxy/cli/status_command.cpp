@@ -192,6 +192,36 @@ void print_summary(const json& status) {
               bytes_text(number(m, "bytes_copied")).c_str(), flags.c_str());
 }
 
+// Several nodes sharing the state store: one line for the cluster, then
+// every node's running runs (at most 50 rows: the rest counted).
+void print_cluster(const json& status) {
+  const json& c = member(status, "cluster");
+  if (!c.is_object()) return;
+  if (!text(c, "error").empty()) {
+    std::printf("cluster:   this node %s; the shared state store did not answer: %s\n",
+                or_dash(text(c, "node")).c_str(), text(c, "error").c_str());
+    return;
+  }
+  const json& running = member(c, "running");
+  const json& legacy = member(c, "legacy_connections");
+  std::string held;
+  if (legacy.is_object())
+    for (auto it = legacy.begin(); it != legacy.end(); ++it)
+      held += (held.empty() ? "" : ", ") + it.key() + " " + (it->is_number() ? it->dump() : "?");
+  std::printf("cluster:   this node %s; %zu running on all nodes, %s queued; legacy connections: %s\n",
+              or_dash(text(c, "node")).c_str(), running.is_array() ? running.size() : 0,
+              count_text(number(c, "queued")).c_str(), held.empty() ? "none" : held.c_str());
+  if (!running.is_array() || running.empty()) return;
+  std::vector<std::vector<std::string>> rows{{"RUNNING", "NODE", "SINCE"}};
+  for (const auto& r : running) {
+    if (rows.size() > 50) break;
+    rows.push_back({or_dash(text(r, "user")), or_dash(text(r, "node")), time_text(number(r, "started_at"))});
+  }
+  std::printf("\n");
+  print_table(rows);
+  if (running.size() > 50) std::printf("... and %zu more\n", running.size() - 50);
+}
+
 std::string messages_cell(const json& progress) {
   if (!progress.is_object()) return "-";
   return of_total(count_text(number(progress, "messages_copied")), number(progress, "messages_total"),
@@ -387,6 +417,7 @@ int run_status_command(const status_command_args& a) {
     return 0;
   }
   print_summary(answers[0].value);
+  print_cluster(answers[0].value);
   if (!a.user.empty()) print_user_detail(answers[1].value);
   else print_users(answers[1].value);
   return 0;

@@ -11,6 +11,7 @@ max_connections = 3 for the cluster).
   shared runs table: no two runs of a user overlap; runs by both nodes), legacy's cap never
   exceeded by the two nodes together (counted at the forwarder), the new server's log names the
   clients' own address (from the PROXY header), node-b's metrics scraped during it.
+- `suction status` and `suction report` on node-b show the whole cluster: bob running on node-a.
 - A node killed mid-migration (SIGKILL node-a while it copies bob's 2,500 messages): bob logs in
   again and lands on node-b, which waits for node-a's lease to expire, takes bob over (node-a's
   run marked interrupted) and finishes: exact, nothing twice.
@@ -22,6 +23,7 @@ max_connections = 3 for the cluster).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -264,6 +266,24 @@ backend suction
             u = ask(a, {"cmd": "user", "user": KILL_USER})
             return u.get("state") == "running" and u.get("progress", {}).get("messages_copied", 0) > 50
         self.assertTrue(wait_until(copying, 60), a.log_tail())
+        # node-b's status shows the whole cluster: bob running on node-a.
+        r = subprocess.run([SUCTION_BIN, "status", "--config", b.config_path, "--json"],
+                           capture_output=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr.decode())
+        cluster = json.loads(r.stdout)["cluster"]
+        self.assertEqual(cluster["node"], "node-b")
+        self.assertIn({"user": KILL_USER, "node": "node-a"},
+                      [{"user": x["user"], "node": x["node"]} for x in cluster["running"]])
+        r = subprocess.run([SUCTION_BIN, "status", "--config", b.config_path], capture_output=True,
+                           timeout=30)
+        self.assertRegex(r.stdout.decode(), r"cluster: +this node node-b; \d+ running on all nodes")
+        self.assertRegex(r.stdout.decode(), rf"\n{KILL_USER} +node-a ")
+        # ... and so does the report, from the shared runs.
+        r = subprocess.run([SUCTION_BIN, "report", "--config", b.config_path, "--json"],
+                           capture_output=True, timeout=30)
+        rows = {u["user"]: u for u in json.loads(r.stdout)["users"]}
+        self.assertEqual((rows[KILL_USER]["state"], rows[KILL_USER]["node"]), ("running", "node-a"))
+        self.assertEqual(rows["user001"]["state"], "done")
         a.proc.send_signal(signal.SIGKILL)
         a.proc.wait(10)
         self.assertEqual([r[3] for r in runs_of(KILL_USER)][-1], "running")
