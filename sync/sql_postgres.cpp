@@ -1,6 +1,7 @@
-// The PostgreSQL back end of sync/sql.hpp (libpq): the state of several
-// nodes in one database. Every value goes as a parameter, as text, never
-// spliced into the statement.
+// The PostgreSQL back end of sync/sql.hpp (libpq, loaded at run time): the
+// state of several nodes in one database. Every value goes as a parameter,
+// as text, never spliced into the statement.
+#include <dlfcn.h>
 #include <libpq-fe.h>
 
 #include <cstdlib>
@@ -13,6 +14,40 @@
 namespace suction::sync::sql {
 
 namespace {
+
+#define SUCTION_PQ_FUNCTIONS(X) X(PQclear) X(PQconndefaults) X(PQconnectdbParams) \
+  X(PQconninfoFree) X(PQconninfoParse) X(PQerrorMessage) X(PQexec) X(PQexecParams) X(PQfinish) \
+  X(PQfreemem) X(PQgetisnull) X(PQgetlength) X(PQgetvalue) X(PQntuples) X(PQreset) \
+  X(PQresultErrorMessage) X(PQresultStatus) X(PQsetNoticeProcessor) X(PQstatus)
+
+// libpq, loaded the first time a PostgreSQL location is seen: a node whose
+// state is a SQLite file never maps libpq and the twenty libraries it pulls
+// in (Kerberos, LDAP, ...), which cost every `suction` process about 11 ms
+// at start and 4 MiB (tests/bench/RESULTS.md). Only the functions used here.
+struct libpq_api {
+#define SUCTION_PQ(name) decltype(&::name) name = nullptr;
+  SUCTION_PQ_FUNCTIONS(SUCTION_PQ)
+#undef SUCTION_PQ
+};
+
+const libpq_api& pq() {
+  static const libpq_api api = [] {
+    void* lib = ::dlopen("libpq.so.5", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+      const char* why = ::dlerror();
+      throw state_error(std::string("state store: PostgreSQL needs libpq (Debian package libpq5): ") +
+                        (why ? why : "not found"));
+    }
+    libpq_api a;
+#define SUCTION_PQ(name)                                                                   \
+  a.name = reinterpret_cast<decltype(&::name)>(::dlsym(lib, #name));                     \
+  if (!a.name) throw state_error("state store: libpq.so.5 has no " #name);
+    SUCTION_PQ_FUNCTIONS(SUCTION_PQ)
+#undef SUCTION_PQ
+    return a;
+  }();
+  return api;
+}
 
 // ?N -> $N: the statements are written once, in SQLite's form. None of them
 // has a '?' inside a string literal.
@@ -36,11 +71,11 @@ struct conninfo_options {
   PQconninfoOption* opts = nullptr;
   explicit conninfo_options(const std::string& conninfo, std::string& error) {
     char* err = nullptr;
-    opts = PQconninfoParse(conninfo.c_str(), &err);
+    opts = pq().PQconninfoParse(conninfo.c_str(), &err);
     if (!opts) error = trimmed(err ? err : "out of memory");
-    PQfreemem(err);
+    pq().PQfreemem(err);
   }
-  ~conninfo_options() { PQconninfoFree(opts); }
+  ~conninfo_options() { pq().PQconninfoFree(opts); }
   const char* get(std::string_view key) const {
     for (auto* o = opts; o && o->keyword; ++o)
       if (key == o->keyword) return o->val;
@@ -54,7 +89,7 @@ class pg_statement final : public statement {
  public:
   pg_statement(PGconn* conn, const std::string& where, std::string_view sql)
       : conn_(conn), where_(where), sql_(to_dollars(sql)) {}
-  ~pg_statement() override { PQclear(res_); }
+  ~pg_statement() override { pq().PQclear(res_); }
 
   statement& bind(int i, std::string_view v) override {
     slot(i) = std::string(v);
@@ -66,18 +101,18 @@ class pg_statement final : public statement {
   }
   bool step() override {
     if (!res_) execute();
-    return ++row_ < PQntuples(res_);
+    return ++row_ < pq().PQntuples(res_);
   }
   std::int64_t integer(int col) const override {
-    if (PQgetisnull(res_, row_, col)) return 0;
-    return std::strtoll(PQgetvalue(res_, row_, col), nullptr, 10);
+    if (pq().PQgetisnull(res_, row_, col)) return 0;
+    return std::strtoll(pq().PQgetvalue(res_, row_, col), nullptr, 10);
   }
   std::string text(int col) const override {
-    return std::string(PQgetvalue(res_, row_, col),
-                       static_cast<std::size_t>(PQgetlength(res_, row_, col)));
+    return std::string(pq().PQgetvalue(res_, row_, col),
+                       static_cast<std::size_t>(pq().PQgetlength(res_, row_, col)));
   }
   void reset() override {
-    PQclear(res_);
+    pq().PQclear(res_);
     res_ = nullptr;
     row_ = -1;
     params_.clear();
@@ -92,12 +127,12 @@ class pg_statement final : public statement {
     std::vector<const char*> values;
     values.reserve(params_.size());
     for (const auto& p : params_) values.push_back(p.c_str());
-    res_ = PQexecParams(conn_, sql_.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
+    res_ = pq().PQexecParams(conn_, sql_.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
                         nullptr, nullptr, 0);
-    const auto status = PQresultStatus(res_);
+    const auto status = pq().PQresultStatus(res_);
     if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
-      std::string msg = trimmed(res_ ? PQresultErrorMessage(res_) : PQerrorMessage(conn_));
-      PQclear(res_);
+      std::string msg = trimmed(res_ ? pq().PQresultErrorMessage(res_) : pq().PQerrorMessage(conn_));
+      pq().PQclear(res_);
       res_ = nullptr;
       throw state_error("state store " + where_ + ": " + msg);
     }
@@ -125,17 +160,17 @@ class pg_database final : public database {
     const bool has_timeout = parsed.get("connect_timeout") != nullptr;
     const char* keys[] = {"dbname", "application_name", has_timeout ? nullptr : "connect_timeout", nullptr};
     const char* vals[] = {conninfo.c_str(), "suction", has_timeout ? nullptr : "10", nullptr};
-    conn_ = PQconnectdbParams(keys, vals, 1);
-    if (!conn_ || PQstatus(conn_) != CONNECTION_OK) {
-      std::string msg = conn_ ? trimmed(PQerrorMessage(conn_)) : "out of memory";
-      PQfinish(conn_);
+    conn_ = pq().PQconnectdbParams(keys, vals, 1);
+    if (!conn_ || pq().PQstatus(conn_) != CONNECTION_OK) {
+      std::string msg = conn_ ? trimmed(pq().PQerrorMessage(conn_)) : "out of memory";
+      pq().PQfinish(conn_);
       conn_ = nullptr;
       throw state_error("state store: cannot connect to " + where_ + ": " + msg);
     }
     // NOTICEs ("relation already exists, skipping") are not for stderr.
-    PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
+    pq().PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
   }
-  ~pg_database() override { PQfinish(conn_); }
+  ~pg_database() override { pq().PQfinish(conn_); }
 
   dialect kind() const override { return dialect::postgresql; }
   std::unique_ptr<statement> prepare(std::string_view sql) override {
@@ -145,14 +180,14 @@ class pg_database final : public database {
   void exec(std::string_view sql) override {
     reconnect_if_lost();
     const std::string text(sql);
-    PGresult* res = PQexec(conn_, text.c_str());
-    const auto status = PQresultStatus(res);
+    PGresult* res = pq().PQexec(conn_, text.c_str());
+    const auto status = pq().PQresultStatus(res);
     if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-      std::string msg = trimmed(res ? PQresultErrorMessage(res) : PQerrorMessage(conn_));
-      PQclear(res);
+      std::string msg = trimmed(res ? pq().PQresultErrorMessage(res) : pq().PQerrorMessage(conn_));
+      pq().PQclear(res);
       throw state_error("state store " + where_ + ": " + msg);
     }
-    PQclear(res);
+    pq().PQclear(res);
   }
   void begin() override { exec("BEGIN"); }
   void lock(std::string_view name) override {
@@ -187,7 +222,7 @@ class pg_database final : public database {
   // between transactions; inside one, the statement fails and so does the
   // transaction.
   void reconnect_if_lost() {
-    if (PQstatus(conn_) == CONNECTION_BAD) PQreset(conn_);
+    if (pq().PQstatus(conn_) == CONNECTION_BAD) pq().PQreset(conn_);
   }
   PGconn* conn_ = nullptr;
   std::string where_;
@@ -207,11 +242,11 @@ bool is_postgresql(std::string_view location) {
   while (eq < location.size() && location[eq] == ' ') ++eq;
   if (n == 0 || eq >= location.size() || location[eq] != '=') return false;
   const std::string key(location.substr(0, n));
-  PQconninfoOption* defaults = PQconndefaults();
+  PQconninfoOption* defaults = pq().PQconndefaults();
   bool known = false;
   for (auto* o = defaults; o && o->keyword; ++o)
     if (key == o->keyword) known = true;
-  PQconninfoFree(defaults);
+  pq().PQconninfoFree(defaults);
   return known;
 }
 

@@ -79,6 +79,22 @@ std::string journal_mode(const fs::path& db) {
 
 }  // namespace
 
+// First in this file: the cases after it load libpq (a PostgreSQL location).
+TEST_CASE("state store: a SQLite store never loads libpq") {
+  backend b;
+  if (b.pg) {
+    MESSAGE("not with SUCTION_TEST_PG: this process connects to PostgreSQL");
+    return;
+  }
+  state_store s(b.location);
+  CHECK_FALSE(s.shared());
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  bool mapped = false;
+  while (std::getline(maps, line)) mapped = mapped || line.find("libpq.so") != std::string::npos;
+  CHECK_FALSE(mapped);
+}
+
 TEST_CASE("state store: created (a file with its folder, in WAL mode) at the current schema version") {
   backend b;
   std::string where = b.location;
