@@ -15,6 +15,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <tuple>
 
@@ -60,6 +61,7 @@ struct scheduler::impl {
   job_table table;       // the policy: which job runs, what a run's end means
   std::map<std::string, std::string, std::less<>> passwords;  // by key; wiped by drop()
   std::map<std::string, std::shared_ptr<sync_progress>, std::less<>> progress;
+  std::set<std::string, std::less<>> cluster_taken;  // users this node took from the cluster's queue
   state_store store;   // the jobs', on the worker thread only
   mutable std::mutex reader_m;  // guards `reader`, apart: logins never wait on SQLite
   mutable state_store reader;   // queries from other threads
@@ -115,22 +117,33 @@ struct scheduler::impl {
       return;
     }
     for (const auto& u : taken) {
+      const job* j = nullptr;
       std::string refused;
       {
         std::lock_guard lock(m);
         refused = table.enqueue_bulk({u.key, {u.legacy_login, u.legacy_user}, {u.new_login, u.new_user}},
                                      u.legacy_server);
+        j = table.find(u.key);
+        // Held by this node until its job here is over (whatever starts it).
+        if (refused.empty() || (j && (j->queued || j->running))) cluster_taken.insert(u.key);
       }
-      // Already running here (a login's job): that run does it.
-      if (!refused.empty()) unqueue(u.key);
+      if (refused.empty()) continue;
+      if (j && (j->queued || j->running)) continue;  // a login's job here does it, then unqueues
+      // Not runnable here (a legacy server this node does not know, a stop):
+      // back to the queue for another node.
+      log("cluster queue: user=" + log_value(u.key) + " given back: " + refused);
+      queue_call([&] { store.give_back(u.key); }, "giving back");
     }
   }
 
-  void unqueue(const std::string& key) {
+  // A store call for the cluster's queue, on the worker thread: a failure is
+  // logged; the row's lease then runs out and another node takes it.
+  template <class F>
+  void queue_call(F f, const char* what) {
     try {
-      store.unqueue(key);
+      f();
     } catch (const state_error& e) {
-      log(std::string("state store: unqueueing failed: ") + e.what());
+      log(std::string("state store: ") + what + " a queued user failed: " + e.what());
     }
   }
 
@@ -245,19 +258,39 @@ struct scheduler::impl {
       publish_legacy();
     };
     user_sync_report rep;
+    // sync_user recorded the run with its failure, then threw it on: named
+    // here as the table must see it (a lost lease is retried like a busy
+    // user; the store failing is not).
+    std::exception_ptr thrown;
     try {
       rep = co_await sync_user(io.get_executor(), job, start.who, pw->value, store, false, p.get());
-    } catch (const std::exception& e) {
+    } catch (...) {
+      thrown = std::current_exception();
+    }
+    if (thrown) {
+      rep = {};
       rep.user = key;
       rep.outcome = sync_outcome::failed;
-      rep.errors.push_back(e.what());  // sync_user recorded the run with it
+      try {
+        std::rethrow_exception(thrown);
+      } catch (const run_busy& e) {
+        rep.failure = failure_kind::busy;
+        rep.errors.push_back(e.what());
+      } catch (const state_error& e) {
+        rep.failure = failure_kind::state_store;
+        rep.errors.push_back(e.what());
+      } catch (const std::exception& e) {
+        rep.errors.push_back(e.what());
+      }
     }
     finish(start, rep);
   }
 
   // A job ended. On the worker thread.
+  enum class queue_end : std::uint8_t { keep, unqueue, give_back };
+
   void finish(const job_start& start, const user_sync_report& rep) {
-    bool unqueue_after = false;
+    queue_end after = queue_end::keep;
     {
       std::lock_guard lock(m);
       if (opts.observe_run) opts.observe_run(rep.duration);
@@ -265,8 +298,10 @@ struct scheduler::impl {
                                          rep.errors.empty() ? std::string() : rep.errors.front(),
                                          job_time::now());
       if (end.drop_credentials) drop(start.key);
-      // A job of the cluster's queue is over unless it is retried.
-      if (start.bulk && !end.retry_in && store.shared()) unqueue_after = true;
+      // A user of the cluster's queue: out of it when its job is over; back
+      // in it for any node when the store failed; kept while retried here.
+      if (!end.retry_in && cluster_taken.erase(start.key) > 0)
+        after = rep.failure == failure_kind::state_store ? queue_end::give_back : queue_end::unqueue;
       if (end.retry_in)
         asio::co_spawn(io, retry_later(start.key, *end.retry_in, end.generation), asio::detached);
       const job* j = table.find(start.key);
@@ -275,7 +310,8 @@ struct scheduler::impl {
           imap::display(opts.sync.fresh.endpoint) +
           " attempt=" + std::to_string(std::max<std::uint32_t>(j->attempts, 1)) + end.note);
     }
-    if (unqueue_after) unqueue(start.key);
+    if (after == queue_end::unqueue) queue_call([&] { store.unqueue(start.key); }, "removing");
+    if (after == queue_end::give_back) queue_call([&] { store.give_back(start.key); }, "giving back");
     publish_legacy();
     kick();
   }
@@ -370,7 +406,13 @@ void scheduler::stop() {
   impl_->io.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
   // The jobs' coroutines are suspended for good: their runs were cut off.
-  impl_->store.mark_interrupted(unix_now());
+  // A database that does not answer now is not a reason to die: a shared
+  // store's leases run out by themselves.
+  try {
+    impl_->store.mark_interrupted(unix_now());
+  } catch (const state_error& e) {
+    impl_->log(std::string("state store: marking this node's runs interrupted failed: ") + e.what());
+  }
 }
 
 void scheduler::on_login(std::string user, std::string password, std::string client_address) {
@@ -396,15 +438,17 @@ void scheduler::on_login(sync_identity who, std::string legacy_server, std::stri
 }
 
 std::string scheduler::enqueue(sync_identity who, std::string legacy_server) {
-  std::lock_guard lock(impl_->m);
+  std::unique_lock lock(impl_->m);
   if (impl_->table.known_server(legacy_server) &&
       (!impl_->legacy_of(legacy_server).master.configured() ||
        !impl_->opts.bulk_new_master.configured()))
     return "needs a login: no master credentials for " +
            std::string(impl_->opts.bulk_new_master.configured() ? "its legacy server" : "[new]");
   if (impl_->store.shared()) {
-    // Into the cluster's queue: whichever node has room runs it.
+    // Into the cluster's queue: whichever node has room runs it. The
+    // database is asked without the table's lock: logins wait on that one.
     if (!impl_->table.known_server(legacy_server)) return "no legacy server \"" + legacy_server + "\"";
+    lock.unlock();
     const queued_user u{who.key,         who.legacy.login, who.legacy.user, who.fresh.login,
                         who.fresh.user, legacy_server};
     try {

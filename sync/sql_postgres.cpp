@@ -83,12 +83,34 @@ struct conninfo_options {
   }
 };
 
+// One statement's round trip, with its parameters as text. A connection the
+// server closed (a restart, an idle cut) is opened again and the statement
+// sent once more, unless it was inside a transaction: that one is gone with
+// the connection, and the caller's transaction fails as a whole.
+PGresult* round_trip(PGconn* conn, bool in_transaction, const std::string& sql,
+                     const std::vector<const char*>& values) {
+  for (int attempt = 0;; ++attempt) {
+    PGresult* res = values.empty() ? pq().PQexec(conn, sql.c_str())
+                                   : pq().PQexecParams(conn, sql.c_str(), static_cast<int>(values.size()),
+                                                       nullptr, values.data(), nullptr, nullptr, 0);
+    const auto status = pq().PQresultStatus(res);
+    if (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK) return res;
+    if (attempt == 0 && !in_transaction && pq().PQstatus(conn) == CONNECTION_BAD) {
+      pq().PQclear(res);
+      pq().PQreset(conn);
+      if (pq().PQstatus(conn) == CONNECTION_OK) continue;
+      return nullptr;
+    }
+    return res;
+  }
+}
+
 class pg_database;
 
 class pg_statement final : public statement {
  public:
-  pg_statement(PGconn* conn, const std::string& where, std::string_view sql)
-      : conn_(conn), where_(where), sql_(to_dollars(sql)) {}
+  pg_statement(PGconn* conn, const std::string& where, const bool& in_transaction, std::string_view sql)
+      : conn_(conn), where_(where), in_transaction_(in_transaction), sql_(to_dollars(sql)) {}
   ~pg_statement() override { pq().PQclear(res_); }
 
   statement& bind(int i, std::string_view v) override {
@@ -127,8 +149,7 @@ class pg_statement final : public statement {
     std::vector<const char*> values;
     values.reserve(params_.size());
     for (const auto& p : params_) values.push_back(p.c_str());
-    res_ = pq().PQexecParams(conn_, sql_.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
-                        nullptr, nullptr, 0);
+    res_ = round_trip(conn_, in_transaction_, sql_, values);
     const auto status = pq().PQresultStatus(res_);
     if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
       std::string msg = trimmed(res_ ? pq().PQresultErrorMessage(res_) : pq().PQerrorMessage(conn_));
@@ -140,6 +161,7 @@ class pg_statement final : public statement {
   }
   PGconn* conn_;
   const std::string& where_;
+  const bool& in_transaction_;
   std::string sql_;
   std::vector<std::string> params_;
   PGresult* res_ = nullptr;
@@ -151,7 +173,11 @@ class pg_database final : public database {
   explicit pg_database(const std::string& conninfo) {
     std::string error;
     conninfo_options parsed(conninfo, error);
-    if (!parsed.opts) throw state_error("state store: [sync] state_db: not a PostgreSQL connection string: " + error);
+    // libpq's own words quote parts of the string, which may be the
+    // password (a URI's "user:secret@"): not repeated.
+    if (!parsed.opts)
+      throw state_error("state store: [sync] state_db: not a PostgreSQL connection string (libpq cannot "
+                        "parse it; check quoting and %-escapes)");
     where_ = "postgresql";
     for (const char* key : {"host", "port", "dbname", "user"})
       if (const char* v = parsed.get(key); v && *v) where_ += std::string(" ") + key + "=" + v;
@@ -174,14 +200,14 @@ class pg_database final : public database {
 
   dialect kind() const override { return dialect::postgresql; }
   std::unique_ptr<statement> prepare(std::string_view sql) override {
-    reconnect_if_lost();
-    return std::make_unique<pg_statement>(conn_, where_, sql);
+    return std::make_unique<pg_statement>(conn_, where_, in_transaction_, sql);
   }
   void exec(std::string_view sql) override {
-    reconnect_if_lost();
     const std::string text(sql);
-    PGresult* res = pq().PQexec(conn_, text.c_str());
+    PGresult* res = round_trip(conn_, in_transaction_, text, {});
     const auto status = pq().PQresultStatus(res);
+    // COMMIT and ROLLBACK end the transaction whatever they answer.
+    if (text == "COMMIT" || text == "ROLLBACK") in_transaction_ = false;
     if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
       std::string msg = trimmed(res ? pq().PQresultErrorMessage(res) : pq().PQerrorMessage(conn_));
       pq().PQclear(res);
@@ -189,9 +215,12 @@ class pg_database final : public database {
     }
     pq().PQclear(res);
   }
-  void begin() override { exec("BEGIN"); }
+  void begin() override {
+    exec("BEGIN");
+    in_transaction_ = true;
+  }
   void lock(std::string_view name) override {
-    pg_statement st(conn_, where_, "SELECT pg_advisory_xact_lock(hashtextextended(?1, 0))");
+    pg_statement st(conn_, where_, in_transaction_, "SELECT pg_advisory_xact_lock(hashtextextended(?1, 0))");
     st.bind(1, name);
     st.run();
   }
@@ -199,12 +228,12 @@ class pg_database final : public database {
     // Read from pg_class with the statement's snapshot, not to_regclass: a
     // name lookup may answer from a cache that still says "no such table"
     // after another node's migration committed while this one waited.
-    pg_statement st(conn_, where_,
+    pg_statement st(conn_, where_, in_transaction_,
                     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
                     " ON n.oid = c.relnamespace WHERE c.relname = 'suction_schema'"
                     " AND n.nspname = current_schema())");
     if (!st.step() || st.text(0) != "t") return 0;
-    pg_statement v(conn_, where_, "SELECT max(version) FROM suction_schema");
+    pg_statement v(conn_, where_, in_transaction_, "SELECT max(version) FROM suction_schema");
     return v.step() ? static_cast<int>(v.integer(0)) : 0;
   }
   void set_schema_version(int v) override {
@@ -218,13 +247,8 @@ class pg_database final : public database {
   const std::string& where() const override { return where_; }
 
  private:
-  // A connection the server closed (a restart, an idle cut) is opened again
-  // between transactions; inside one, the statement fails and so does the
-  // transaction.
-  void reconnect_if_lost() {
-    if (pq().PQstatus(conn_) == CONNECTION_BAD) pq().PQreset(conn_);
-  }
   PGconn* conn_ = nullptr;
+  bool in_transaction_ = false;  // round_trip resends nothing inside one
   std::string where_;
 };
 

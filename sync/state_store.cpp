@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <csignal>
 #include <system_error>
+#include <tuple>
 
 #include <unistd.h>
 
@@ -355,6 +356,8 @@ void state_store::save_folder(std::string_view user, const folder_state& f) {
 
 void state_store::forget_folder(std::string_view user, std::string_view legacy_name) {
   transaction tx(*db_);
+  // A run that lost its user must not delete what the new owner recorded.
+  fence(user);
   for (const char* sql : {"DELETE FROM messages WHERE \"user\" = ?1 AND legacy_name = ?2",
                           "DELETE FROM append_journal WHERE \"user\" = ?1 AND legacy_name = ?2",
                           "DELETE FROM folders WHERE \"user\" = ?1 AND legacy_name = ?2"}) {
@@ -667,21 +670,27 @@ std::size_t state_store::mark_interrupted(std::int64_t now) {
   // The queued users they had taken go back to the queue, for any node.
   {
     auto taken = prepare("SELECT \"user\", node, pid, lease_until_ms FROM job_queue WHERE node <> ''");
-    std::vector<std::string> back;
+    std::vector<std::tuple<std::string, std::string, std::int64_t>> back;
     while (taken->step()) {
       const std::string node = taken->text(1);
       const std::int64_t pid = taken->integer(2);
       if ((node == id_.node && pid == ::getpid()) || !alive(node, pid, taken->integer(3), clock))
-        back.push_back(taken->text(0));
+        back.emplace_back(taken->text(0), node, pid);
     }
     taken->reset();
-    for (const auto& user : back) {
-      auto st = prepare("UPDATE job_queue SET node = '', pid = 0, lease_until_ms = 0 WHERE \"user\" = ?1");
-      st->bind(1, user);
+    // Only if the same holder still has it: another node may have taken it
+    // since (its lease had run out, and the row was free for anyone).
+    for (const auto& [user, node, pid] : back) {
+      auto st = prepare("UPDATE job_queue SET node = '', pid = 0, lease_until_ms = 0"
+                        " WHERE \"user\" = ?1 AND node = ?2 AND pid = ?3");
+      st->bind(1, user).bind(2, node).bind(3, pid);
       st->run();
     }
   }
-  // The legacy connections such processes held are free again.
+  // The legacy connections such processes held are free again: under the
+  // claims' lock, so a claim that renews them meanwhile is not undone.
+  transaction tx(*db_);
+  db_->lock("suction.legacy");
   auto slots = prepare("SELECT node, pid, lease_until_ms FROM legacy_slots");
   std::vector<std::pair<std::string, std::int64_t>> gone;
   while (slots->step()) {
@@ -696,6 +705,7 @@ std::size_t state_store::mark_interrupted(std::int64_t now) {
     st->bind(1, node).bind(2, pid);
     st->run();
   }
+  tx.commit();
   return cut.size();
 }
 
@@ -791,6 +801,13 @@ std::vector<queued_user> state_store::take_queued(std::size_t n) {
   st->reset();
   tx.commit();
   return out;
+}
+
+void state_store::give_back(std::string_view user) {
+  auto st = prepare("UPDATE job_queue SET node = '', pid = 0, lease_until_ms = 0"
+                    " WHERE \"user\" = ?1 AND node = ?2 AND pid = ?3");
+  st->bind(1, user).bind(2, id_.node).bind(3, static_cast<std::int64_t>(::getpid()));
+  st->run();
 }
 
 void state_store::unqueue(std::string_view user) {

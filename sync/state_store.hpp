@@ -230,6 +230,8 @@ class state_store {
   bool queue_user(const queued_user& u, std::int64_t now);
   std::vector<queued_user> take_queued(std::size_t n);
   void unqueue(std::string_view user);
+  // Back to the queue for any node (this one could not run it now).
+  void give_back(std::string_view user);
   std::size_t queue_length() const;
   cluster_view cluster() const;
 

@@ -175,6 +175,13 @@ TEST_CASE("state store: a PostgreSQL that cannot be reached is a state_error nam
   }
   CHECK_THROWS_WITH_AS(state_store("host=127.0.0.1 nonsense=1"),
                        doctest::Contains("not a PostgreSQL connection string"), state_error);
+  // libpq's parse errors quote the string: a password must not come back.
+  try {
+    state_store s("postgresql://suction:50%zzsecret@127.0.0.1:1/suction");
+    FAIL("parsed a bad %-escape");
+  } catch (const state_error& e) {
+    CHECK(std::string(e.what()).find("secret") == std::string::npos);
+  }
 }
 
 TEST_CASE("state store: a path that cannot be opened is a state_error naming it") {
