@@ -391,7 +391,7 @@ TEST_CASE("state store: the append journal is written before a batch and goes wi
   }
 }
 
-TEST_CASE("state store: a run that lost its user can neither journal nor record (fencing)") {
+TEST_CASE("state store: a run that lost its user can neither journal, record nor forget (fencing)") {
   backend b;
   state_store s(b.location);
   folder_state f = sent_items();
@@ -409,6 +409,7 @@ TEST_CASE("state store: a run that lost its user can neither journal nor record 
   CHECK_THROWS_AS(s.record_batch("alice", f, two), lease_lost);
   const std::pair<std::uint32_t, std::string> seen[] = {{1, "\\Seen"}};
   CHECK_THROWS_AS(s.update_flags("alice", f.legacy_name, seen), lease_lost);
+  CHECK_THROWS_AS(s.forget_folder("alice", f.legacy_name), lease_lost);
   // Nothing of the refused writes is there.
   CHECK(s.folder("alice", f.legacy_name)->last_legacy_uid == 1);
   CHECK(s.messages("alice", f.legacy_name) == std::vector<message_record>{{1, 1, ""}});
