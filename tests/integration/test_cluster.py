@@ -103,6 +103,21 @@ def runs_of(user: str | None = None) -> list[tuple]:
     return out
 
 
+def session(c: RawClient, user: str, first: bytes = b"") -> None:
+    """`first` (a PROXY header), greeting, LOGIN with the user's bed password, LOGOUT; closes
+    the connection."""
+    try:
+        if first:
+            c.send(first)
+        greeting = c.readline()
+        assert greeting.startswith(b"* OK"), greeting
+        answer = c.command("a1", f"LOGIN {quote(user)} {quote(bed().users[user])}")
+        assert b"a1 OK" in answer, (user, answer)
+        c.command("a2", "LOGOUT")
+    finally:
+        c.close()
+
+
 @unittest.skipUnless(shutil.which("haproxy"), "haproxy not installed (deploy/install-deps.sh "
                      "installs Debian's haproxy)")
 class TwoNodes(unittest.TestCase):
@@ -171,16 +186,9 @@ backend suction
             p.stop()
         cls.legacy.close()
 
-    def log_in(self, user: str, port: int | None = None) -> None:
-        c = RawClient.connect(HOST, port or self.hap_port, source=CLIENT, timeout=30)
-        try:
-            greeting = c.readline()
-            assert greeting.startswith(b"* OK"), greeting
-            answer = c.command("a1", f"LOGIN {quote(user)} {quote(bed().users[user])}")
-            assert b"a1 OK" in answer, (user, answer)
-            c.command("a2", "LOGOUT")
-        finally:
-            c.close()
+    def log_in(self, user: str) -> None:
+        """Through HAProxy, from the client's address."""
+        session(RawClient.connect(HOST, self.hap_port, source=CLIENT, timeout=30), user)
 
     def all_done(self, users: list[str]) -> bool:
         """Every user's newest run is done and none is running, on either node; neither node
@@ -336,16 +344,7 @@ backend suction
         body = src + dst + struct.pack("!HH", 40000, node.imap_port)
         header = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(body))
                   + body)
-        c = RawClient.connect(HOST, node.imap_port, source=BALANCER, timeout=30)
-        try:
-            c.send(header)
-            greeting = c.readline()
-            assert greeting.startswith(b"* OK"), greeting
-            answer = c.command("a1", f"LOGIN {quote(user)} {quote(bed().users[user])}")
-            assert b"a1 OK" in answer, (user, answer)
-            c.command("a2", "LOGOUT")
-        finally:
-            c.close()
+        session(RawClient.connect(HOST, node.imap_port, source=BALANCER, timeout=30), user, header)
 
 
 if __name__ == "__main__":
