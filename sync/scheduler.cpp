@@ -41,6 +41,7 @@ struct scheduler::impl {
         reader(opts.state_db, opts.store),
         work(asio::make_work_guard(io)),
         sweeper(io) {
+    store.claim_node();
     store.mark_interrupted(unix_now());
     for (auto& r : reader.latest_runs()) table.restore(r);
   }

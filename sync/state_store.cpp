@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <csignal>
+#include <fstream>
 #include <system_error>
 #include <tuple>
 
@@ -131,7 +132,8 @@ constexpr migration kMigrations[] = {
     // 4 -> 5: the node that runs a run, and its lease (by the database's
     // clock) for one run per user across nodes; the legacy connections each
     // node's process holds, for caps that hold for the cluster; the users
-    // handed over for bulk migration, taken by whichever node has room
+    // handed over for bulk migration, taken by whichever node has room; each
+    // node name's machine
     {R"sql(
     ALTER TABLE runs ADD COLUMN node TEXT NOT NULL DEFAULT '';
     ALTER TABLE runs ADD COLUMN lease_until_ms INTEGER NOT NULL DEFAULT 0;
@@ -155,6 +157,11 @@ constexpr migration kMigrations[] = {
       node TEXT NOT NULL DEFAULT '',
       pid INTEGER NOT NULL DEFAULT 0,
       lease_until_ms INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE nodes (
+      node TEXT PRIMARY KEY,
+      machine TEXT NOT NULL,
+      lease_until_ms INTEGER NOT NULL
     );
     )sql",
      R"sql(
@@ -181,6 +188,11 @@ constexpr migration kMigrations[] = {
       pid BIGINT NOT NULL DEFAULT 0,
       lease_until_ms BIGINT NOT NULL DEFAULT 0
     );
+    CREATE TABLE nodes (
+      node TEXT PRIMARY KEY,
+      machine TEXT NOT NULL,
+      lease_until_ms BIGINT NOT NULL
+    );
     )sql"},
 };
 static_assert(std::size(kMigrations) == state_store::kSchemaVersion);
@@ -196,6 +208,21 @@ run_result parse_result(std::string_view s) {
   if (s == "failed") return run_result::failed;
   if (s == "interrupted") return run_result::interrupted;
   return run_result::running;
+}
+
+std::string first_line(const char* path) {
+  std::ifstream f(path);
+  std::string line;
+  std::getline(f, line);
+  return line;
+}
+
+// The kernel's boot id and this process's pid namespace: processes that
+// share both can ask about each other's pids.
+std::string this_machine() {
+  char ns[128] = {};
+  const ssize_t n = ::readlink("/proc/self/ns/pid", ns, sizeof ns - 1);
+  return first_line("/proc/sys/kernel/random/boot_id") + " " + (n > 0 ? std::string(ns, static_cast<std::size_t>(n)) : "");
 }
 
 std::string host_name() {
@@ -268,7 +295,29 @@ state_store::state_store(const std::string& location, store_identity id)
   if (!shared()) id_.node.clear();
   else if (id_.node.empty()) id_.node = host_name();
   if (id_.lease_seconds < 1) id_.lease_seconds = 1;
+  if (id_.machine.empty()) id_.machine = this_machine();
   migrate();
+}
+
+void state_store::claim_node() {
+  if (!shared()) return;
+  transaction tx(*db_);
+  db_->lock("suction.nodes");
+  const std::int64_t clock = db_now_ms();
+  auto held = prepare("SELECT machine, lease_until_ms FROM nodes WHERE node = ?1");
+  held->bind(1, id_.node);
+  if (held->step() && held->text(0) != id_.machine && held->integer(1) > clock)
+    throw state_error("state store " + db_->where() + ": [sync] node_name \"" + id_.node +
+                      "\" is in use by another machine (or container) for " +
+                      std::to_string((held->integer(1) - clock + 999) / 1000) +
+                      " s more: every node needs a name of its own");
+  held->reset();
+  auto put = prepare(std::string("INSERT INTO nodes (node, machine, lease_until_ms) VALUES (?1, ?2, ") +
+                     db_->now_ms_sql() + " + ?3) ON CONFLICT (node) DO UPDATE SET machine = ?2, lease_until_ms = " +
+                     db_->now_ms_sql() + " + ?3");
+  put->bind(1, id_.node).bind(2, id_.machine).bind(3, id_.lease_seconds * 1000);
+  put->run();
+  tx.commit();
 }
 
 state_store::~state_store() = default;
@@ -720,6 +769,11 @@ void state_store::renew_leases() {
     st->bind(1, id_.node).bind(2, static_cast<std::int64_t>(::getpid())).bind(3, id_.lease_seconds * 1000);
     st->run();
   }
+  // The node's name is this machine's as long as one of its processes renews it.
+  auto name = prepare(std::string("UPDATE nodes SET lease_until_ms = ") + db_->now_ms_sql() +
+                      " + ?3 WHERE node = ?1 AND machine = ?2");
+  name->bind(1, id_.node).bind(2, id_.machine).bind(3, id_.lease_seconds * 1000);
+  name->run();
   tx.commit();
 }
 

@@ -65,6 +65,11 @@ class lease_lost : public run_busy {
 struct store_identity {
   std::string node;
   std::int64_t lease_seconds = 60;  // another node's run is alive this long after its last renewal
+  // Where this node's process ids mean something: the kernel's boot id and
+  // this process's pid namespace ("": read them). Two machines (or
+  // containers) under one node name would judge each other's runs by pids
+  // that are not theirs: claim_node refuses that.
+  std::string machine;
 };
 
 // Where one legacy folder stands (dsync's mailbox state, plus the new side).
@@ -155,6 +160,10 @@ class state_store {
   state_store& operator=(const state_store&) = delete;
 
   int schema_version() const;
+  // A shared store: registers this node's name for this machine (renewed
+  // with the leases); throws state_error when another machine holds it.
+  // For the processes that migrate (the daemon, suction sync), not readers.
+  void claim_node();
   bool shared() const;               // PostgreSQL: several nodes may use it
   const std::string& node() const { return id_.node; }
 

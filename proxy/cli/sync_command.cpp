@@ -202,6 +202,7 @@ int run_sync_command(const sync_command_args& a) {
   std::exception_ptr failure;
   try {
     sync::state_store state(cfg->sync.state_db, store_identity_from(*cfg));
+    state.claim_node();
     state.mark_interrupted(static_cast<std::int64_t>(std::time(nullptr)));
     std::string_view password = pw.value;
     // Transient failures are tried again with a growing pause; the runs are

@@ -524,3 +524,31 @@ TEST_CASE("state store: the cluster's queue and legacy connections, shared by tw
   for (const auto& u : back) keys.insert(u.key);
   CHECK(keys == std::set<std::string>{"user1", "user2", "user3", "user4"});
 }
+
+TEST_CASE("state store: a node name belongs to one machine at a time") {
+  backend b;
+  if (!b.pg) {
+    MESSAGE("skipped: SQLite is one machine's file, its runs are told apart by process "
+            "(ctest sync.state_store.postgresql runs this case)");
+    return;
+  }
+  state_store here(b.location, {.node = "mx-1", .lease_seconds = 2, .machine = "boot-a pid:[1]"});
+  state_store again(b.location, {.node = "mx-1", .lease_seconds = 2, .machine = "boot-a pid:[1]"});
+  state_store elsewhere(b.location, {.node = "mx-1", .lease_seconds = 2, .machine = "boot-b pid:[1]"});
+  state_store other_name(b.location, {.node = "mx-2", .lease_seconds = 2, .machine = "boot-b pid:[1]"});
+  here.claim_node();
+  again.claim_node();  // another process of the same machine: the same node
+  other_name.claim_node();
+  CHECK_THROWS_WITH_AS(elsewhere.claim_node(),
+                       doctest::Contains("[sync] node_name \"mx-1\" is in use by another machine"),
+                       state_error);
+  // Renewed, it stays taken past its first term; silent, it is free again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  here.renew_leases();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  CHECK_THROWS_AS(elsewhere.claim_node(), state_error);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  elsewhere.claim_node();
+  CHECK_THROWS_AS(here.claim_node(), state_error);
+}
+
