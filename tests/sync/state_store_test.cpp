@@ -54,6 +54,14 @@ struct backend {
   void raw(const std::string& sql) const { suction::sync::sql::open(location)->exec(sql); }
 };
 
+// Cases about several nodes sharing one database: PostgreSQL only.
+bool skipped_without_postgresql(const backend& b) {
+  if (b.pg) return false;
+  MESSAGE("skipped: SQLite is one machine's file, its runs are told apart by process "
+          "(ctest sync.state_store.postgresql runs this case)");
+  return true;
+}
+
 folder_state sent_items() {
   folder_state f;
   f.legacy_name = "INBOX.Sent Items";
@@ -422,11 +430,7 @@ TEST_CASE("state store: a run that lost its user can neither journal, record nor
 
 TEST_CASE("state store: another node's run holds the user while its lease lasts, then is taken over") {
   backend b;
-  if (!b.pg) {
-    MESSAGE("skipped: SQLite is one machine's file, its runs are told apart by process "
-            "(ctest sync.state_store.postgresql runs this case)");
-    return;
-  }
+  if (skipped_without_postgresql(b)) return;
   state_store a(b.location, {.node = "node-a", .lease_seconds = 2});
   state_store other(b.location, {.node = "node-b", .lease_seconds = 2});
   CHECK(a.node() == "node-a");
@@ -477,11 +481,7 @@ TEST_CASE("state store: another node's run holds the user while its lease lasts,
 
 TEST_CASE("state store: the cluster's queue and legacy connections, shared by two nodes") {
   backend b;
-  if (!b.pg) {
-    MESSAGE("skipped: SQLite is one machine's file, its runs are told apart by process "
-            "(ctest sync.state_store.postgresql runs this case)");
-    return;
-  }
+  if (skipped_without_postgresql(b)) return;
   state_store a(b.location, {.node = "node-a", .lease_seconds = 2});
   state_store other(b.location, {.node = "node-b", .lease_seconds = 2});
   // Queued once, whoever queues it; each taken by one node.
@@ -527,11 +527,7 @@ TEST_CASE("state store: the cluster's queue and legacy connections, shared by tw
 
 TEST_CASE("state store: a node name belongs to one machine at a time") {
   backend b;
-  if (!b.pg) {
-    MESSAGE("skipped: SQLite is one machine's file, its runs are told apart by process "
-            "(ctest sync.state_store.postgresql runs this case)");
-    return;
-  }
+  if (skipped_without_postgresql(b)) return;
   state_store here(b.location, {.node = "mx-1", .lease_seconds = 2, .machine = "boot-a pid:[1]"});
   state_store again(b.location, {.node = "mx-1", .lease_seconds = 2, .machine = "boot-a pid:[1]"});
   state_store elsewhere(b.location, {.node = "mx-1", .lease_seconds = 2, .machine = "boot-b pid:[1]"});
