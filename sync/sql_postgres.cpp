@@ -66,13 +66,13 @@ std::string trimmed(const char* msg) {
   return s;
 }
 
-// The parsed connection string, freed with it.
+// The parsed connection string, freed with it; opts null when libpq cannot
+// parse it (its message is not kept: it may quote the password).
 struct conninfo_options {
   PQconninfoOption* opts = nullptr;
-  explicit conninfo_options(const std::string& conninfo, std::string& error) {
+  explicit conninfo_options(const std::string& conninfo) {
     char* err = nullptr;
     opts = pq().PQconninfoParse(conninfo.c_str(), &err);
-    if (!opts) error = trimmed(err ? err : "out of memory");
     pq().PQfreemem(err);
   }
   ~conninfo_options() { pq().PQconninfoFree(opts); }
@@ -104,8 +104,6 @@ PGresult* round_trip(PGconn* conn, bool in_transaction, const std::string& sql,
     return res;
   }
 }
-
-class pg_database;
 
 class pg_statement final : public statement {
  public:
@@ -171,8 +169,7 @@ class pg_statement final : public statement {
 class pg_database final : public database {
  public:
   explicit pg_database(const std::string& conninfo) {
-    std::string error;
-    conninfo_options parsed(conninfo, error);
+    conninfo_options parsed(conninfo);
     // libpq's own words quote parts of the string, which may be the
     // password (a URI's "user:secret@"): not repeated.
     if (!parsed.opts)
