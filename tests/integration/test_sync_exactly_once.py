@@ -17,7 +17,7 @@ The relay waits for the server's OK to the late batch each time, so it really la
 A message the user put into the new folder meanwhile must survive; the end state must equal
 legacy (sha256 of every message, flags, INTERNALDATE, per folder, none twice), legacy untouched.
 
-Kills at wall-clock instants: a Courier-shaped mailbox of 2,500 messages in 15 folders plus a
+Kills at wall-clock instants: a Courier-shaped mailbox of 4,000 messages in 15 folders plus a
 20 MiB message (tests/bench/gen_corpus.py, written straight into the legacy maildir), `suction
 sync` killed 20 times at seeded instants between 0.05 and 0.6 s after start (a fresh run each
 time, default batches of 100), then runs to completion: exact, legacy untouched.
@@ -49,7 +49,7 @@ import gen_corpus  # noqa: E402
 LATE_USER, LATE_LEGACY, LATE_NEW = "alice", "INBOX.Late", "Late"
 LATE_COUNT = 250                  # three MULTIAPPEND batches of 100
 KILL_USER = "bob"
-KILL_MESSAGES, KILL_FOLDERS, KILL_LARGE_MB = 2500, 15, 20
+KILL_MESSAGES, KILL_FOLDERS, KILL_LARGE_MB = 4000, 15, 20  # 20 kills must fit in one migration
 KILL_CYCLES = 20
 KILL_DELAYS = (0.03, 0.25)        # seconds after the start, uniform; [sync] connections_per_user
                                   # = 1 so that 20 kills fit in one migration of the corpus
