@@ -38,14 +38,16 @@ std::string_view to_string(user_state s) {
   return "pending";
 }
 
-void job_table::restore(const run_record& last) {
-  job& j = jobs_[last.user];
+// A job's state as its last recorded run left it.
+static void apply_run(job& j, const run_record& last) {
   j.state = from_run(last.result);
   j.started_at = last.started_at;
   if (last.finished_at != 0) j.finished_at = last.finished_at;
   if (last.result == run_result::done) j.completed_at = last.finished_at;
   j.last_error = last.error;
 }
+
+void job_table::restore(const run_record& last) { apply_run(jobs_[last.user], last); }
 
 bool job_table::known_server(std::string_view server) const {
   return server.empty() || rules_.more_legacy.contains(server);
@@ -118,7 +120,7 @@ bool job_table::login_queues(const sync_identity& who, std::string legacy_server
     return true;
   }
   j.bulk = false;
-  if (j.queued || j.retry_at) return false;  // one job per user
+  if (j.queued || j.retry_at || j.offered) return false;  // one job per user
   if (j.state == user_state::done && j.completed_at &&
       now.unix - *j.completed_at < rules_.resync_interval.count())
     return false;
@@ -126,7 +128,8 @@ bool job_table::login_queues(const sync_identity& who, std::string legacy_server
   return true;
 }
 
-std::string job_table::enqueue_bulk(const sync_identity& who, std::string legacy_server) {
+std::string job_table::enqueue_bulk(const sync_identity& who, std::string legacy_server,
+                                    std::string client) {
   if (stopped_) return "the daemon is stopping";
   if (!known_server(legacy_server)) return "no legacy server \"" + legacy_server + "\"";
   job& j = jobs_[who.key];
@@ -134,9 +137,48 @@ std::string job_table::enqueue_bulk(const sync_identity& who, std::string legacy
   j.who = who;
   j.legacy_server = std::move(legacy_server);
   j.bulk = true;
-  j.client_address.clear();
+  j.offered = false;
+  j.client_address = std::move(client);
   queue(who.key, j);
   return "";
+}
+
+std::vector<std::string> job_table::waiting_logins() const {
+  return {queue_.begin(), queue_.end()};
+}
+
+bool job_table::offer(std::string_view key) {
+  auto it = jobs_.find(key);
+  if (it == jobs_.end() || !it->second.queued || it->second.bulk) return false;
+  std::erase(queue_, it->first);
+  it->second.queued = false;
+  it->second.offered = true;
+  return true;
+}
+
+bool job_table::taken_back(std::string_view key) {
+  auto it = jobs_.find(key);
+  if (it == jobs_.end() || !it->second.offered) return false;
+  job& j = it->second;
+  j.offered = false;
+  if (stopped_ || !j.has_credentials || j.running || j.queued) return false;
+  queue(it->first, j);
+  return true;
+}
+
+std::vector<std::string> job_table::offered() const {
+  std::vector<std::string> out;
+  for (const auto& [key, j] : jobs_)
+    if (j.offered) out.push_back(key);
+  return out;
+}
+
+void job_table::settle_offered(std::string_view key, const std::optional<run_record>& last) {
+  auto it = jobs_.find(key);
+  if (it == jobs_.end() || !it->second.offered) return;
+  job& j = it->second;
+  j.offered = false;
+  if (last) apply_run(j, *last);  // else pending, as it was offered
 }
 
 std::string job_table::resync(std::string_view key) {
@@ -187,7 +229,7 @@ std::optional<job_start> job_table::take_next(job_time now) {
     j.finished_at.reset();
     ++running_;
     legacy_in_use_[j.legacy_server] += 1;  // the job's first pair; more through grant()
-    return job_start{key, j.who, j.legacy_server, j.bulk};
+    return job_start{key, j.who, j.legacy_server, j.bulk, j.client_address};
   }
   return std::nullopt;
 }
@@ -294,6 +336,7 @@ void job_table::stop() {
     j.has_credentials = false;
     if (j.running) j.state = user_state::interrupted;
     j.queued = false;
+    j.offered = false;  // the cluster's queue keeps its row, for another node
     j.retry_at.reset();
   }
   queue_.clear();

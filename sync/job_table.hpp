@@ -50,6 +50,10 @@ struct job {
   user_state state = user_state::pending;
   bool queued = false, running = false;
   bool bulk = false;                 // queued by enqueue: master credentials, behind logins
+  // A login's job this node could not start, handed to the cluster's queue
+  // (a shared store, master credentials): whichever node has room runs it.
+  // Not queued here meanwhile; settled when the row is gone.
+  bool offered = false;
   sync_identity who;                 // names for the servers
   std::string legacy_server;         // "" = the default legacy server
   std::string client_address;        // of the last login
@@ -68,7 +72,8 @@ struct job_start {
   std::string key;
   sync_identity who;
   std::string legacy_server;
-  bool bulk = false;
+  bool bulk = false;           // master credentials
+  std::string client;          // the login's address ("" for a user who never logged in)
 };
 
 // What the end of a run decided.
@@ -91,8 +96,24 @@ class job_table {
   // job moved ahead of the bulk queue). The runner holds the password.
   bool on_login(const sync_identity& who, std::string legacy_server, std::string client,
                 job_time now);
-  // A user who may never log in: "" when queued, else why not.
-  std::string enqueue_bulk(const sync_identity& who, std::string legacy_server);
+  // A user who may never log in: "" when queued, else why not. `client`:
+  // the login's address when it is another node's login run here.
+  std::string enqueue_bulk(const sync_identity& who, std::string legacy_server,
+                           std::string client = {});
+
+  // Logins' jobs and the cluster's queue (a shared store). waiting_logins:
+  // the logins' jobs queued here, not started (call after take_next). offer:
+  // one of them goes to the cluster's queue (the runner put it there): out of
+  // this node's queue, `offered` until settled. taken_back: this node took
+  // its own offered row from the cluster's queue; queued as a login's job
+  // again when it still holds the password (true), else false (the caller
+  // runs it as a bulk job). settle_offered: the row is gone (another node ran
+  // it): the user's state is that of its last run (`last`, if any).
+  std::vector<std::string> waiting_logins() const;
+  bool offer(std::string_view key);
+  bool taken_back(std::string_view key);
+  std::vector<std::string> offered() const;
+  void settle_offered(std::string_view key, const std::optional<run_record>& last);
   // An operator's resync: "" when queued, else why not.
   std::string resync(std::string_view key);
 

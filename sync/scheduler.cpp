@@ -101,8 +101,15 @@ struct scheduler::impl {
   using starting_jobs =
       std::vector<std::tuple<job_start, std::shared_ptr<secret>, std::shared_ptr<sync_progress>>>;
 
-  // A shared store: users handed over on any node, taken while this node
-  // has room for bulk jobs. On the worker thread.
+  // Both servers' master credentials for jobs of this legacy server: what
+  // lets any node run a user's job without the user's password.
+  bool masters_for(std::string_view server) const {
+    return legacy_of(server).master.configured() && opts.bulk_new_master.configured();
+  }
+
+  // A shared store: users handed over on any node, and logins other nodes
+  // could not start, taken while this node has room for them. On the worker
+  // thread.
   void pull_cluster_queue() {
     std::uint32_t room = 0;
     {
@@ -122,8 +129,15 @@ struct scheduler::impl {
       std::string refused;
       {
         std::lock_guard lock(m);
-        refused = table.enqueue_bulk({u.key, {u.legacy_login, u.legacy_user}, {u.new_login, u.new_user}},
-                                     u.legacy_server);
+        // Its own login back: run with the password it still holds.
+        if (u.login_node == store.node() && table.taken_back(u.key)) {
+          cluster_taken.insert(u.key);
+          continue;
+        }
+        refused = masters_for(u.legacy_server) || !table.known_server(u.legacy_server)
+                      ? table.enqueue_bulk({u.key, {u.legacy_login, u.legacy_user}, {u.new_login, u.new_user}},
+                                           u.legacy_server, u.client)
+                      : "no master credentials for its servers on this node";
         j = table.find(u.key);
         // Held by this node until its job here is over (whatever starts it).
         if (refused.empty() || (j && (j->queued || j->running))) cluster_taken.insert(u.key);
@@ -134,6 +148,55 @@ struct scheduler::impl {
       // back to the queue for another node.
       log("cluster queue: user=" + log_value(u.key) + " given back: " + refused);
       queue_call([&] { store.give_back(u.key); }, "giving back");
+    }
+  }
+
+  // A shared store: the logins' jobs that could not start here (no job slot
+  // or legacy connection free, paused, draining) go to the cluster's queue
+  // when master credentials let another node run them; the password stays
+  // here. On the worker thread, after the table took what it could.
+  void offer_waiting_logins() {
+    std::vector<queued_user> offers;
+    {
+      std::lock_guard lock(m);
+      for (const auto& key : table.waiting_logins()) {
+        const job& j = *table.find(key);
+        if (masters_for(j.legacy_server))
+          offers.push_back({key, j.who.legacy.login, j.who.legacy.user, j.who.fresh.login,
+                            j.who.fresh.user, j.legacy_server, store.node(), j.client_address});
+      }
+    }
+    for (const auto& u : offers) {
+      bool queued = false;
+      queue_call([&] { queued = store.queue_user(u, unix_now()); }, "offering");
+      if (!queued) continue;  // a node holds its row and runs it now: it waits here
+      std::lock_guard lock(m);
+      if (table.offer(u.key))
+        log("cluster queue: user=" + log_value(u.key) + " login's job handed over (no room on this node)");
+    }
+  }
+
+  // The offered logins whose rows are gone (another node ran them): their
+  // state is their last run's. On the worker thread, once a second.
+  void settle_offered() {
+    std::vector<std::string> keys;
+    {
+      std::lock_guard lock(m);
+      keys = table.offered();
+    }
+    for (const auto& key : keys) {
+      std::optional<std::string> holder;
+      std::vector<run_record> last;
+      try {
+        holder = store.queue_holder(key);
+        if (!holder) last = store.runs(key, 1);
+      } catch (const state_error& e) {
+        log(std::string("state store: reading the cluster's queue failed: ") + e.what());
+        return;
+      }
+      if (holder) continue;
+      std::lock_guard lock(m);
+      table.settle_offered(key, last.empty() ? std::nullopt : std::optional<run_record>(last.front()));
     }
   }
 
@@ -168,6 +231,7 @@ struct scheduler::impl {
         log(std::string("state store: claiming legacy connections failed: ") + e.what());
       }
     }
+    if (store.shared()) offer_waiting_logins();
     for (auto& [start, pw, p] : starting)
       asio::co_spawn(io, run_job(std::move(start), pw, p), asio::detached);
   }
@@ -214,7 +278,8 @@ struct scheduler::impl {
   // the user's password, a bulk job with both servers' master credentials.
   user_sync_options job_options(const job_start& j) const {
     user_sync_options o = opts.sync;
-    o.started_by = j.bulk ? "bulk" : "login";
+    // Another node's login run here with master credentials is a login's.
+    o.started_by = j.bulk && j.client.empty() ? "bulk" : "login";
     o.legacy = legacy_of(j.legacy_server);
     if (j.bulk) {
       o.fresh.master = opts.bulk_new_master;
@@ -306,7 +371,7 @@ struct scheduler::impl {
       if (end.retry_in)
         asio::co_spawn(io, retry_later(start.key, *end.retry_in, end.generation), asio::detached);
       const job* j = table.find(start.key);
-      log("migration " + describe_run(rep) + " client=" + (start.bulk ? "bulk" : j->client_address) +
+      log("migration " + describe_run(rep) + " client=" + (start.client.empty() ? "bulk" : start.client) +
           " legacy=" + imap::display(legacy_of(start.legacy_server).endpoint) + " new=" +
           imap::display(opts.sync.fresh.endpoint) +
           " attempt=" + std::to_string(std::max<std::uint32_t>(j->attempts, 1)) + end.note);
@@ -355,6 +420,7 @@ struct scheduler::impl {
         std::lock_guard lock(m);
         look_again = store.shared() && !table.paused();
       }
+      if (store.shared()) settle_offered();
       if (look_again) kick();
       std::lock_guard lock(m);
       for (const auto& key : table.expired_credentials(job_time::now())) {
@@ -382,6 +448,7 @@ struct scheduler::impl {
     v.attempts = j.attempts;
     v.retry_at = j.retry_at;
     v.bulk = j.bulk;
+    v.offered = j.offered;
     v.legacy_server = j.legacy_server;
     return v;
   }

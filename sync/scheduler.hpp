@@ -17,6 +17,13 @@
 // - Logins before bulk: users handed over by enqueue (suction migrate) start
 //   only when no login's job is waiting, and a login of a user whose bulk job
 //   is still queued moves it to the logins' queue.
+// - Several nodes (a shared store): users handed over on any node go to the
+//   cluster's queue, which every node takes from while it has room. A login's
+//   job this node cannot start now (no slot or legacy connection free,
+//   paused, draining) goes there too, ahead of the bulk users, when master
+//   credentials for its servers let another node run it; the password never
+//   leaves this node, which runs it with the password if it takes it back
+//   itself. Without master credentials it waits here.
 // - A failure its policy retries (failure.hpp: a server unreachable, a
 //   connection lost, a login refused for now with [UNAVAILABLE] and the like)
 //   is tried again with the backoff policy, the credentials kept meanwhile; a
@@ -100,6 +107,7 @@ struct user_view {
   std::uint32_t attempts = 0;             // transient failures in a row
   std::optional<std::int64_t> retry_at;   // unix seconds of the next retry, if one is set
   bool bulk = false;                      // queued or run by enqueue, not by a login
+  bool offered = false;                   // its login's job waits in the cluster's queue
   std::string legacy_server;              // "" = the default legacy server
 };
 

@@ -1,5 +1,6 @@
 #include "sync/state_store.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <fstream>
@@ -193,6 +194,20 @@ constexpr migration kMigrations[] = {
       machine TEXT NOT NULL,
       lease_until_ms BIGINT NOT NULL
     );
+    )sql"},
+    // 5 -> 6: logins in the cluster's queue (a node that cannot start a
+    // login's job hands it over when master credentials let any node run it):
+    // logins before bulk, the node that took the login (it alone holds the
+    // password) and the client's address for the run's log line
+    {R"sql(
+    ALTER TABLE job_queue ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE job_queue ADD COLUMN login_node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE job_queue ADD COLUMN client TEXT NOT NULL DEFAULT '';
+    )sql",
+     R"sql(
+    ALTER TABLE job_queue ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE job_queue ADD COLUMN login_node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE job_queue ADD COLUMN client TEXT NOT NULL DEFAULT '';
     )sql"},
 };
 static_assert(std::size(kMigrations) == state_store::kSchemaVersion);
@@ -817,16 +832,27 @@ void state_store::write_legacy(const legacy_counts& held) {
 }
 
 bool state_store::queue_user(const queued_user& u, std::int64_t now) {
-  auto st = prepare(
+  // A bulk user queued already stays as it is. A login (login_node set)
+  // raises a waiting row to a login's, with its node and client; not a row
+  // some node holds (it runs now).
+  const bool login = !u.login_node.empty();
+  auto st = prepare(std::string(
       "INSERT INTO job_queue (\"user\", legacy_login, legacy_user, new_login, new_user, legacy_server,"
-      " enqueued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (\"user\") DO NOTHING RETURNING \"user\"");
+      " enqueued_at, priority, login_node, client) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)") +
+      (login ? " ON CONFLICT (\"user\") DO UPDATE SET priority = 0, login_node = excluded.login_node,"
+               " client = excluded.client WHERE job_queue.node = ''"
+             : " ON CONFLICT (\"user\") DO NOTHING") +
+      " RETURNING \"user\"");
   st->bind(1, u.key)
       .bind(2, u.legacy_login)
       .bind(3, u.legacy_user)
       .bind(4, u.new_login)
       .bind(5, u.new_user)
       .bind(6, u.legacy_server)
-      .bind(7, now);
+      .bind(7, now)
+      .bind(8, std::int64_t{login ? 0 : 1})
+      .bind(9, u.login_node)
+      .bind(10, u.client);
   const bool added = st->step();
   st->reset();
   return added;
@@ -834,13 +860,15 @@ bool state_store::queue_user(const queued_user& u, std::int64_t now) {
 
 std::vector<queued_user> state_store::take_queued(std::size_t n) {
   if (n == 0) return {};
-  // Nodes taking at once skip each other's rows instead of waiting on them
-  // (PostgreSQL's SKIP LOCKED; SQLite's write lock serializes them anyway).
+  // Logins first, then in queue order. Nodes taking at once skip each
+  // other's rows instead of waiting on them (PostgreSQL's SKIP LOCKED;
+  // SQLite's write lock serializes them anyway).
   std::string sql =
       "UPDATE job_queue SET node = ?1, pid = ?2, lease_until_ms = {now} + ?3 WHERE \"user\" IN"
       " (SELECT \"user\" FROM job_queue WHERE node = '' OR lease_until_ms < {now}"
-      " ORDER BY enqueued_at, \"user\" LIMIT ?4{skip})"
-      " RETURNING \"user\", legacy_login, legacy_user, new_login, new_user, legacy_server";
+      " ORDER BY priority, enqueued_at, \"user\" LIMIT ?4{skip})"
+      " RETURNING \"user\", legacy_login, legacy_user, new_login, new_user, legacy_server, login_node,"
+      " client, priority, enqueued_at";
   for (std::size_t at; (at = sql.find("{now}")) != std::string::npos;) sql.replace(at, 5, db_->now_ms_sql());
   sql.replace(sql.find("{skip}"), 6, shared() ? " FOR UPDATE SKIP LOCKED" : "");
   transaction tx(*db_);
@@ -849,12 +877,28 @@ std::vector<queued_user> state_store::take_queued(std::size_t n) {
       .bind(2, static_cast<std::int64_t>(::getpid()))
       .bind(3, id_.lease_seconds * 1000)
       .bind(4, static_cast<std::int64_t>(n));
-  std::vector<queued_user> out;
+  // RETURNING's order is not the subquery's: sorted again here.
+  std::vector<std::tuple<std::int64_t, std::int64_t, queued_user>> rows;
   while (st->step())
-    out.push_back({st->text(0), st->text(1), st->text(2), st->text(3), st->text(4), st->text(5)});
+    rows.emplace_back(st->integer(8), st->integer(9),
+                      queued_user{st->text(0), st->text(1), st->text(2), st->text(3), st->text(4),
+                                  st->text(5), st->text(6), st->text(7)});
   st->reset();
   tx.commit();
+  std::ranges::sort(rows, [](const auto& a, const auto& b) {
+    return std::tie(std::get<0>(a), std::get<1>(a), std::get<2>(a).key) <
+           std::tie(std::get<0>(b), std::get<1>(b), std::get<2>(b).key);
+  });
+  std::vector<queued_user> out;
+  for (auto& r : rows) out.push_back(std::move(std::get<2>(r)));
   return out;
+}
+
+std::optional<std::string> state_store::queue_holder(std::string_view user) const {
+  auto st = prepare("SELECT node FROM job_queue WHERE \"user\" = ?1");
+  st->bind(1, user);
+  if (!st->step()) return std::nullopt;
+  return st->text(0);
 }
 
 void state_store::give_back(std::string_view user) {

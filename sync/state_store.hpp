@@ -134,10 +134,13 @@ struct cluster_view {
 // Legacy connections by server name ("" = the default legacy server).
 using legacy_counts = std::map<std::string, std::uint32_t, std::less<>>;
 
-// A user handed over for bulk migration in a shared store (suction migrate
-// on any node): the names each server knows, and the legacy server.
+// A user in a shared store's queue: handed over for bulk migration
+// (suction migrate on any node), or a login's job a node could not start
+// (login_node: that node, the only one holding the password; client: the
+// login's address). The names each server knows, and the legacy server.
 struct queued_user {
   std::string key, legacy_login, legacy_user, new_login, new_user, legacy_server;
+  std::string login_node, client;
   bool operator==(const queued_user&) const = default;
 };
 
@@ -150,7 +153,7 @@ bool sql_location_is_shared(std::string_view location);
 
 class state_store {
  public:
-  static constexpr int kSchemaVersion = 5;
+  static constexpr int kSchemaVersion = 6;
 
   // Opens `location` (a path: created with its folder if needed, WAL; or a
   // PostgreSQL connection string, sql::is_postgresql) and migrates.
@@ -232,12 +235,17 @@ class state_store {
   legacy_counts claim_legacy(const std::function<legacy_counts(const legacy_counts&)>& decide);
   void publish_legacy(const legacy_counts& held);
 
-  // The cluster's queue of users handed over for bulk migration. queue_user:
-  // false when the user is queued already. take_queued: up to n users no
-  // live node holds, now held by this process (under its lease; back in the
-  // queue when it dies or stops, mark_interrupted). unqueue: its job is over.
+  // The cluster's queue: users handed over for bulk migration, and logins'
+  // jobs (login_node set) ahead of them. queue_user: false when the user is
+  // queued already (a login raises a waiting bulk row to a login's: true),
+  // or, for a login, held by a node. take_queued: up to n users no live node
+  // holds, logins first, now held by this process (under its lease; back in
+  // the queue when it dies or stops, mark_interrupted). unqueue: its job is
+  // over. queue_holder: the node holding the user's row ("" while it
+  // waits), nullopt when it is not queued (any more).
   bool queue_user(const queued_user& u, std::int64_t now);
   std::vector<queued_user> take_queued(std::size_t n);
+  std::optional<std::string> queue_holder(std::string_view user) const;
   void unqueue(std::string_view user);
   // Back to the queue for any node (this one could not run it now).
   void give_back(std::string_view user);

@@ -36,6 +36,7 @@ nlohmann::json to_json(const sync::user_view& v) {
       {"attempts", v.attempts},
       {"retry_at", optional_time(v.retry_at)},
       {"queued_by", v.bulk ? "bulk" : "login"},
+      {"in_cluster_queue", v.offered},
       {"legacy_server", v.legacy_server.empty() ? "legacy" : v.legacy_server},
   };
 }

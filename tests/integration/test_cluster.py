@@ -19,6 +19,10 @@ max_connections = 3 for the cluster).
   who never log in to the shared queue (master users on both servers); resumed, both nodes take
   them (FOR UPDATE SKIP LOCKED): each exact, by one run at a time, the queue empty after, the
   cap held.
+- A login's job handed over: node-a drains (starts no job) while 4 users log in on it; with
+  master users on both servers, node-a puts their jobs in the shared queue (the passwords stay
+  on node-a) and node-b runs them: exact, recorded as logins' runs by node-b, node-a's status
+  shows them done, the queue empty after.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from pgbed import PgBed  # noqa: E402
 BALANCER, CLIENT = "127.0.0.2", "127.0.0.3"
 USERS = [f"user{i:03d}" for i in range(1, 61)]
 BULK = [f"user{i:03d}" for i in range(61, 73)]     # never log in: `suction migrate` on node-a
+HANDED = [f"user{i:03d}" for i in range(73, 77)]   # log in on node-a while it drains
 MASTER, MASTER_PW = "cluster-master", "clu5ter-m4ster"
 LOGINS_EACH = 3
 LEGACY_CAP = 3
@@ -63,10 +68,10 @@ _PG: PgBed | None = None
 
 def setUpModule():
     global _PG
-    tb = start_bed(seed=False, extra_users=len(USERS) + len(BULK))
+    tb = start_bed(seed=False, extra_users=len(USERS) + len(BULK) + len(HANDED))
     for server in (tb.legacy, tb.new):
         server.add_master_user(MASTER, MASTER_PW)
-    for i, user in enumerate(USERS + BULK):
+    for i, user in enumerate(USERS + BULK + HANDED):
         seed(user, {"INBOX": 2, "INBOX.Kept": 1 + i % 3}, size=2000, tag=f"-c{i}")
     gen_corpus.generate(os.path.join(tb.legacy.home, KILL_USER, "Maildir"), 2500, 6, 8, seed=12,
                         owner="dovecot", samples=0)
@@ -338,6 +343,31 @@ backend suction
         self.assertLessEqual(self.legacy.peak, LEGACY_CAP)
         for p in (a, b):
             self.assertNotIn(MASTER_PW, p.log())
+
+    def test_4_a_draining_nodes_logins_are_run_by_the_other(self):
+        a, b = self.nodes["node-a"], self.nodes["node-b"]
+        if not a.running():
+            a.start()
+        self.assertEqual(ask(a, {"cmd": "drain"}), {"ok": True})
+        try:
+            for user in HANDED:
+                self.log_in_direct(a, user)
+            self.assertTrue(wait_until(lambda: self.all_done(HANDED), 120),
+                            a.log_tail(10) + b.log_tail(10))
+        finally:
+            self.assertEqual(ask(a, {"cmd": "resume"}), {"ok": True})
+        for user in HANDED:
+            with self.subTest(user=user):
+                a.wait_log(rf"cluster queue: user={user} login's job handed over")
+                self.assertEqual([(r[2], r[3]) for r in runs_of(user)], [("node-b", "done")])
+                self.assertEqual(_PG.psql(f"SELECT started_by FROM runs WHERE \"user\" = '{user}'"),
+                                 "login")
+                b.wait_log(rf"migration user={user} result=ok .* client={CLIENT} ")
+                view = ask(a, {"cmd": "user", "user": user})
+                self.assertEqual((view["state"], view["in_cluster_queue"]), ("done", False))
+                self.assert_exact(user)
+        self.assertEqual(_PG.psql("SELECT count(*) FROM job_queue"), "0")
+        self.assertLessEqual(self.legacy.peak, LEGACY_CAP)
 
     def log_in_direct(self, node: Proxy, user: str) -> None:
         src, dst = bytes([127, 0, 0, 3]), bytes([127, 0, 0, 1])

@@ -254,3 +254,76 @@ TEST_CASE("job table: with credential_ttl 0 a login that starts no job keeps no 
   CHECK_FALSE(t.on_login(who("alice"), "", "", t0 + 2s));  // within resync_interval: no job
   CHECK_FALSE(t.find("alice")->has_credentials);
 }
+
+TEST_CASE("job table: a login's job that cannot start here is offered to the cluster, and settled") {
+  job_table t(rules(1));
+  t.on_login(who("a"), "", "192.0.2.1", t0);
+  t.on_login(who("b"), "", "192.0.2.2", t0);
+  t.enqueue_bulk(who("c"), "");
+  CHECK(start_all(t) == std::vector<std::string>{"a"});
+  // b waits (one job slot); the bulk job is not a login's.
+  CHECK(t.waiting_logins() == std::vector<std::string>{"b"});
+  CHECK(t.offer("b"));
+  CHECK_FALSE(t.offer("b"));
+  CHECK_FALSE(t.offer("c"));  // bulk: already for any node
+  CHECK(t.waiting_logins().empty());
+  CHECK(t.offered() == std::vector<std::string>{"b"});
+  CHECK(t.find("b")->state == user_state::pending);
+  CHECK(t.find("b")->has_credentials);
+  // One job per user: another login while it waits in the cluster queues nothing.
+  CHECK_FALSE(t.on_login(who("b"), "", "192.0.2.2", t0 + 1s));
+  // Another node ran it: its last run decides.
+  run_record last;
+  last.user = "b";
+  last.result = run_result::done;
+  last.started_at = t0.unix + 5;
+  last.finished_at = t0.unix + 9;
+  t.settle_offered("b", last);
+  CHECK(t.offered().empty());
+  CHECK(t.find("b")->state == user_state::done);
+  CHECK(t.find("b")->completed_at == t0.unix + 9);
+  CHECK_FALSE(t.on_login(who("b"), "", "192.0.2.2", t0 + 20s));  // done, within resync_interval
+}
+
+TEST_CASE("job table: an offered login taken back by its own node runs with the password, else as bulk") {
+  job_table t(rules(1));
+  t.on_login(who("a"), "", "192.0.2.1", t0);
+  t.on_login(who("b"), "", "192.0.2.2", t0);
+  t.on_login(who("c"), "", "192.0.2.3", t0);
+  CHECK(start_all(t) == std::vector<std::string>{"a"});
+  CHECK(t.offer("b"));
+  CHECK(t.offer("c"));
+  t.finished("a", true, failure_kind::none, "", t0 + 5s);
+  // b comes back with its password: a login's job again, ahead of bulk.
+  CHECK(t.taken_back("b"));
+  t.enqueue_bulk(who("d"), "");
+  auto s = t.take_next(t0 + 6s);
+  REQUIRE(s);
+  CHECK(s->key == "b");
+  CHECK_FALSE(s->bulk);
+  CHECK(s->client == "192.0.2.2");
+  // c's password expired meanwhile: taken back, it is the caller's bulk job.
+  t.finished("b", true, failure_kind::none, "", t0 + 7s);
+  CHECK(t.expired_credentials(t0 + 4000s) == std::vector<std::string>{"a", "b", "c"});
+  CHECK_FALSE(t.taken_back("c"));
+  CHECK_FALSE(t.find("c")->offered);
+  CHECK(t.enqueue_bulk(who("c"), "", "192.0.2.3").empty());
+  CHECK_FALSE(t.taken_back("zed"));
+}
+
+TEST_CASE("job table: another node's login run here keeps its client address") {
+  job_table t(rules());
+  CHECK(t.enqueue_bulk(who("e"), "", "198.51.100.7").empty());
+  auto s = t.take_next(t0);
+  REQUIRE(s);
+  CHECK(s->bulk);
+  CHECK(s->client == "198.51.100.7");
+}
+
+TEST_CASE("job table: stop forgets the offered logins (their rows stay for other nodes)") {
+  job_table u(rules(0));
+  u.on_login(who("g"), "", "192.0.2.9", t0);
+  CHECK(u.offer("g"));
+  u.stop();
+  CHECK(u.offered().empty());
+}

@@ -525,6 +525,35 @@ TEST_CASE("state store: the cluster's queue and legacy connections, shared by tw
   CHECK(keys == std::set<std::string>{"user1", "user2", "user3", "user4"});
 }
 
+TEST_CASE("state store: a login's job in the cluster's queue goes ahead of bulk users") {
+  backend b;
+  state_store a(b.location, {.node = "node-a", .lease_seconds = 30});
+  CHECK(a.queue_user({"bulk1", "bulk1", "bulk1", "n1", "n1", ""}, 100));
+  CHECK(a.queue_user({"bulk2", "bulk2", "bulk2", "n2", "n2", "old2"}, 101));
+  // A login later than both, offered by node-b: first; its node and client kept.
+  const queued_user login{"carol", "carol", "carol", "carol@new", "carol@new", "", "node-b", "192.0.2.7"};
+  CHECK(a.queue_user(login, 200));
+  // A login of a user waiting as bulk raises its row.
+  CHECK(a.queue_user({"bulk2", "bulk2", "bulk2", "n2", "n2", "old2", "node-b", "192.0.2.8"}, 201));
+  // A bulk hand-over of a queued user changes nothing.
+  CHECK_FALSE(a.queue_user({"carol", "x", "x", "x", "x", ""}, 202));
+  CHECK(a.queue_holder("carol") == std::string());
+  CHECK_FALSE(a.queue_holder("nobody"));
+  const auto taken = a.take_queued(2);
+  REQUIRE(taken.size() == 2);
+  CHECK(taken[0] == queued_user{"bulk2", "bulk2", "bulk2", "n2", "n2", "old2", "node-b", "192.0.2.8"});
+  CHECK(taken[1] == login);
+  // (SQLite: one machine, no node names, and the daemon keeps its queue in
+  // memory; what follows is about rows a node holds.)
+  if (!b.pg) return;
+  CHECK(a.queue_holder("carol") == std::string("node-a"));
+  // A row some node holds (it runs now) is not raised by a login.
+  CHECK_FALSE(a.queue_user({"carol", "carol", "carol", "c", "c", "", "node-c", "192.0.2.9"}, 300));
+  CHECK(a.take_queued(5) == std::vector<queued_user>{{"bulk1", "bulk1", "bulk1", "n1", "n1", ""}});
+  a.unqueue("carol");
+  CHECK_FALSE(a.queue_holder("carol"));
+}
+
 TEST_CASE("state store: a node name belongs to one machine at a time") {
   backend b;
   if (skipped_without_postgresql(b)) return;
