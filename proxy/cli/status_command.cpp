@@ -245,6 +245,10 @@ void print_users(const json& answer) {
   for (auto& u : users) {
     const json& progress = member(u, "progress");
     std::string state = or_dash(text(u, "state"));
+    // Handed over to the cluster's queue: any node with room runs it.
+    if (auto in_cluster = u.find("in_cluster_queue"); in_cluster != u.end() && in_cluster->is_boolean() &&
+                                                      in_cluster->get<bool>())
+      state += " (cluster queue)";
     std::string bar = "-";
     if (state == "running") {
       auto f = progress_fraction(progress);

@@ -20,8 +20,9 @@ max_connections = 3 for the cluster).
   them (FOR UPDATE SKIP LOCKED): each exact, by one run at a time, the queue empty after, the
   cap held.
 - A login's job handed over: node-a drains (starts no job) while 4 users log in on it; with
-  master users on both servers, node-a puts their jobs in the shared queue (the passwords stay
-  on node-a) and node-b runs them: exact, recorded as logins' runs by node-b, node-a's status
+  master users on both servers, node-a puts their jobs in the shared queue as logins' (the
+  passwords stay on node-a; `suction status` on node-a says so while node-b is paused) and
+  node-b, resumed, runs them: exact, recorded as logins' runs by node-b, node-a's status
   shows them done, the queue empty after.
 """
 
@@ -349,13 +350,24 @@ backend suction
         if not a.running():
             a.start()
         self.assertEqual(ask(a, {"cmd": "drain"}), {"ok": True})
+        self.assertEqual(ask(b, {"cmd": "pause"}), {"ok": True})
         try:
             for user in HANDED:
                 self.log_in_direct(a, user)
+            # node-b paused: they wait in the shared queue, as logins' jobs of node-a.
+            queued = lambda: _PG.psql("SELECT \"user\", priority, login_node, client FROM job_queue"
+                                      " ORDER BY \"user\"")
+            want = "\n".join(f"{u}|0|node-a|{CLIENT}" for u in HANDED)
+            self.assertTrue(wait_until(lambda: queued() == want, 30), queued())
+            r = subprocess.run([SUCTION_BIN, "status", "--config", a.config_path],
+                               capture_output=True, timeout=30)
+            self.assertRegex(r.stdout.decode(), rf"\n{HANDED[0]} +pending \(cluster queue\) ")
+            self.assertEqual(ask(b, {"cmd": "resume"}), {"ok": True})
             self.assertTrue(wait_until(lambda: self.all_done(HANDED), 120),
                             a.log_tail(10) + b.log_tail(10))
         finally:
-            self.assertEqual(ask(a, {"cmd": "resume"}), {"ok": True})
+            for p in (a, b):
+                self.assertEqual(ask(p, {"cmd": "resume"}), {"ok": True})
         for user in HANDED:
             with self.subTest(user=user):
                 a.wait_log(rf"cluster queue: user={user} login's job handed over")
