@@ -3,6 +3,9 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
@@ -29,6 +32,25 @@ namespace suction::cli {
 namespace {
 
 using imap::secret;  // the password, wiped whatever way the command ends
+
+// A shared store: the run's lease renewed every third of it until `timer` is
+// cancelled, so a long silent stretch (one huge message) does not let
+// another node take the user over (the daemon's scheduler does the same).
+boost::asio::awaitable<void> keep_lease(boost::asio::steady_timer& timer, sync::state_store& state,
+                                        std::chrono::seconds lease) {
+  for (;;) {
+    timer.expires_after(std::chrono::duration_cast<std::chrono::milliseconds>(lease) / 3);
+    boost::system::error_code ec;
+    co_await timer.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+    if (ec) co_return;
+    try {
+      state.renew_leases();
+    } catch (const sync::state_error& e) {
+      // The next recorded batch renews it or finds it lost (fenced).
+      std::fprintf(stderr, "suction sync: renewing the run's lease failed: %s\n", e.what());
+    }
+  }
+}
 
 
 // The first line of fd, without its end of line, read with read(2) a byte at
@@ -201,7 +223,9 @@ int run_sync_command(const sync_command_args& a) {
   std::optional<sync::user_sync_report> report;
   std::exception_ptr failure;
   try {
-    sync::state_store state(cfg->sync.state_db, store_identity_from(*cfg));
+    const sync::store_identity identity = store_identity_from(*cfg);
+    const std::int64_t lease_seconds = identity.lease_seconds;
+    sync::state_store state(cfg->sync.state_db, identity);
     state.claim_node();
     state.mark_interrupted(static_cast<std::int64_t>(std::time(nullptr)));
     std::string_view password = pw.value;
@@ -212,6 +236,10 @@ int run_sync_command(const sync_command_args& a) {
     std::chrono::milliseconds spent{0};
     for (unsigned attempt = 0;; ++attempt) {
       boost::asio::io_context io(1);
+      boost::asio::steady_timer lease_timer(io);
+      if (state.shared())
+        boost::asio::co_spawn(io, keep_lease(lease_timer, state, std::chrono::seconds(lease_seconds)),
+                              boost::asio::detached);
       boost::asio::co_spawn(
           io,
           [&]() -> boost::asio::awaitable<void> {
@@ -220,6 +248,7 @@ int run_sync_command(const sync_command_args& a) {
           },
           [&](std::exception_ptr e) {
             if (e) failure = e;
+            lease_timer.cancel();
           });
       io.run();
       if (failure || !report) break;

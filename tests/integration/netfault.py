@@ -12,6 +12,7 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
+import time
 
 
 class _Pair:
@@ -26,11 +27,13 @@ class Forwarder:
 
     cut/after: the first `cut` connections are cut once the server has sent `after` bytes.
     down: while True, a connection is accepted and closed at once (a server that is down).
+    stalled: while True, nothing is forwarded either way (a server that stopped answering).
     active/peak: connections open now / at most at once (to the target)."""
 
     def __init__(self, target: tuple[str, int], cut: int = 0, after: int = 0):
         self.target, self.cut, self.after = target, cut, after
         self.down = False
+        self.stalled = False
         self.accepted = 0
         self.cuts = 0
         self.refused = 0
@@ -53,6 +56,9 @@ class Forwarder:
             events = self._sel.select(timeout=0.2)
             # Data and closes first, the listener last (see the module docstring).
             events.sort(key=lambda ev: ev[0].data is None)
+            if self.stalled:
+                time.sleep(0.05)   # the data stays in the kernel's buffers meanwhile
+                events = [ev for ev in events if ev[0].data is None]
             for key, _ in events:
                 if key.data is None:
                     self._accept()

@@ -24,6 +24,8 @@ max_connections = 3 for the cluster).
   passwords stay on node-a; `suction status` on node-a says so while node-b is paused) and
   node-b, resumed, runs them: exact, recorded as logins' runs by node-b, node-a's status
   shows them done, the queue empty after.
+- `suction sync` keeps its run's lease: legacy stops answering for longer than the lease
+  mid-run; the run stays held (its lease never runs out by the database's clock) and ends done.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ BALANCER, CLIENT = "127.0.0.2", "127.0.0.3"
 USERS = [f"user{i:03d}" for i in range(1, 61)]
 BULK = [f"user{i:03d}" for i in range(61, 73)]     # never log in: `suction migrate` on node-a
 HANDED = [f"user{i:03d}" for i in range(73, 77)]   # log in on node-a while it drains
+SILENT = "user077"                                 # `suction sync` while legacy stalls
 MASTER, MASTER_PW = "cluster-master", "clu5ter-m4ster"
 LOGINS_EACH = 3
 LEGACY_CAP = 3
@@ -69,10 +72,10 @@ _PG: PgBed | None = None
 
 def setUpModule():
     global _PG
-    tb = start_bed(seed=False, extra_users=len(USERS) + len(BULK) + len(HANDED))
+    tb = start_bed(seed=False, extra_users=len(USERS) + len(BULK) + len(HANDED) + 1)
     for server in (tb.legacy, tb.new):
         server.add_master_user(MASTER, MASTER_PW)
-    for i, user in enumerate(USERS + BULK + HANDED):
+    for i, user in enumerate(USERS + BULK + HANDED + [SILENT]):
         seed(user, {"INBOX": 2, "INBOX.Kept": 1 + i % 3}, size=2000, tag=f"-c{i}")
     gen_corpus.generate(os.path.join(tb.legacy.home, KILL_USER, "Maildir"), 2500, 6, 8, seed=12,
                         owner="dovecot", samples=0)
@@ -380,6 +383,39 @@ backend suction
                 self.assert_exact(user)
         self.assertEqual(_PG.psql("SELECT count(*) FROM job_queue"), "0")
         self.assertLessEqual(self.legacy.peak, LEGACY_CAP)
+
+    def test_5_suction_sync_keeps_its_lease_through_a_silent_stretch(self):
+        a = self.nodes["node-a"]
+        pw = os.path.join(tmp_root(), "silent.pw")
+        with open(pw, "w") as f:
+            f.write(bed().users[SILENT] + "\n")
+        left = lambda: _PG.psql(
+            "SELECT lease_until_ms - (extract(epoch from clock_timestamp()) * 1000)::bigint"
+            f" FROM runs WHERE \"user\" = '{SILENT}' AND result = 'running'")
+        # Silent from the start: the run begins, then waits for legacy's greeting (within
+        # the 10 s connect timeout) for longer than the lease.
+        self.legacy.stalled = True
+        stalled_at = time.monotonic()
+        sync = subprocess.Popen([SUCTION_BIN, "sync", "--config", a.config_path, "--user", SILENT,
+                                 "--password-file", pw, "--retries", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            self.assertTrue(wait_until(lambda: left() != "", 5), "the run never began")
+            lowest = LEASE * 1000
+            deadline = stalled_at + LEASE + 2
+            while time.monotonic() < deadline:
+                ms = left()
+                self.assertNotEqual(ms, "", "the run ended while legacy was silent")
+                lowest = min(lowest, int(ms))
+                time.sleep(0.2)
+            # Renewed every third of the lease: never close to running out.
+            self.assertGreater(lowest, 1000, "the run's lease ran out while legacy was silent")
+        finally:
+            self.legacy.stalled = False
+            out, err = sync.communicate(timeout=120)
+        self.assertEqual(sync.returncode, 0, err.decode())
+        self.assertEqual([r[3] for r in runs_of(SILENT)], ["done"])
+        self.assert_exact(SILENT)
 
     def log_in_direct(self, node: Proxy, user: str) -> None:
         src, dst = bytes([127, 0, 0, 3]), bytes([127, 0, 0, 1])
