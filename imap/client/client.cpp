@@ -121,6 +121,7 @@ struct client::impl : std::enable_shared_from_this<impl> {
   std::size_t begin = 0, end = 0;
 
   std::list<pending_command> pending;  // in the order they were sent
+  std::string held;                    // send_with_next's, not written yet
   capability_set caps;
   response greeting;
   bool greeting_seen = false;
@@ -179,7 +180,15 @@ struct client::impl : std::enable_shared_from_this<impl> {
   awaitable<std::error_code> write_all(std::string_view data) {
     if (fatal) co_return fatal;
     bsys_error ec;
-    co_await stream->write_all(asio::buffer(data), ec);
+    if (!held.empty()) {
+      // A command held back (send_with_next) goes out in the same write.
+      std::string joined = std::move(held) + std::string(data);
+      held.clear();
+      co_await stream->write_all(asio::buffer(joined), ec);
+      secure_wipe(joined);  // the command behind may carry credentials
+    } else {
+      co_await stream->write_all(asio::buffer(data), ec);
+    }
     if (ec) co_return fail(io_error(ec));
     touch();
     co_return std::error_code{};
@@ -329,6 +338,14 @@ struct client::impl : std::enable_shared_from_this<impl> {
     pc.tag = std::move(tag);
     pc.handler = handler;
     co_return co_await write_parts(pc, parts);
+  }
+
+  // A one-line command that goes out with the next write (one packet, one
+  // syscall: ID before LOGIN).
+  void send_with_next(std::string tag, std::string line) {
+    auto& pc = pending.emplace_back();
+    pc.tag = std::move(tag);
+    held += line;
   }
 
   awaitable<std::error_code> wait(std::string_view tag, command_result& out) {
@@ -506,6 +523,10 @@ awaitable<std::error_code> client::send(std::string tag, std::vector<std::string
                                         response_handler* handler) {
   deadline_scope deadline(*impl_, impl_->opts.command_timeout);
   co_return co_await impl_->send(std::move(tag), std::move(parts), handler);
+}
+
+void client::send_with_next(std::string tag, std::string line) {
+  impl_->send_with_next(std::move(tag), std::move(line));
 }
 
 awaitable<std::error_code> client::wait(std::string_view tag, command_result& out) {

@@ -160,6 +160,10 @@ class client {
   // literals require) without waiting for its completion: pipelining.
   awaitable<std::error_code> send(std::string tag, std::vector<std::string> parts,
                                   response_handler* handler = nullptr);
+  // A one-line command (its CRLF included) that goes out in the same write
+  // as the next command sent, after it is registered: pipelining without a
+  // packet of its own.
+  void send_with_next(std::string tag, std::string line);
   // Reads until the command with this tag completes.
   awaitable<std::error_code> wait(std::string_view tag, command_result& out);
   // send + wait. A tagged NO/BAD is not an error here: look at out.status.

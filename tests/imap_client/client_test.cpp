@@ -272,6 +272,40 @@ TEST_CASE("pipelined commands complete in any order they are waited for") {
   CHECK(std::count(statuses.begin(), statuses.end(), "Trash") == 1);
 }
 
+TEST_CASE("a command held for the next write goes out with it: ID before LOGIN, literals too") {
+  const auto& bed = testbed();
+  // carol's password is 8-bit: LOGIN sends it as a literal (a continuation
+  // awaited behind the held ID), with and without LITERAL+.
+  for (bool literal_plus : {true, false}) {
+    for (const char* user : {"alice", "carol"}) {
+      CAPTURE(user);
+      CAPTURE(literal_plus);
+      auto answers = run_coro<std::vector<std::string>>(
+          [&](asio::any_io_executor ex) -> awaitable<std::vector<std::string>> {
+            std::vector<std::string> out;
+            client_options o;
+            o.use_literal_plus = literal_plus;
+            client c(ex, o);
+            if (co_await c.connect(at(bed.fresh, tls_mode::none), nullptr)) co_return out;
+            const std::string id_tag = c.next_tag();
+            c.send_with_next(id_tag, id_tag + " ID (\"name\" \"suction-test\")\r\n");
+            command_result login;
+            auto ec = co_await c.login(user, bed.users.at(user), &login);
+            out.push_back(ec ? ec.message() : "login ok");
+            command_result id;
+            auto id_ec = co_await c.wait(id_tag, id);
+            out.push_back(id_ec ? id_ec.message() : std::string(id.status == status::ok ? "id ok" : "id not ok"));
+            bool named = false;
+            for (auto& u : id.untagged) named = named || u.keyword == "ID";
+            out.push_back(named ? "server named" : "no ID data");
+            co_await c.logout();
+            co_return out;
+          });
+      CHECK(answers == std::vector<std::string>{"login ok", "id ok", "server named"});
+    }
+  }
+}
+
 TEST_CASE("APPEND and MULTIAPPEND stream bodies, with LITERAL+ and with synchronizing literals") {
   const auto& bed = testbed();
   for (bool literal_plus : {true, false}) {
