@@ -8,7 +8,7 @@ namespace suction::sync {
 
 namespace {
 
-constexpr std::array<failure_policy, 11> kPolicies{{
+constexpr std::array<failure_policy, 12> kPolicies{{
     {"none", false, true, 0},
     {"message_refused", false, true, 4},
     {"quota", false, true, 4},
@@ -20,6 +20,7 @@ constexpr std::array<failure_policy, 11> kPolicies{{
     {"greeting", true, true, 1},
     {"unavailable", true, true, 1},
     {"credentials", false, false, 3},
+    {"stopped", false, true, 1},
 }};
 
 }  // namespace

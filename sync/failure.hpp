@@ -27,6 +27,7 @@ enum class failure_kind : std::uint8_t {
   greeting,         // no usable greeting, or the LOGIN got no answer
   unavailable,      // LOGIN refused for now: [UNAVAILABLE] [LIMIT] [INUSE] [SERVERBUG]
   credentials,      // LOGIN refused: wrong password, unknown user ([AUTHENTICATIONFAILED])
+  stopped,          // the daemon is stopping: the run was cut off (recorded interrupted)
 };
 
 struct failure_policy {
@@ -39,8 +40,8 @@ struct failure_policy {
 const failure_policy& policy(failure_kind k);
 inline std::string_view to_string(failure_kind k) { return policy(k).name; }
 
-// Which failure decides a run that had both: a refused login over a lost
-// connection over a quota stop over refused messages.
+// Which failure decides a run that had both: a stop over a refused login
+// over a lost connection over a quota stop over refused messages.
 failure_kind worse(failure_kind a, failure_kind b);
 
 // What a NO to LOGIN means: RFC 5530's [UNAVAILABLE], [LIMIT], [INUSE],

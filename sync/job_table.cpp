@@ -274,6 +274,8 @@ job_end job_table::finished(std::string_view key, bool ok, failure_kind failure,
     j.state = user_state::done;
     j.completed_at = j.finished_at;
     j.attempts = 0;
+  } else if (failure == failure_kind::stopped) {
+    j.state = user_state::interrupted;  // resumes at the next start
   } else if (policy(failure).retried) {
     ++j.attempts;
     if (stopped_) {

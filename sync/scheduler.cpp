@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -63,6 +64,9 @@ struct scheduler::impl {
   std::map<std::string, std::string, std::less<>> passwords;  // by key; wiped by drop()
   std::map<std::string, std::shared_ptr<sync_progress>, std::less<>> progress;
   std::set<std::string, std::less<>> cluster_taken;  // users this node took from the cluster's queue
+  std::condition_variable idle;  // a job ended (stop() waits for the last one)
+  // Cuts the running jobs off at stop(), on the worker thread.
+  std::shared_ptr<run_stopper> stopper = std::make_shared<run_stopper>();
   state_store store;   // the jobs', on the worker thread only
   mutable std::mutex reader_m;  // guards `reader`, apart: logins never wait on SQLite
   mutable state_store reader;   // queries from other threads
@@ -296,6 +300,7 @@ struct scheduler::impl {
     // next one from its finish(), recursively.
     co_await asio::post(io, asio::use_awaitable);
     user_sync_options job = job_options(start);
+    job.stopper = stopper;
     // More pairs of connections only as the legacy cap allows, counted per job.
     const std::string key = start.key;
     job.acquire_connections = [this, key](std::uint32_t n) -> std::uint32_t {
@@ -364,10 +369,14 @@ struct scheduler::impl {
                                          rep.errors.empty() ? std::string() : rep.errors.front(),
                                          job_time::now());
       if (end.drop_credentials) drop(start.key);
+      idle.notify_all();
       // A user of the cluster's queue: out of it when its job is over; back
-      // in it for any node when the store failed; kept while retried here.
+      // in it for any node when the store failed or this node is stopping;
+      // kept while retried here.
       if (!end.retry_in && cluster_taken.erase(start.key) > 0)
-        after = rep.failure == failure_kind::state_store ? queue_end::give_back : queue_end::unqueue;
+        after = rep.failure == failure_kind::state_store || rep.failure == failure_kind::stopped
+                    ? queue_end::give_back
+                    : queue_end::unqueue;
       if (end.retry_in)
         asio::co_spawn(io, retry_later(start.key, *end.retry_in, end.generation), asio::detached);
       const job* j = table.find(start.key);
@@ -471,9 +480,22 @@ void scheduler::stop() {
     for (auto& [key, pw] : impl_->passwords) imap::secure_wipe(pw);
     impl_->passwords.clear();
   }
+  // The running jobs are cut off on their thread and let unwind: each is
+  // recorded interrupted and ends before the io_context stops. (A job's
+  // coroutines destroyed while suspended would be destroyed in no set order:
+  // a folder worker after the connections it uses.) Bounded: a job stuck in
+  // a database call is left to the io_context's end and mark_interrupted.
+  if (impl_->thread.joinable()) {
+    asio::post(impl_->io, [this] {
+      impl_->stopper->stop();
+      impl_->sweeper.cancel();
+    });
+    std::unique_lock lock(impl_->m);
+    impl_->idle.wait_for(lock, std::chrono::seconds(10), [this] { return impl_->table.running() == 0; });
+  }
   impl_->io.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
-  // The jobs' coroutines are suspended for good: their runs were cut off.
+  // Jobs still suspended (only past the wait above) are cut off for good.
   // A database that does not answer now is not a reason to die: a shared
   // store's leases run out by themselves.
   try {

@@ -29,9 +29,18 @@ using imap::status;
 
 std::string where(const server_options& s) { return imap::display(s.endpoint); }
 
+// One connection of a run; registered with the run's stopper while it lives.
 struct session {
   std::unique_ptr<imap::client> c;
   bool logged_in = false;
+  run_stopper* stopper = nullptr;
+
+  session() = default;
+  session(const session&) = delete;
+  session& operator=(const session&) = delete;
+  ~session() {
+    if (stopper && c) stopper->remove(c.get());
+  }
 };
 
 // One TLS context per server for a run's connections: building one reads the
@@ -51,6 +60,7 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
   co.connect_timeout = so.connect_timeout;
   co.command_timeout = so.command_timeout;
   s.c = std::make_unique<imap::client>(ex, co);
+  if (s.stopper) s.stopper->add(s.c.get());
   if (so.endpoint.tls != imap::tls_mode::none && !tls) {
     std::error_code ec;
     tls = imap::make_client_tls_context(so.tls, ec);
@@ -64,7 +74,16 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
     }
   }
   imap::endpoint ep = so.endpoint;
-  if (auto ec = co_await s.c->connect(ep, tls)) {
+  auto connected = co_await s.c->connect(ep, tls);
+  // Stopped while connecting: not to be used, whatever connect said (a
+  // stream made after the stop closed the others is closed here).
+  if (s.stopper && s.stopper->stopped()) {
+    s.c->close();
+    rep.outcome = sync_outcome::failed;
+    note_failure(rep, failure_kind::stopped);
+    co_return false;
+  }
+  if (auto ec = connected) {
     rep.outcome = sync_outcome::failed;
     rep.errors.push_back("cannot reach the " + std::string(which) + " server " + where(so) +
                          ": " + ec.message());
@@ -250,6 +269,7 @@ boost::asio::awaitable<void> copy_worker(copy_run& run, session& legacy, session
 boost::asio::awaitable<void> extra_worker(copy_run& run, boost::asio::any_io_executor ex,
                                           std::string_view password) {
   session legacy, fresh;
+  legacy.stopper = fresh.stopper = run.opts.stopper.get();
   user_sync_report scratch;
   if (run.next >= run.jobs.size()) co_return;  // the first pair took everything already
   // Two steps, not `co_await a && co_await b` (GCC 12, see imap/client/README.md).
@@ -328,12 +348,19 @@ boost::asio::awaitable<void> copy_folders(boost::asio::any_io_executor ex,
 
 }  // namespace
 
+void run_stopper::stop() {
+  stopped_ = true;
+  // close() cancels what each connection waits for; the run unwinds from there.
+  for (imap::client* c : std::vector<imap::client*>(open_)) c->close();
+}
+
 const char* to_string(sync_outcome o) {
   switch (o) {
     case sync_outcome::ok: return "ok";
     case sync_outcome::login_failed: return "login_failed";
     case sync_outcome::finished_with_errors: return "finished_with_errors";
     case sync_outcome::failed: return "failed";
+    case sync_outcome::interrupted: return "interrupted";
   }
   return "failed";
 }
@@ -378,6 +405,7 @@ boost::asio::awaitable<void> run_body(boost::asio::any_io_executor ex,
                                       state_store& state, bool dry_run, sync_progress* progress,
                                       user_sync_report& rep) {
   session legacy, fresh;
+  legacy.stopper = fresh.stopper = opts.stopper.get();
   tls_contexts tls;
   const std::string& key = who.key;
   bool ok = co_await open(legacy, ex, opts.legacy, tls.legacy, "legacy", who.legacy, password, rep);
@@ -619,6 +647,12 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
       rep.errors.insert(rep.errors.begin(), "internal error");
     }
   }
+  if (opts.stopper && opts.stopper->stopped()) {
+    // Whatever else went wrong followed from the stop (connections closed).
+    rep.outcome = sync_outcome::interrupted;
+    note_failure(rep, failure_kind::stopped);
+    rep.errors.insert(rep.errors.begin(), "stopped: suction is shutting down; the run resumes at the next start");
+  }
   rep.duration = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - t0);
   if (!dry_run) {
@@ -626,7 +660,9 @@ boost::asio::awaitable<user_sync_report> sync_user(boost::asio::any_io_executor 
     rr.id = run_id;
     rr.user = key;
     rr.finished_at = static_cast<std::int64_t>(std::time(nullptr));
-    rr.result = rep.outcome == sync_outcome::ok ? run_result::done : run_result::failed;
+    rr.result = rep.outcome == sync_outcome::ok            ? run_result::done
+                : rep.outcome == sync_outcome::interrupted ? run_result::interrupted
+                                                           : run_result::failed;
     rr.messages_copied = rep.messages_copied;
     rr.bytes_copied = rep.bytes;
     rr.messages_failed = rep.messages_failed;

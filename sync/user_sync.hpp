@@ -29,6 +29,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -49,6 +50,24 @@ struct server_options {
   // Configured: the user is logged in with these master credentials instead
   // of the user's password (a new server that does not know it yet).
   imap::master_credentials master;
+};
+
+// Ends runs at once from outside (the scheduler stopping): closes every
+// connection the runs given it have open, and any they open afterwards, so
+// their coroutines unwind (none is destroyed suspended with its connections
+// gone) and each run is recorded interrupted. On the runs' io_context thread
+// only.
+class run_stopper {
+ public:
+  void stop();
+  bool stopped() const { return stopped_; }
+  // A run's connection, from its creation to its destruction.
+  void add(imap::client* c) { open_.push_back(c); }
+  void remove(imap::client* c) { std::erase(open_, c); }
+
+ private:
+  std::vector<imap::client*> open_;
+  bool stopped_ = false;
 };
 
 struct user_sync_options {
@@ -76,6 +95,9 @@ struct user_sync_options {
   std::uint32_t recent_first_days = 14;
   // What started the run, for the run history: "login", "bulk", "cli".
   std::string started_by = "cli";
+  // Set: the run's connections are registered there, and it ends at once,
+  // interrupted, when stopped.
+  std::shared_ptr<run_stopper> stopper;
 };
 
 // A run's progress, written by the run, read from any thread (the status
@@ -92,6 +114,7 @@ enum class sync_outcome : std::uint8_t {
   login_failed,          // the legacy or the new server refused the credentials
   finished_with_errors,  // the run went through; some folders or messages failed
   failed,                // could not run (a server unreachable, the plan impossible, ...)
+  interrupted,           // cut off by run_stopper (the daemon stopping); resumes next time
 };
 const char* to_string(sync_outcome o);  // "ok", "login_failed", ...
 

@@ -342,6 +342,9 @@ class MigrationE2E(unittest.TestCase):
             code = p3.stop()
         self.assertEqual(code, 0, p3.log_tail())
         self.assertFalse(p3.killed)
+        # The job was cut off and unwound before the daemon exited (its coroutines are not
+        # destroyed suspended): its own line says so.
+        self.assertRegex(p3.log(), rf"migration user={user} result=interrupted failure=stopped ")
         with Proxy(overrides=overrides) as p4:
             u = ask(p4, {"cmd": "user", "user": user})
             self.assertEqual(u["state"], "interrupted", u)

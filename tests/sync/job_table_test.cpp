@@ -208,6 +208,11 @@ TEST_CASE("job table: stop interrupts running jobs, forgets queues and retries")
   CHECK_FALSE(t.take_next(t0));
   CHECK_FALSE(t.on_login(who("carol"), "", "", t0));
   CHECK(t.enqueue_bulk(who("dave"), "") == "the daemon is stopping");
+  // alice's run, cut off by the stop, ends: interrupted, not failed, no retry.
+  auto end = t.finished("alice", false, failure_kind::stopped, "stopped", t0 + 1s);
+  CHECK(end.state == user_state::interrupted);
+  CHECK_FALSE(end.retry_in);
+  CHECK(t.running() == 0);
 }
 
 TEST_CASE("job table: pause and drain start nothing, resume starts again") {
