@@ -6,7 +6,7 @@ of both with `send-proxy-v2`, sourced from 127.0.0.2 (the nodes' proxy_protocol_
 connect to HAProxy from 127.0.0.3; a counting forwarder in front of legacy ([legacy]
 max_connections = 3 for the cluster).
 
-- 60 users log in through HAProxy three times each, landing on both nodes (round robin): every
+- 100 users log in through HAProxy three times each, landing on both nodes (round robin): every
   user migrated exactly (sha256, flags, INTERNALDATE per folder), each by one run at a time (the
   shared runs table: no two runs of a user overlap; runs by both nodes), legacy's cap never
   exceeded by the two nodes together (counted at the forwarder), the new server's log names the
@@ -57,10 +57,10 @@ import gen_corpus  # noqa: E402
 from pgbed import PgBed  # noqa: E402
 
 BALANCER, CLIENT = "127.0.0.2", "127.0.0.3"
-USERS = [f"user{i:03d}" for i in range(1, 61)]
-BULK = [f"user{i:03d}" for i in range(61, 73)]     # never log in: `suction migrate` on node-a
-HANDED = [f"user{i:03d}" for i in range(73, 77)]   # log in on node-a while it drains
-SILENT = "user077"                                 # `suction sync` while legacy stalls
+USERS = [f"user{i:03d}" for i in range(1, 101)]
+BULK = [f"user{i:03d}" for i in range(101, 113)]    # never log in: `suction migrate` on node-a
+HANDED = [f"user{i:03d}" for i in range(113, 117)]  # log in on node-a while it drains
+SILENT = "user117"                                 # `suction sync` while legacy stalls
 MASTER, MASTER_PW = "cluster-master", "clu5ter-m4ster"
 LOGINS_EACH = 3
 LEGACY_CAP = 3
@@ -270,7 +270,7 @@ backend suction
         self.assertGreaterEqual(self.legacy.peak, 2)
         self.assertLessEqual(self.legacy.peak, LEGACY_CAP,
                              "[legacy] max_connections exceeded by the two nodes together")
-        bed().new.wait_log(rf"Login: user=<user0\d\d>.* rip={CLIENT.replace('.', '[.]')},")
+        bed().new.wait_log(rf"Login: user=<user\d\d\d>.* rip={CLIENT.replace('.', '[.]')},")
         self.assertIn("suction_sessions_open", scraped[0])
 
     def test_2_a_killed_nodes_user_finishes_on_the_other_after_its_lease(self):
