@@ -173,12 +173,18 @@ std::vector<std::string> job_table::offered() const {
   return out;
 }
 
-void job_table::settle_offered(std::string_view key, const std::optional<run_record>& last) {
+bool job_table::settle_offered(std::string_view key, const std::optional<run_record>& last) {
   auto it = jobs_.find(key);
-  if (it == jobs_.end() || !it->second.offered) return;
+  if (it == jobs_.end() || !it->second.offered) return false;
   job& j = it->second;
   j.offered = false;
   if (last) apply_run(j, *last);  // else pending, as it was offered
+  // credential_ttl 0: no job of this node will use the password now.
+  if (rules_.credential_ttl.count() == 0 && j.has_credentials) {
+    j.has_credentials = false;
+    return true;
+  }
+  return false;
 }
 
 std::string job_table::resync(std::string_view key) {
@@ -187,6 +193,8 @@ std::string job_table::resync(std::string_view key) {
   job& j = it->second;
   if (j.running || j.queued)
     return "a migration of " + std::string(key) + " is already queued or running";
+  if (j.offered)
+    return "a migration of " + std::string(key) + " waits in the cluster's queue (handed over at login)";
   if (!j.has_credentials && !j.bulk)
     return "no credentials held for " + std::string(key) +
            ": they are kept only for credential_ttl after a login; the user must log in again";

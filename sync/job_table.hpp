@@ -108,12 +108,13 @@ class job_table {
   // its own offered row from the cluster's queue; queued as a login's job
   // again when it still holds the password (true), else false (the caller
   // runs it as a bulk job). settle_offered: the row is gone (another node ran
-  // it): the user's state is that of its last run (`last`, if any).
+  // it): the user's state is that of its last run (`last`, if any); true
+  // when the runner wipes the password (credential_ttl 0).
   std::vector<std::string> waiting_logins() const;
   bool offer(std::string_view key);
   bool taken_back(std::string_view key);
   std::vector<std::string> offered() const;
-  void settle_offered(std::string_view key, const std::optional<run_record>& last);
+  bool settle_offered(std::string_view key, const std::optional<run_record>& last);
   // An operator's resync: "" when queued, else why not.
   std::string resync(std::string_view key);
 

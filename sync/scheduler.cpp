@@ -200,7 +200,8 @@ struct scheduler::impl {
       }
       if (holder) continue;
       std::lock_guard lock(m);
-      table.settle_offered(key, last.empty() ? std::nullopt : std::optional<run_record>(last.front()));
+      if (table.settle_offered(key, last.empty() ? std::nullopt : std::optional<run_record>(last.front())))
+        drop(key);
     }
   }
 

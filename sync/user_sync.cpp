@@ -60,7 +60,15 @@ boost::asio::awaitable<bool> open(session& s, boost::asio::any_io_executor ex,
   co.connect_timeout = so.connect_timeout;
   co.command_timeout = so.command_timeout;
   s.c = std::make_unique<imap::client>(ex, co);
-  if (s.stopper) s.stopper->add(s.c.get());
+  if (s.stopper) {
+    // A run that gets here after the stop does not connect at all.
+    if (s.stopper->stopped()) {
+      rep.outcome = sync_outcome::failed;
+      note_failure(rep, failure_kind::stopped);
+      co_return false;
+    }
+    s.stopper->add(s.c.get());
+  }
   if (so.endpoint.tls != imap::tls_mode::none && !tls) {
     std::error_code ec;
     tls = imap::make_client_tls_context(so.tls, ec);

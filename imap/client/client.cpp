@@ -181,11 +181,13 @@ struct client::impl : std::enable_shared_from_this<impl> {
     if (fatal) co_return fatal;
     bsys_error ec;
     if (!held.empty()) {
-      // A command held back (send_with_next) goes out in the same write.
-      std::string joined = std::move(held) + std::string(data);
+      // A command held back (send_with_next) goes out in the same write,
+      // joined in place: no temporary keeps a copy of the command behind it,
+      // which may carry credentials.
+      held.append(data);
+      co_await stream->write_all(asio::buffer(held), ec);
+      secure_wipe(held);
       held.clear();
-      co_await stream->write_all(asio::buffer(joined), ec);
-      secure_wipe(joined);  // the command behind may carry credentials
     } else {
       co_await stream->write_all(asio::buffer(data), ec);
     }

@@ -36,13 +36,15 @@ using imap::secret;  // the password, wiped whatever way the command ends
 // A shared store: the run's lease renewed every third of it until `timer` is
 // cancelled, so a long silent stretch (one huge message) does not let
 // another node take the user over (the daemon's scheduler does the same).
+// `done`: the run ended (a wait that had already expired when the timer was
+// cancelled completes without an error).
 boost::asio::awaitable<void> keep_lease(boost::asio::steady_timer& timer, sync::state_store& state,
-                                        std::chrono::seconds lease) {
+                                        std::chrono::seconds lease, const bool& done) {
   for (;;) {
     timer.expires_after(std::chrono::duration_cast<std::chrono::milliseconds>(lease) / 3);
     boost::system::error_code ec;
     co_await timer.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
-    if (ec) co_return;
+    if (ec || done) co_return;
     try {
       state.renew_leases();
     } catch (const sync::state_error& e) {
@@ -237,8 +239,9 @@ int run_sync_command(const sync_command_args& a) {
     for (unsigned attempt = 0;; ++attempt) {
       boost::asio::io_context io(1);
       boost::asio::steady_timer lease_timer(io);
+      bool run_over = false;
       if (state.shared())
-        boost::asio::co_spawn(io, keep_lease(lease_timer, state, std::chrono::seconds(lease_seconds)),
+        boost::asio::co_spawn(io, keep_lease(lease_timer, state, std::chrono::seconds(lease_seconds), run_over),
                               boost::asio::detached);
       boost::asio::co_spawn(
           io,
@@ -248,6 +251,7 @@ int run_sync_command(const sync_command_args& a) {
           },
           [&](std::exception_ptr e) {
             if (e) failure = e;
+            run_over = true;
             lease_timer.cancel();
           });
       io.run();

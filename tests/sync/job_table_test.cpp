@@ -277,6 +277,8 @@ TEST_CASE("job table: a login's job that cannot start here is offered to the clu
   CHECK(t.find("b")->has_credentials);
   // One job per user: another login while it waits in the cluster queues nothing.
   CHECK_FALSE(t.on_login(who("b"), "", "192.0.2.2", t0 + 1s));
+  // ... nor does an operator's resync (the cluster's row would run it again).
+  CHECK(t.resync("b").find("cluster's queue") != std::string::npos);
   // Another node ran it: its last run decides.
   run_record last;
   last.user = "b";
@@ -288,6 +290,18 @@ TEST_CASE("job table: a login's job that cannot start here is offered to the clu
   CHECK(t.find("b")->state == user_state::done);
   CHECK(t.find("b")->completed_at == t0.unix + 9);
   CHECK_FALSE(t.on_login(who("b"), "", "192.0.2.2", t0 + 20s));  // done, within resync_interval
+}
+
+TEST_CASE("job table: with credential_ttl 0 an offered login's password goes once another node ran it") {
+  job_rules r = rules(0);
+  r.credential_ttl = 0s;
+  job_table t(r);
+  t.on_login(who("b"), "", "192.0.2.2", t0);
+  CHECK(t.offer("b"));
+  CHECK(t.find("b")->has_credentials);  // this node may still take it back
+  CHECK(t.settle_offered("b", std::nullopt));
+  CHECK_FALSE(t.find("b")->has_credentials);
+  CHECK_FALSE(t.settle_offered("b", std::nullopt));  // settled once
 }
 
 TEST_CASE("job table: an offered login taken back by its own node runs with the password, else as bulk") {
