@@ -177,6 +177,9 @@ daemon::~daemon() {
   st.worker_work.clear();
   for (auto& w : st.workers) w->stop();
   for (auto& t : st.worker_threads) t.join();
+  // Relays still running (the io_contexts stopped before their sessions
+  // ended) are closed here, on this thread, with no io thread left to race.
+  st.relay_loops.clear();
 }
 
 void daemon::start() {
@@ -256,7 +259,14 @@ void daemon::start() {
       pthread_setname_np(pthread_self(), name.c_str());
       io->run();
     });
-  spdlog::info("io threads={} (sessions spread over them at accept)", st.shards());
+  try {
+    for (std::size_t shard = 0; shard < st.shards(); ++shard)
+      st.relay_loops.push_back(std::make_unique<relay_loop>("suction-relay-" + std::to_string(shard)));
+  } catch (const std::system_error& e) {
+    throw startup_error(std::string("cannot start the relay threads: ") + e.what());
+  }
+  spdlog::info("io threads={} relay threads={} (sessions spread over them at accept)", st.shards(),
+               st.relay_loops.size());
 
   std::size_t i = 0;
   if (opt.listen.imap) {

@@ -29,6 +29,7 @@
 #include "proxy/daemon.hpp"
 #include "proxy/refusal_log.hpp"
 #include "proxy/relay.hpp"
+#include "proxy/relay_loop.hpp"
 #include "proxy/status_server.hpp"
 #include "proxy/trigger.hpp"
 
@@ -44,7 +45,7 @@ struct session_handle {
   std::size_t shard = 0;  // which io thread runs it: 0 the caller's, i workers[i - 1]
   std::atomic<session_phase> phase{session_phase::preauth};  // read by stop() on the caller's thread
   imap::tls_stream* client = nullptr;
-  relay* active_relay = nullptr;
+  relay_control* active_relay = nullptr;  // the Asio relay (TLS) or a relay_loop ticket
   bool shutting_down = false;
 };
 
@@ -66,6 +67,9 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   std::vector<std::thread> worker_threads;
   std::size_t next_shard = 0;  // the accept loops' round robin (the caller's thread only)
   std::size_t shards() const { return 1 + workers.size(); }
+  // The plaintext relays after login, one epoll loop and thread per shard
+  // (relay_loop.hpp); made by start(), emptied by ~daemon after the workers.
+  std::vector<std::unique_ptr<relay_loop>> relay_loops;
   boost::asio::any_io_executor executor_of(std::size_t shard) const {
     return shard == 0 ? io.get_executor() : workers[shard - 1]->get_executor();
   }

@@ -6,9 +6,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <array>
 #include <utility>
 #include <vector>
@@ -24,9 +21,8 @@ namespace {
 // Commands and most answers fit the small read that waits in each direction
 // (an async_read_some, which Asio may try at once and which needs no
 // epoll_ctl, unlike a readiness wait). A full small read means a burst is
-// streaming: between two plaintext sockets it moves through a kernel pipe,
-// otherwise in reads that start at kFirstRead and double, so a 10 MB FETCH
-// moves in few large writes and the buffers are gone when it ends.
+// streaming: it moves in reads that start at kFirstRead and double, so a
+// 10 MB FETCH moves in few large writes and the buffers are gone when it ends.
 constexpr std::size_t kIdleRead = 512;
 constexpr std::size_t kFirstRead = 16 * 1024;
 constexpr std::size_t kLargestRead = 256 * 1024;
@@ -56,113 +52,6 @@ asio::awaitable<void> read_chunk(imap::tls_stream& from, std::vector<char>& buf,
 
 }  // namespace
 
-// A kernel pipe for splice(2), held for one streaming burst only, so idle
-// sessions hold no extra descriptors. Empty pipes go back to a small pool of
-// the thread's, so a burst costs no pipe2, fcntl and close calls.
-class burst_pipe {
- public:
-  burst_pipe() {
-    auto& pool = idle_pipes();
-    if (!pool.empty()) {
-      fds_[0] = pool.back().first;
-      fds_[1] = pool.back().second;
-      pool.pop_back();
-      return;
-    }
-    if (::pipe2(fds_, O_NONBLOCK | O_CLOEXEC) != 0) fds_[0] = fds_[1] = -1;
-    else ::fcntl(fds_[1], F_SETPIPE_SZ, 1 << 20);  // best effort: fewer, larger moves
-  }
-  ~burst_pipe() {
-    if (fds_[0] < 0) return;
-    auto& pool = idle_pipes();
-    if (empty_ && pool.size() < kPoolSize) {
-      pool.emplace_back(fds_[0], fds_[1]);
-      return;
-    }
-    ::close(fds_[0]);
-    ::close(fds_[1]);
-  }
-  burst_pipe(const burst_pipe&) = delete;
-  burst_pipe& operator=(const burst_pipe&) = delete;
-  bool ok() const { return fds_[0] >= 0; }
-  int read_end() const { return fds_[0]; }
-  int write_end() const { return fds_[1]; }
-  // Whether everything spliced in was spliced out again: only then may it be reused.
-  void set_empty(bool empty) { empty_ = empty; }
-
- private:
-  static constexpr std::size_t kPoolSize = 16;
-  static std::vector<std::pair<int, int>>& idle_pipes() {
-    thread_local std::vector<std::pair<int, int>> pool;
-    return pool;
-  }
-  int fds_[2];
-  bool empty_ = true;
-};
-
-// Moves a plaintext stream socket to socket through a pipe, without copying
-// the bytes through user space. While a stream flows (each wake-up brings at
-// least kStreamChunk), it waits for more right here, holding neither a buffer
-// nor a pipe; a smaller arrival means the stream has ended, and the pump goes
-// back to its small reads. Returns false with ec set when a side failed or
-// closed.
-asio::awaitable<bool> splice_burst(imap::tls_stream& from, imap::tls_stream& to, std::uint64_t& counter,
-                                   std::chrono::steady_clock::time_point& last_activity,
-                                   boost::system::error_code& ec) {
-  constexpr std::size_t kMove = 1 << 20;
-  constexpr std::size_t kStreamChunk = 16 * 1024;
-  const int src = from.socket().native_handle();
-  const int dst = to.socket().native_handle();
-  for (bool waited = false;; waited = true) {
-    std::size_t moved = 0;
-    {
-      burst_pipe pipe;
-      if (!pipe.ok()) co_return true;  // no pipe to be had: the small reads go on
-      for (;;) {
-        ssize_t in = ::splice(src, nullptr, pipe.write_end(), nullptr, kMove, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (in == 0) {
-          ec = asio::error::eof;
-          co_return false;
-        }
-        if (in < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) break;
-          ec.assign(errno, boost::system::system_category());
-          co_return false;
-        }
-        last_activity = std::chrono::steady_clock::now();
-        pipe.set_empty(false);
-        for (ssize_t left = in; left > 0;) {
-          ssize_t out = ::splice(pipe.read_end(), nullptr, dst, nullptr, static_cast<std::size_t>(left),
-                                 SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-          if (out > 0) {
-            left -= out;
-            counter += static_cast<std::uint64_t>(out);
-            continue;
-          }
-          if (out < 0 && errno == EINTR) continue;
-          if (out < 0 && errno == EAGAIN) {
-            co_await to.socket().async_wait(asio::ip::tcp::socket::wait_write,
-                                            asio::redirect_error(asio::use_awaitable, ec));
-            if (ec) co_return false;
-            continue;
-          }
-          ec = out == 0 ? asio::error::broken_pipe
-                        : boost::system::error_code(errno, boost::system::system_category());
-          co_return false;
-        }
-        pipe.set_empty(true);
-        moved += static_cast<std::size_t>(in);
-        if (static_cast<std::size_t>(in) < kMove) break;  // short: drained for now
-      }
-    }
-    if (waited && moved < kStreamChunk) co_return true;  // the stream has ended
-    co_await from.socket().async_wait(asio::ip::tcp::socket::wait_read,
-                                      asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) co_return false;
-  }
-}
-
 asio::awaitable<void> relay::pump(imap::tls_stream& from, imap::tls_stream& to, std::string first,
                                   std::uint64_t& counter, const char* from_name) {
   boost::system::error_code ec;
@@ -172,7 +61,6 @@ asio::awaitable<void> relay::pump(imap::tls_stream& from, imap::tls_stream& to, 
     counter += first.size();
     std::string().swap(first);
   }
-  const bool plaintext = !from.tls_active() && !to.tls_active();
   std::array<char, kIdleRead> small;
   for (;;) {
     // Plaintext sides straight on the sockets: one coroutine frame less per
@@ -187,9 +75,7 @@ asio::awaitable<void> relay::pump(imap::tls_stream& from, imap::tls_stream& to, 
     if (ec) break;
     counter += n;
     if (n < small.size()) continue;  // a command or an answer: wait for the next
-    const bool more = plaintext ? co_await splice_burst(from, to, counter, last_activity_, ec)
-                                : co_await copy_burst(from, to, counter, ec);
-    if (!more) break;
+    if (!co_await copy_burst(from, to, counter, ec)) break;
   }
   if (&from == &client_ && is_clean_eof(ec)) co_return half_close();
   end(std::string(from_name) + " closed");
@@ -245,12 +131,6 @@ void relay::half_close() {
 
 asio::awaitable<relay_result> relay::run(std::string to_backend_first, std::string to_client_first) {
   last_activity_ = std::chrono::steady_clock::now();
-  // splice(2) works on the descriptors themselves: non-blocking once, here.
-  boost::system::error_code ignored;
-  if (!client_.tls_active() && !backend_.tls_active()) {
-    client_.socket().native_non_blocking(true, ignored);
-    backend_.socket().native_non_blocking(true, ignored);
-  }
   co_await (pump(client_, backend_, std::move(to_backend_first), result_.to_backend, "client") &&
             pump(backend_, client_, std::move(to_client_first), result_.to_client, "backend"));
   co_return result_;

@@ -1,5 +1,6 @@
-// The byte relay after login: both directions, no parsing. The idle deadline
-// is the daemon's: one sweep over all relays (last_activity()) instead of a
+// The byte relay after login when a side speaks TLS, on Asio (the plaintext
+// relay is relay_loop's): both directions, no parsing. The idle deadline is
+// the daemon's: one sweep over all relays (last_activity()) instead of a
 // timer and a watchdog coroutine per session, which cost 3 KiB each.
 // The backend closing closes the client; the client's FIN is passed on to the
 // backend, whose answers are still relayed until it closes (half-close).
@@ -9,8 +10,9 @@
 #include <boost/system/error_code.hpp>
 
 #include <chrono>
-#include <cstdint>
 #include <string>
+
+#include "proxy/relay_control.hpp"
 
 namespace suction::imap {
 class tls_stream;
@@ -18,22 +20,15 @@ class tls_stream;
 
 namespace suction::proxy {
 
-struct relay_result {
-  std::uint64_t to_backend = 0, to_client = 0;
-  std::string end;  // "client closed", "backend closed", "idle", "shutdown", ...
-};
-
-class relay {
+class relay : public relay_control {
  public:
   relay(imap::tls_stream& client, imap::tls_stream& backend);
   // `to_backend_first` / `to_client_first`: bytes already read on each side
   // (commands the client pipelined after LOGIN, data the backend sent early).
   boost::asio::awaitable<relay_result> run(std::string to_backend_first,
                                            std::string to_client_first);
-  // Ends the relay from outside (idle, shutdown after the grace period).
-  void stop(std::string reason);
-  // When a byte last moved either way.
-  std::chrono::steady_clock::time_point last_activity() const { return last_activity_; }
+  void stop(std::string reason) override;
+  std::chrono::steady_clock::time_point last_activity() const override { return last_activity_; }
 
  private:
   boost::asio::awaitable<void> pump(imap::tls_stream& from, imap::tls_stream& to,
