@@ -72,6 +72,22 @@ void daemon::state::finish_stop() {
   spdlog::info("shutdown complete");
 }
 
+void daemon::state::start_refusal_interval() {
+  asio::post(io, [self = shared_from_this()] {
+    if (self->stop_finished) return;
+    self->refusal_timer.expires_after(self->refusals.interval());
+    self->refusal_timer.async_wait([self](const boost::system::error_code&) {
+      // Also when cancelled at stop: what was held back is still logged.
+      std::vector<std::string> lines;
+      {
+        std::lock_guard lock(self->m);
+        lines = self->refusals.flush();
+      }
+      for (const auto& line : lines) spdlog::warn("{}", line);
+    });
+  });
+}
+
 namespace {
 
 tcp::endpoint listen_endpoint(const options& opt, const std::string& key, const listen_address& where) {
@@ -285,22 +301,6 @@ void daemon::start() {
     st.status_socket->start();
     st.status_thread = std::thread([io = st.status_io.get()] { io->run(); });
   }
-
-  // Summaries of refused connections, once per interval while any were held back.
-  asio::co_spawn(st.io, [self = state_]() -> asio::awaitable<void> {
-    while (!self->stopping) {
-      self->refusal_timer.expires_after(self->refusals.interval());
-      boost::system::error_code ec;
-      co_await self->refusal_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      std::vector<std::string> lines;
-      {
-        std::lock_guard lock(self->m);
-        lines = self->refusals.flush();
-      }
-      for (const auto& line : lines) spdlog::warn("{}", line);
-      if (ec) co_return;  // cancelled: the daemon has stopped
-    }
-  }, asio::detached);
 
   // The relays' idle deadline: one sweep over the sessions, a few times per
   // relay_idle (at most every 5 s), instead of a timer per session.

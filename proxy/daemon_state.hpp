@@ -121,7 +121,7 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
 
   std::unordered_map<std::uint64_t, session_handle*> sessions;  // under m
   std::unordered_map<std::string, std::uint32_t> per_address;   // under m
-  refusal_log refusals;  // flushed every interval by the daemon (under m)
+  refusal_log refusals;  // under m; flushed at the end of each interval (start_refusal_interval)
   auth_penalty penalty;  // failed checks against legacy (under m)
   std::shared_ptr<provisioner> provision;  // [auth] provision_command, its own threads
   std::atomic<std::uint64_t> next_session{0};
@@ -136,6 +136,9 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
 
   void session_ended();  // the last one out after a stop ends the daemon (any io thread)
   void finish_stop();    // on the caller's thread, once: timers, signals, the workers' guards
+  // The first refusal after a quiet spell (any io thread): at the interval's
+  // end the held-back refusals are logged as summary lines.
+  void start_refusal_interval();
   bool stop_finished = false;
   // From stop() to finish_stop(): the caller's io_context waits for the last
   // session of another io thread to end (it posts finish_stop there).

@@ -1,8 +1,9 @@
 // Log lines for refused connections (over max_connections or
 // max_connections_per_ip), bounded however fast they come: the first refusal
 // of an address in an interval is logged at once, the rest of that interval
-// as one summary line with a count. No I/O and no clock: the daemon calls
-// flush() once per interval.
+// as one summary line with a count. No I/O and no clock: the first refusal
+// after a quiet spell starts an interval, and the daemon calls flush() at its
+// end; no timer runs while nobody is refused.
 #pragma once
 
 #include <chrono>
@@ -32,6 +33,10 @@ class refusal_log {
   std::vector<std::string> flush();
 
   std::chrono::milliseconds interval() const { return interval_; }
+
+  // Nothing counted since the last flush: the next refusal starts an
+  // interval (the daemon then arms its one-shot flush timer).
+  bool quiet() const { return held_.empty() && others_ == 0; }
 
  private:
   std::chrono::milliseconds interval_;

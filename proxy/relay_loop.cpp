@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -134,7 +135,7 @@ struct relay_loop::impl {
   std::mutex m;  // guards what follows, up to the loop's own state
   std::vector<std::variant<add_cmd, stop_cmd>> commands;
   std::uint64_t next_id = 1;
-  bool quit = false;
+  std::atomic<bool> quit{false};  // read after every batch: no lock on the relay path
 
   // The loop's thread only.
   std::unordered_map<std::uint64_t, std::unique_ptr<conn>> conns;
@@ -201,10 +202,7 @@ relay_loop::relay_loop(const std::string& thread_name) : impl_(std::make_unique<
 }
 
 relay_loop::~relay_loop() {
-  {
-    std::lock_guard lock(impl_->m);
-    impl_->quit = true;
-  }
+  impl_->quit.store(true);
   impl_->wake_up();
   impl_->thread.join();
   for (auto& [id, c] : impl_->conns) {
@@ -268,8 +266,7 @@ void relay_loop::impl::run() {
     for (auto& c : finished)
       if (c->on_end) c->on_end(std::move(c->result));
     finished.clear();
-    std::lock_guard lock(m);
-    if (quit) return;
+    if (quit.load()) return;
   }
 }
 

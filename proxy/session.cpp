@@ -132,7 +132,9 @@ class registration {
     if (st_.sessions.size() > limits.max_connections) why = "too many connections";
     else if (st_.per_address[address_] > limits.max_connections_per_ip)
       why = "too many connections from this address";
-    log_it = why && st_.refusals.on_refused(address_, why);
+    if (!why) return nullptr;
+    if (st_.refusals.quiet()) st_.start_refusal_interval();
+    log_it = st_.refusals.on_refused(address_, why);
     return why;
   }
 

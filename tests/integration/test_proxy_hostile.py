@@ -192,6 +192,15 @@ class RefusalFloodTests(unittest.TestCase):
         counted = sum(int(m) for ln in lines for m in re.findall(r" count=(\d+)", ln))
         self.assertEqual(logged_one_by_one + counted, flood, lines)
         self.assertLess(len(proxy.log_bytes()), 20_000)
+        # No timer runs while nobody is refused; the next flood starts a new interval, whose
+        # first refusal is logged at once and the rest summed at its end.
+        for _ in range(20):
+            with pf.RawClient.connect("127.0.0.1", proxy.imap_port, source=source) as c:
+                self.assertEqual(c.wait_closed(5), b"* BYE Too many connections.\r\n")
+        proxy.wait_log(r"connection refused client=127\.0\.0\.7 reason=\"too many connections from this "
+                       r"address\" count=19 interval=10s", timeout=15)
+        lines = [ln for ln in proxy.log().splitlines() if "connection refused" in ln]
+        self.assertEqual(sum(1 for ln in lines if " count=" not in ln), logged_one_by_one + 1, lines)
 
 
 class StatusSocketFloodTests(unittest.TestCase):
