@@ -38,7 +38,10 @@ What it measures (one table each; ratios are to "direct" over the same transport
      slope from N/2 to N (or 2N where the descriptor limit allows), plaintext and TLS
      client->relay; 100 sampled sessions, then every session, must still answer NOOP.
   Summary: one row per measure, one column per path, with suction's ratio to the best nginx.
-Paths are interleaved round by round so that machine noise hits all of them alike.
+Paths are interleaved round by round so that machine noise hits all of them alike. A login through
+suction starts that user's migration run (the engine, on its own thread): before tables 1, 1b, 2
+and 4 time anything, those runs are waited out (status socket), so their CPU time and syscalls
+are not counted as the relay's.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import random
 import re
@@ -321,6 +325,7 @@ class Proxy:
         d = os.path.join(workdir, name)
         os.makedirs(d, exist_ok=True)
         self.config = os.path.join(d, "suction.toml")
+        self.status_socket = os.path.join(d, "status.sock")
         self.log_path = os.path.join(d, "suction.log")
         proxy_config(self.config, imap_port=self.imap_port, imaps_port=self.imaps_port,
                      backend_port=backend_port, legacy_port=legacy_port, cert=cert, key=key, workdir=d,
@@ -340,6 +345,32 @@ class Proxy:
     def log_tail(self, n: int = 20) -> str:
         self.logf.flush()
         return file_tail(self.log_path, n)
+
+    def migration_counts(self) -> tuple[int, int]:
+        """(users queued, users running), from the status socket."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5.0)
+            s.connect(self.status_socket)
+            s.sendall(b'{"cmd":"status"}\n')
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        m = json.loads(buf)["migration"]
+        return m["users_queued"], m["users_running"]
+
+    def migrations_idle(self, timeout: float = 60.0) -> None:
+        """Until no migration is queued or running, seen twice 100 ms apart (a login queues its
+        user's run just after its OK)."""
+        quiet = 0
+        for _ in range(int(timeout / 0.1)):
+            quiet = quiet + 1 if self.migration_counts() == (0, 0) else 0
+            if quiet == 2:
+                return
+            time.sleep(0.1)
+        raise BenchError(f"{self.name}: migrations still running after {timeout:.0f}s")
 
     def stop(self) -> None:
         self.children.stop(self.proc)
@@ -396,6 +427,8 @@ class Relay:
     pids: Callable[[], list[int]]
     fake_port: int | None = None
     fake_pids: Callable[[], list[int]] | None = None
+    # suction: waits until the migrations that logins started are over (see settle()).
+    settle: Callable[[], None] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,7 +654,8 @@ def append_message(tb, size: int) -> tuple[int, bytes]:
 
 
 def bench_fetch(paths: list[tuple[str, int, ssl.SSLContext | None, str, int]], reps: int,
-                expect_size: int, cpu_roles: dict[str, dict[str, Callable]]) -> dict[str, dict]:
+                expect_size: int, cpu_roles: dict[str, dict[str, Callable]],
+                settle: Callable[[], None]) -> dict[str, dict]:
     """paths: (name, port, tls, password, uid). cpu_roles[name][role]() -> the pids whose CPU time
     counts for that role (client, relay, server) while `name` fetches."""
     big = memoryview(bytearray(16 << 20))
@@ -639,6 +673,7 @@ def bench_fetch(paths: list[tuple[str, int, ssl.SSLContext | None, str, int]], r
             if size != expect_size:
                 raise BenchError(f"{name}: literal of {size} bytes, expected {expect_size}")
             res[name] = {"mbps": [], "cpu": {}, "wall": 0.0, "bytes": total}
+        settle()
         for r in range(reps):
             for name, (c, uid) in conns.items():
                 roles = {role: f() for role, f in cpu_roles.get(name, {}).items()}
@@ -712,6 +747,7 @@ def strace_noops(e: SimpleNamespace, name: str, port: int, tls: ssl.SSLContext |
     c = Raw(port, tls)
     try:
         c.login(USER, e.password)
+        settle(e)
         pids = relay_pids()  # after the login: socat forks a child per connection
         for _ in range(50):
             c.noop_ns()
@@ -919,6 +955,7 @@ def run_noop(e: SimpleNamespace) -> list[str]:
     rounds = 8
     conns = open_logged_in(paths, e.password)
     try:
+        settle(e)
         noop, cpu = noop_rounds(conns, e.args.noops, cpu_roles(e), rounds=rounds)
     finally:
         close_all(conns)
@@ -953,6 +990,7 @@ def run_pinned(e: SimpleNamespace) -> list[str]:
     rounds = 4
     conns = open_logged_in(paths, e.password)
     try:
+        settle(e)
         pids = [os.getpid()] + descendants(e.tb.new.pid) + [p for r in e.relays for p in r.pids()]
         with pinned(pids, cpu=0):
             noop, cpu = noop_rounds(conns, max(rounds, e.args.noops // 2), cpu_roles(e), rounds=rounds)
@@ -978,7 +1016,7 @@ def run_fetch(e: SimpleNamespace) -> list[str]:
     fpaths += [(name, port, tls, e.password, uid) for name, port, tls in dovecot_paths(e, tls=False)]
     fpaths += [(f"{r.name} -> fake server", r.fake_port, None, "x", 1) for r in e.relays if r.fake_port]
     fpaths += [(name, port, tls, e.password, uid) for name, port, tls in dovecot_paths(e) if tls]
-    fetch = bench_fetch(fpaths, e.args.fetch_reps, e.fetch_bytes, cpu_roles(e))
+    fetch = bench_fetch(fpaths, e.args.fetch_reps, e.fetch_bytes, cpu_roles(e), lambda: settle(e))
     rows = []
     for name, _, tls, _, _ in fpaths:
         ref = "direct TLS" if tls else (REF_NAME if "fake" in name else "direct")
@@ -1062,8 +1100,8 @@ def run_syscalls(e: SimpleNamespace) -> list[str]:
     e.emit(f"4. Syscalls per relayed NOOP: strace -f -c -p <relay> during {n} NOOPs on one logged-in "
            f"connection (after 50 untraced), its own phase")
     e.emit(fmt_table(["path", "NOOPs", "syscalls/NOOP", "errors/NOOP", "top 5 (calls per NOOP)"], rows))
-    e.emit("All threads of the relay are traced (suction's status and scheduler threads too); errors are "
-           "mostly EAGAIN.")
+    e.emit("All threads of the relay are traced (suction's status and scheduler threads too; the migration "
+           "run the login started is waited out first); errors are mostly EAGAIN.")
     return []
 
 
@@ -1303,7 +1341,20 @@ def suction_relay(e: SimpleNamespace, name: str, binary: str, tag: str, threads:
                 threads=threads)
     fake = Proxy(e.children, binary, e.workdir, f"{tag}-fake", e.fake_port, e.tb.legacy.imap_port, e.cert, e.key,
                  e.ca, threads=threads)
-    return Relay(name, dov.imap_port, dov.imaps_port, lambda: [dov.pid], fake.imap_port, lambda: [fake.pid])
+    def settle() -> None:
+        dov.migrations_idle()
+        fake.migrations_idle()
+    return Relay(name, dov.imap_port, dov.imaps_port, lambda: [dov.pid], fake.imap_port, lambda: [fake.pid],
+                 settle)
+
+
+def settle(e: SimpleNamespace) -> None:
+    """Before a timed phase, after its logins: every login through suction starts (or queues)
+    that user's migration run, whose CPU time and syscalls would count as the relay's. The relay
+    is what these tables compare, so the runs are waited out (the status socket) first."""
+    for r in e.relays:
+        if r.settle:
+            r.settle()
 
 
 def nginx_relays(e: SimpleNamespace) -> list[Relay]:
