@@ -88,6 +88,57 @@ void daemon::state::start_refusal_interval() {
   });
 }
 
+void daemon::state::swept_relay_started() {
+  {
+    std::lock_guard lock(m);
+    if (swept_relays++ > 0) return;
+  }
+  asio::post(io, [self = shared_from_this()] {
+    if (self->sweep_running || self->stop_finished) return;
+    self->sweep_running = true;
+    asio::co_spawn(self->io, self->idle_sweep(), asio::detached);
+  });
+}
+
+void daemon::state::swept_relay_ended() {
+  {
+    std::lock_guard lock(m);
+    if (--swept_relays > 0) return;
+  }
+  // The last one: the sweep ends now rather than at its next tick.
+  asio::post(io, [self = shared_from_this()] { self->idle_sweep_timer.cancel(); });
+}
+
+// The Asio relays' idle deadline: one sweep over their sessions every
+// idle_sweep_interval() while any run, instead of a timer per session; when
+// none is left the timer stops, so an idle daemon does not wake up.
+asio::awaitable<void> daemon::state::idle_sweep() {
+  auto self = shared_from_this();
+  const auto idle = opt.limits.relay_idle;
+  while (!stopping) {
+    idle_sweep_timer.expires_after(idle_sweep_interval(idle));
+    boost::system::error_code ec;
+    co_await idle_sweep_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (stopping) break;
+    {
+      std::lock_guard lock(m);
+      if (swept_relays == 0) break;
+    }
+    if (ec) continue;  // cancelled by the last relay's end, but another has started since
+    // Each shard sweeps its own sessions on its own thread: a relay is
+    // touched only there.
+    for (std::size_t shard = 0; shard < shards(); ++shard)
+      asio::post(executor_of(shard), [self, shard, idle] {
+        const auto now = std::chrono::steady_clock::now();
+        std::lock_guard lock(self->m);
+        for (auto& [id, h] : self->sessions)
+          if (h->shard == shard && h->swept && h->active_relay && now - h->active_relay->last_activity() >= idle)
+            h->active_relay->stop("idle");
+      });
+  }
+  sweep_running = false;
+}
+
 namespace {
 
 tcp::endpoint listen_endpoint(const options& opt, const std::string& key, const listen_address& where) {
@@ -277,7 +328,8 @@ void daemon::start() {
     });
   try {
     for (std::size_t shard = 0; shard < st.shards(); ++shard)
-      st.relay_loops.push_back(std::make_unique<relay_loop>("suction-relay-" + std::to_string(shard)));
+      st.relay_loops.push_back(
+          std::make_unique<relay_loop>("suction-relay-" + std::to_string(shard), opt.limits.relay_idle));
   } catch (const std::system_error& e) {
     throw startup_error(std::string("cannot start the relay threads: ") + e.what());
   }
@@ -301,30 +353,6 @@ void daemon::start() {
     st.status_socket->start();
     st.status_thread = std::thread([io = st.status_io.get()] { io->run(); });
   }
-
-  // The relays' idle deadline: one sweep over the sessions, a few times per
-  // relay_idle (at most every 5 s), instead of a timer per session.
-  asio::co_spawn(st.io, [self = state_]() -> asio::awaitable<void> {
-    const auto idle = self->opt.limits.relay_idle;
-    const auto every = std::clamp<std::chrono::milliseconds>(idle / 8, std::chrono::milliseconds(50),
-                                                              std::chrono::seconds(5));
-    while (!self->stopping) {
-      self->idle_sweep_timer.expires_after(every);
-      boost::system::error_code ec;
-      co_await self->idle_sweep_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      if (ec) co_return;  // cancelled: the daemon has stopped
-      // Each shard sweeps its own sessions on its own thread: a relay is
-      // touched only there.
-      for (std::size_t shard = 0; shard < self->shards(); ++shard)
-        asio::post(self->executor_of(shard), [self, shard, idle] {
-          const auto now = std::chrono::steady_clock::now();
-          std::lock_guard lock(self->m);
-          for (auto& [id, h] : self->sessions)
-            if (h->shard == shard && h->active_relay && now - h->active_relay->last_activity() >= idle)
-              h->active_relay->stop("idle");
-        });
-    }
-  }, asio::detached);
 
   st.signals.add(SIGTERM);
   st.signals.add(SIGINT);

@@ -46,6 +46,7 @@ struct session_handle {
   std::atomic<session_phase> phase{session_phase::preauth};  // read by stop() on the caller's thread
   imap::tls_stream* client = nullptr;
   relay_control* active_relay = nullptr;  // the Asio relay (TLS) or a relay_loop ticket
+  bool swept = false;  // an Asio relay: the daemon's idle sweep watches it (a relay_loop watches its own)
   bool shutting_down = false;
 };
 
@@ -117,10 +118,12 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   boost::asio::signal_set signals;
   boost::asio::steady_timer grace_timer;
   boost::asio::steady_timer refusal_timer;
-  boost::asio::steady_timer idle_sweep_timer;  // the relays' idle deadline, swept on each shard
+  boost::asio::steady_timer idle_sweep_timer;  // the Asio relays' idle deadline, swept on each shard
 
   std::unordered_map<std::uint64_t, session_handle*> sessions;  // under m
   std::unordered_map<std::string, std::uint32_t> per_address;   // under m
+  std::size_t swept_relays = 0;  // Asio relays running (under m): the idle sweep runs while any do
+  bool sweep_running = false;    // the caller's thread only
   refusal_log refusals;  // under m; flushed at the end of each interval (start_refusal_interval)
   auth_penalty penalty;  // failed checks against legacy (under m)
   std::shared_ptr<provisioner> provision;  // [auth] provision_command, its own threads
@@ -139,6 +142,11 @@ struct daemon::state : std::enable_shared_from_this<daemon::state> {
   // The first refusal after a quiet spell (any io thread): at the interval's
   // end the held-back refusals are logged as summary lines.
   void start_refusal_interval();
+  // An Asio relay starts or ends (its session's thread): the idle sweep runs
+  // only while there are any.
+  void swept_relay_started();
+  void swept_relay_ended();
+  boost::asio::awaitable<void> idle_sweep();
   bool stop_finished = false;
   // From stop() to finish_stop(): the caller's io_context waits for the last
   // session of another io thread to end (it posts finish_stop there).

@@ -3,6 +3,7 @@
 // relay (the idle sweep, SIGTERM's grace period, the operator).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -23,5 +24,12 @@ class relay_control {
   // When a byte last moved either way.
   virtual std::chrono::steady_clock::time_point last_activity() const = 0;
 };
+
+// How often relays are checked against `relay_idle`: a few times per idle
+// period, at most every 5 s (a relay ends at most that late), instead of a
+// timer per relay.
+inline std::chrono::milliseconds idle_sweep_interval(std::chrono::milliseconds idle) {
+  return std::clamp<std::chrono::milliseconds>(idle / 8, std::chrono::milliseconds(50), std::chrono::seconds(5));
+}
 
 }  // namespace suction::proxy

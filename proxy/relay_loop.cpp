@@ -131,6 +131,10 @@ struct relay_loop::impl {
 
   int ep = -1, wake = -1;
   std::thread thread;
+  const std::chrono::milliseconds idle;
+  const std::chrono::milliseconds sweep_every = idle_sweep_interval(idle);
+
+  explicit impl(std::chrono::milliseconds idle_limit) : idle(idle_limit) {}
 
   std::mutex m;  // guards what follows, up to the loop's own state
   std::vector<std::variant<add_cmd, stop_cmd>> commands;
@@ -163,6 +167,8 @@ struct relay_loop::impl {
   }
 
   void run();
+  int wait_ms(clock::time_point now, clock::time_point next_sweep) const;
+  void end_idle(clock::time_point now);
   void take_commands();
   void start(add_cmd& a);
   void turn(conn& c);
@@ -185,7 +191,8 @@ std::chrono::steady_clock::time_point relay_loop::ticket::last_activity() const 
   return clock::time_point(clock::duration(last_activity_.load(std::memory_order_relaxed)));
 }
 
-relay_loop::relay_loop(const std::string& thread_name) : impl_(std::make_unique<impl>()) {
+relay_loop::relay_loop(const std::string& thread_name, std::chrono::milliseconds idle)
+    : impl_(std::make_unique<impl>(idle)) {
   impl_->ep = ::epoll_create1(EPOLL_CLOEXEC);
   if (impl_->ep < 0) throw std::system_error(errno, std::system_category(), "relay loop: epoll_create1");
   impl_->wake = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -234,8 +241,10 @@ void relay_loop::add(ticket& t, int client_fd, int backend_fd, std::string to_ba
 
 void relay_loop::impl::run() {
   std::array<epoll_event, 256> events;
+  auto next_sweep = clock::now() + sweep_every;
   for (;;) {
-    const int n = ::epoll_wait(ep, events.data(), static_cast<int>(events.size()), again.empty() ? -1 : 0);
+    const int n = ::epoll_wait(ep, events.data(), static_cast<int>(events.size()),
+                               again.empty() ? wait_ms(clock::now(), next_sweep) : 0);
     if (n < 0 && errno != EINTR) {
       spdlog::critical("relay loop: epoll_wait failed: {}", std::strerror(errno));
       std::abort();  // a broken epoll descriptor: nothing the loop can relay any more
@@ -263,11 +272,30 @@ void relay_loop::impl::run() {
       }
       turn(c);  // EPOLLOUT: whatever waits in either direction is written now
     }
+    if (const auto now = clock::now(); now >= next_sweep) {
+      end_idle(now);
+      next_sweep = now + sweep_every;
+    }
     for (auto& c : finished)
       if (c->on_end) c->on_end(std::move(c->result));
     finished.clear();
     if (quit.load()) return;
   }
+}
+
+// Until the next idle sweep; none while nothing is relayed (an idle daemon
+// does not wake up).
+int relay_loop::impl::wait_ms(clock::time_point now, clock::time_point next_sweep) const {
+  if (conns.empty()) return -1;
+  if (now >= next_sweep) return 0;
+  return static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(next_sweep - now).count());
+}
+
+void relay_loop::impl::end_idle(clock::time_point now) {
+  std::vector<conn*> idle_ones;
+  for (auto& [id, c] : conns)
+    if (now - c->t->last_activity() >= idle) idle_ones.push_back(c.get());
+  for (conn* c : idle_ones) end(*c, "idle");
 }
 
 void relay_loop::impl::take_commands() {

@@ -9,6 +9,10 @@
 // epoll_wait, one recv and one send each way. Streaming bursts move through
 // a kernel pipe (splice(2)), so a large FETCH is not copied through user space.
 //
+// Idle relays (no byte either way for `idle`) are ended by the loop itself,
+// swept every idle_sweep_interval() in epoll_wait's timeout: no timer
+// descriptor, no wake-up while nothing is relayed.
+//
 // Threading: add() and ticket::stop() may be called from any thread; they
 // queue a command and wake the loop. Everything else (the descriptors, the
 // buffers, the pipes) belongs to the loop's thread alone. on_end runs there,
@@ -44,9 +48,10 @@ class relay_loop {
     std::atomic<std::chrono::steady_clock::rep> last_activity_{0};
   };
 
-  // Starts the loop's thread, named `thread_name` (top -H). Throws
-  // std::system_error when the kernel gives no epoll or eventfd descriptor.
-  explicit relay_loop(const std::string& thread_name);
+  // Starts the loop's thread, named `thread_name` (top -H); relays idle for
+  // `idle` end with "idle". Throws std::system_error when the kernel gives no
+  // epoll or eventfd descriptor.
+  relay_loop(const std::string& thread_name, std::chrono::milliseconds idle);
   // Stops and joins the thread, then closes what is still relayed without
   // calling its on_end (the sessions' io threads are gone by then).
   ~relay_loop();

@@ -197,6 +197,26 @@ asio::awaitable<relay_result> relay_on_loop(daemon::state& st, session_handle& h
                                                                                            asio::use_awaitable);
 }
 
+// An Asio relay's time under the daemon's idle sweep (the relay loop sweeps
+// its own relays).
+class swept_by_daemon {
+ public:
+  swept_by_daemon(daemon::state& st, session_handle& h) : st_(st), h_(h) {
+    h_.swept = true;
+    st_.swept_relay_started();
+  }
+  ~swept_by_daemon() {
+    h_.swept = false;
+    st_.swept_relay_ended();
+  }
+  swept_by_daemon(const swept_by_daemon&) = delete;
+  swept_by_daemon& operator=(const swept_by_daemon&) = delete;
+
+ private:
+  daemon::state& st_;
+  session_handle& h_;
+};
+
 // After login: the byte relay, and nothing else in the frame.
 asio::awaitable<void> relay_session(std::shared_ptr<daemon::state> st, std::unique_ptr<session_core> core,
                                     std::unique_ptr<imap::tls_stream> backend, std::string to_backend,
@@ -209,6 +229,7 @@ asio::awaitable<void> relay_session(std::shared_ptr<daemon::state> st, std::uniq
   } else {
     relay rl(core->stream, *backend);
     h.active_relay = &rl;
+    swept_by_daemon swept(*st, h);
     if (st->grace_over) rl.stop("shutdown");
     rr = co_await rl.run(std::move(to_backend), std::move(to_client));
   }

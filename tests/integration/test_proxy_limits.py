@@ -3,6 +3,7 @@
 
 import socket
 import threading
+import re
 import time
 import unittest
 
@@ -128,13 +129,31 @@ class BackendTempfailTests(unittest.TestCase):
 
 
 class RelayIdleTests(unittest.TestCase):
+    """Plaintext relays are swept by their relay loop, TLS ones (Asio relays) by the daemon's
+    sweep, which runs only while such relays exist: both kinds, and the sweep started again."""
+
     def test_idle_logged_in_session_is_closed_and_a_busy_one_is_not(self):
+        self.check_idle("none")
+
+    def test_idle_tls_session_is_closed_and_a_busy_one_is_not_twice(self):
+        self.check_idle("implicit", rounds=2)
+
+    def check_idle(self, tls, rounds=1):
         tb = pf.bed()
         proxy = pf.Proxy(tb, {"limits": {"relay_idle": 1}})
         self.addCleanup(proxy.stop)
         proxy.start()
+        for _ in range(rounds):
+            self.idle_round(tb, proxy, tls)
+        self.assertEqual(len(re.findall(r"session closed user=alice [^\n]*reason=\"idle\"", proxy.log())),
+                         rounds, proxy.log())
+        self.assertEqual(len(re.findall(r"session closed user=alice [^\n]*reason=\"client closed\"",
+                                        proxy.log())), rounds, proxy.log())
+
+    def idle_round(self, tb, proxy, tls):
         password = tb.users["alice"]
-        with proxy.raw() as idle, proxy.raw() as busy:
+        after = len(proxy.log())
+        with proxy.raw(tls=tls) as idle, proxy.raw(tls=tls) as busy:
             for c in (idle, busy):
                 self.assertTrue(c.command("a", f"LOGIN alice {pf.quote(password)}").startswith(b"a OK"))
             started = time.monotonic()
@@ -145,7 +164,8 @@ class RelayIdleTests(unittest.TestCase):
             self.assertLess(time.monotonic() - started, 5)
             self.assertNotIn(b"OK", rest)
             self.assertTrue(busy.command("z", "NOOP").startswith(b"z OK"))
-        proxy.wait_log(r"session closed user=alice [^\n]*reason=\"idle\"")
+        proxy.wait_log(r"session closed user=alice [^\n]*reason=\"idle\"", after=after)
+        proxy.wait_log(r"session closed user=alice [^\n]*reason=\"client closed\"", after=after)
 
 
 class PreauthLimitTests(unittest.TestCase):

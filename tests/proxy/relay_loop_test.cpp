@@ -116,7 +116,7 @@ struct sigpipe_ignored {
 
 TEST_CASE("relay_loop: bytes read at login go first, then commands and answers both ways, counted") {
   sigpipe_ignored s;
-  relay_loop loop("test-relay");
+  relay_loop loop("test-relay", std::chrono::hours(1));
   relayed r(loop, "a0 SELECT INBOX\r\n", "* OK early\r\n");
   CHECK(read_n(r.backend, 17) == "a0 SELECT INBOX\r\n");
   CHECK(read_n(r.client, 12) == "* OK early\r\n");
@@ -137,7 +137,7 @@ TEST_CASE("relay_loop: bytes read at login go first, then commands and answers b
 
 TEST_CASE("relay_loop: the client's FIN is passed on and the backend's answers still arrive") {
   sigpipe_ignored s;
-  relay_loop loop("test-relay");
+  relay_loop loop("test-relay", std::chrono::hours(1));
   relayed r(loop);
   send_all(r.client, "a2 SELECT INBOX\r\na3 LOGOUT\r\n");
   REQUIRE(::shutdown(r.client, SHUT_WR) == 0);
@@ -156,7 +156,7 @@ TEST_CASE("relay_loop: the client's FIN is passed on and the backend's answers s
 
 TEST_CASE("relay_loop: a burst larger than the socket buffers, read slowly, arrives whole and in order") {
   sigpipe_ignored s;
-  relay_loop loop("test-relay");
+  relay_loop loop("test-relay", std::chrono::hours(1));
   relayed r(loop);
   const std::string big = pattern(8 * 1024 * 1024 + 123);
   std::thread writer([&] { send_all(r.backend, big); });
@@ -183,7 +183,7 @@ TEST_CASE("relay_loop: a burst larger than the socket buffers, read slowly, arri
 
 TEST_CASE("relay_loop: stop ends a relay with its reason, closes both sockets, and is harmless after the end") {
   sigpipe_ignored s;
-  relay_loop loop("test-relay");
+  relay_loop loop("test-relay", std::chrono::hours(1));
   const auto before = std::chrono::steady_clock::now();
   relayed r(loop);
   CHECK(r.ticket.last_activity() >= before);
@@ -205,7 +205,7 @@ TEST_CASE("relay_loop: stop ends a relay with its reason, closes both sockets, a
 
 TEST_CASE("relay_loop: relays on one loop end on their own, the others go on") {
   sigpipe_ignored s;
-  relay_loop loop("test-relay");
+  relay_loop loop("test-relay", std::chrono::hours(1));
   std::vector<std::unique_ptr<relayed>> rs;
   for (int i = 0; i < 40; ++i) rs.push_back(std::make_unique<relayed>(loop));
   for (std::size_t i = 0; i < rs.size(); i += 2) {
@@ -233,7 +233,7 @@ TEST_CASE("relay_loop: relays on one loop end on their own, the others go on") {
 
 TEST_CASE("relay_loop: destroying the loop closes what it still relays, without calling on_end") {
   sigpipe_ignored s;
-  std::optional<relay_loop> loop(std::in_place, "test-relay");
+  std::optional<relay_loop> loop(std::in_place, "test-relay", std::chrono::hours(1));
   tcp_pair front, back;
   relay_loop::ticket t;
   bool called = false;
@@ -245,4 +245,26 @@ TEST_CASE("relay_loop: destroying the loop closes what it still relays, without 
   CHECK_FALSE(called);
   ::close(front.a);
   ::close(back.b);
+}
+
+TEST_CASE("relay_loop: a relay idle for the limit ends with \"idle\", one with traffic goes on") {
+  sigpipe_ignored s;
+  relay_loop loop("test-relay", std::chrono::milliseconds(400));  // swept every 50 ms
+  relayed quiet(loop);
+  relayed busy(loop);
+  const auto start = std::chrono::steady_clock::now();
+  // The busy one relays a NOOP every 100 ms until the quiet one has ended.
+  for (int i = 0; i < 40 && quiet.result.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready;
+       ++i) {
+    send_all(busy.client, "b NOOP\r\n");
+    CHECK(read_n(busy.backend, 8) == "b NOOP\r\n");
+  }
+  const auto took = std::chrono::steady_clock::now() - start;
+  CHECK(quiet.ended().end == "idle");
+  CHECK(took >= std::chrono::milliseconds(400));
+  CHECK(took < std::chrono::seconds(3));
+  CHECK(sees_eof(quiet.client));
+  CHECK(busy.result.wait_for(std::chrono::seconds(0)) == std::future_status::timeout);
+  busy.ticket.stop("test over");
+  CHECK(busy.ended().end == "test over");
 }
