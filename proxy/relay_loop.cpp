@@ -445,6 +445,11 @@ bool relay_loop::impl::read_small(conn& c, direction& d) {
 
 // One splice from `from` into the (empty) pipe; flush() moves it on. A
 // wake-up that brought less than kStreamChunk ends the burst.
+//
+// Unlike a short recv, a short splice does not mean `from` is drained (the
+// pipe can run out of slots before bytes), so the next turn asks again: only
+// EAGAIN into the empty pipe says so. Marking it drained early would leave
+// the rest of a FETCH in the socket until the backend sends more.
 bool relay_loop::impl::splice_in(conn& c, direction& d) {
   if (d.pipe.r < 0) {
     d.pipe = pipes.get();
@@ -473,10 +478,6 @@ bool relay_loop::impl::splice_in(conn& c, direction& d) {
   const auto got = static_cast<std::size_t>(n);
   d.in_pipe = got;
   d.wake_bytes += got;
-  if (got < d.pipe.size && !d.peer_done) {
-    d.readable = false;
-    if (d.wake_bytes < kStreamChunk) d.streaming = false;
-  }
   return true;
 }
 
