@@ -1352,13 +1352,9 @@ def settle(e: SimpleNamespace) -> None:
     """Before a timed phase, after its logins: every login through suction starts (or queues)
     that user's migration run, whose CPU time and syscalls would count as the relay's. The relay
     is what these tables compare, so the runs are waited out (the status socket) first."""
-    settled = False
     for r in e.relays:
         if r.settle:
             r.settle()
-            settled = True
-    if settled:
-        time.sleep(0.2)  # the status thread finishes with the last query's connection (its timer) first
 
 
 def nginx_relays(e: SimpleNamespace) -> list[Relay]:
