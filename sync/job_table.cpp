@@ -340,6 +340,14 @@ std::vector<std::string> job_table::expired_credentials(job_time now) {
   return out;
 }
 
+std::optional<std::chrono::steady_clock::time_point> job_table::next_credential_expiry() const {
+  std::optional<std::chrono::steady_clock::time_point> next;
+  if (rules_.credential_ttl.count() == 0) return next;
+  for (const auto& [key, j] : jobs_)
+    if (j.has_credentials && (!next || j.credentials_until < *next)) next = j.credentials_until;
+  return next;
+}
+
 void job_table::stop() {
   stopped_ = true;
   for (auto& [key, j] : jobs_) {

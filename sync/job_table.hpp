@@ -140,6 +140,9 @@ class job_table {
   // Users whose credentials expired (credential_ttl) and are not about to be
   // used: the runner wipes them.
   std::vector<std::string> expired_credentials(job_time now);
+  // When the next held password reaches its credential_ttl (none: nothing
+  // will expire), so the runner need not look every second.
+  std::optional<std::chrono::steady_clock::time_point> next_credential_expiry() const;
 
   // Everything stops: running jobs become interrupted, queues emptied, every
   // credential dropped (the runner wipes them all).

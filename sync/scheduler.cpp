@@ -401,17 +401,39 @@ struct scheduler::impl {
     if (table.retry_due(key, generation)) kick_later();
   }
 
-  // Drops credentials older than credential_ttl, once a second; renews the
-  // leases of this node's runs every third of a lease, so a long FETCH that
-  // records nothing keeps its user (a shared store only).
+  // When the sweep looks next: once a second with a shared store (leases,
+  // other nodes' queue), else when the next held password expires, at most
+  // once a second (a running job keeps an expired one until it ends) and at
+  // least once a day. A lone node with nothing to expire does not wake up.
+  std::chrono::steady_clock::duration next_sweep_in() {
+    using namespace std::chrono;
+    if (store.shared()) return seconds(1);
+    std::lock_guard lock(m);
+    const auto next = table.next_credential_expiry();
+    if (!next) return hours(24);
+    return std::clamp<steady_clock::duration>(*next - steady_clock::now(), seconds(1), hours(24));
+  }
+
+  // A login gave a password: the sweep looks again when it expires.
+  void rearm_sweep() {
+    asio::post(io, [this] { sweeper.cancel(); });
+  }
+
+  // Drops credentials older than credential_ttl; renews the leases of this
+  // node's runs every third of a lease, so a long FETCH that records nothing
+  // keeps its user (a shared store only).
   asio::awaitable<void> sweep() {
     auto renewed = std::chrono::steady_clock::now();
     const auto renew_every = std::chrono::milliseconds(opts.store.lease_seconds * 1000 / 3);
     for (;;) {
-      sweeper.expires_after(std::chrono::seconds(1));
+      sweeper.expires_after(next_sweep_in());
       boost::system::error_code ec;
       co_await sweeper.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      if (ec) co_return;
+      {
+        std::lock_guard lock(m);
+        if (table.stopped()) co_return;
+      }
+      if (ec) continue;  // rearm_sweep(): a login gave a password
       if (store.shared() && std::chrono::steady_clock::now() - renewed >= renew_every) {
         renewed = std::chrono::steady_clock::now();
         try {
@@ -526,6 +548,7 @@ void scheduler::on_login(sync_identity who, std::string legacy_server, std::stri
                             job_time::now()))
     impl_->kick_later();
   if (!impl_->table.find(key)->has_credentials) impl_->drop(key);  // credential_ttl 0, no job
+  else impl_->rearm_sweep();
 }
 
 std::string scheduler::enqueue(sync_identity who, std::string legacy_server) {

@@ -179,6 +179,25 @@ TEST_CASE("job table: credentials expire after credential_ttl, not while queued"
   CHECK(start_all(t, t0 + 3604s) == std::vector<std::string>{"bob"});
 }
 
+TEST_CASE("job table: the next credential expiry is the earliest held password's, none without any") {
+  job_table t(rules(1));
+  CHECK_FALSE(t.next_credential_expiry());
+  t.on_login(who("alice"), "", "", t0);
+  t.on_login(who("bob"), "", "", t0 + 5s);
+  REQUIRE(t.next_credential_expiry());
+  CHECK(*t.next_credential_expiry() == t0.mono + 3600s);
+  start_all(t);
+  t.finished("alice", true, failure_kind::none, "", t0 + 10s);
+  CHECK(t.expired_credentials(t0 + 3601s) == std::vector<std::string>{"alice"});
+  REQUIRE(t.next_credential_expiry());
+  CHECK(*t.next_credential_expiry() == t0.mono + 3605s);  // bob's, queued or running: still held
+  job_rules r = rules(1);
+  r.credential_ttl = 0s;  // nothing is kept past its job: nothing to wake up for
+  job_table none(r);
+  none.on_login(who("carol"), "", "", t0);
+  CHECK_FALSE(none.next_credential_expiry());
+}
+
 TEST_CASE("job table: a retry whose credentials expired meanwhile fails instead of starting") {
   job_rules r = rules(1);
   r.credential_ttl = 10s;
