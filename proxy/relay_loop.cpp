@@ -147,6 +147,9 @@ struct relay_loop::impl {
   std::vector<std::uint64_t> again;             // relays whose turn ran out with more to read
   pipe_pool pipes;
   std::array<char, kScratch> scratch{};
+  // Read once per wake-up: what touch() stamps and the idle sweep compares,
+  // so a relayed command costs one clock read, not one per read.
+  clock::time_point now = clock::now();
 
   ~impl() {
     if (ep >= 0) ::close(ep);
@@ -167,8 +170,8 @@ struct relay_loop::impl {
   }
 
   void run();
-  int wait_ms(clock::time_point now, clock::time_point next_sweep) const;
-  void end_idle(clock::time_point now);
+  int wait_ms(clock::time_point next_sweep) const;
+  void end_idle();
   void take_commands();
   void start(add_cmd& a);
   void turn(conn& c);
@@ -179,7 +182,7 @@ struct relay_loop::impl {
   void pass_eof(conn& c, direction& d);
   void end(conn& c, std::string reason);
   void touch(conn& c) const {
-    c.t->last_activity_.store(clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+    c.t->last_activity_.store(now.time_since_epoch().count(), std::memory_order_relaxed);
   }
 };
 
@@ -199,7 +202,7 @@ relay_loop::relay_loop(const std::string& thread_name, std::chrono::milliseconds
   if (impl_->wake < 0) throw std::system_error(errno, std::system_category(), "relay loop: eventfd");
   epoll_event ev{};
   ev.events = EPOLLIN;
-  ev.data.u64 = 0;  // relays are 2 * id + side, ids start at 1
+  ev.data.u64 = 0;  // relays are their conn's address + side
   if (::epoll_ctl(impl_->ep, EPOLL_CTL_ADD, impl_->wake, &ev) != 0)
     throw std::system_error(errno, std::system_category(), "relay loop: epoll_ctl");
   impl_->thread = std::thread([i = impl_.get(), thread_name] {
@@ -241,14 +244,15 @@ void relay_loop::add(ticket& t, int client_fd, int backend_fd, std::string to_ba
 
 void relay_loop::impl::run() {
   std::array<epoll_event, 256> events;
-  auto next_sweep = clock::now() + sweep_every;
+  auto next_sweep = now + sweep_every;
   for (;;) {
     const int n = ::epoll_wait(ep, events.data(), static_cast<int>(events.size()),
-                               again.empty() ? wait_ms(clock::now(), next_sweep) : 0);
+                               again.empty() ? wait_ms(next_sweep) : 0);
     if (n < 0 && errno != EINTR) {
       spdlog::critical("relay loop: epoll_wait failed: {}", std::strerror(errno));
       std::abort();  // a broken epoll descriptor: nothing the loop can relay any more
     }
+    now = clock::now();
     // Relays whose turn ran out last time go first.
     std::vector<std::uint64_t> waiting;
     waiting.swap(again);
@@ -260,9 +264,11 @@ void relay_loop::impl::run() {
         take_commands();
         continue;
       }
-      auto it = conns.find(key >> 1);
-      if (it == conns.end()) continue;  // ended earlier in this batch
-      conn& c = *it->second;
+      // A relay that ended earlier in this batch is still alive in `finished`;
+      // end() takes both sockets out of the set before they are closed, so no
+      // later batch names it.
+      conn& c = *reinterpret_cast<conn*>(key & ~std::uint64_t(1));
+      if (c.ended) continue;
       direction& d = (key & 1) == 0 ? c.up : c.down;  // the side whose socket has news reads
       const std::uint32_t e = events[i].events;
       if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
@@ -272,8 +278,8 @@ void relay_loop::impl::run() {
       }
       turn(c);  // EPOLLOUT: whatever waits in either direction is written now
     }
-    if (const auto now = clock::now(); now >= next_sweep) {
-      end_idle(now);
+    if (now >= next_sweep) {
+      end_idle();
       next_sweep = now + sweep_every;
     }
     for (auto& c : finished)
@@ -285,13 +291,13 @@ void relay_loop::impl::run() {
 
 // Until the next idle sweep; none while nothing is relayed (an idle daemon
 // does not wake up).
-int relay_loop::impl::wait_ms(clock::time_point now, clock::time_point next_sweep) const {
+int relay_loop::impl::wait_ms(clock::time_point next_sweep) const {
   if (conns.empty()) return -1;
   if (now >= next_sweep) return 0;
   return static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(next_sweep - now).count());
 }
 
-void relay_loop::impl::end_idle(clock::time_point now) {
+void relay_loop::impl::end_idle() {
   std::vector<conn*> idle_ones;
   for (auto& [id, c] : conns)
     if (now - c->t->last_activity() >= idle) idle_ones.push_back(c.get());
@@ -335,7 +341,8 @@ void relay_loop::impl::start(add_cmd& a) {
     const int flags = ::fcntl(fd, F_GETFL);
     epoll_event ev{};
     ev.events = kEvents;
-    ev.data.u64 = c.id << 1 | static_cast<std::uint64_t>(side);
+    static_assert(alignof(conn) >= 2, "the low bit of a conn's address names the side");
+    ev.data.u64 = reinterpret_cast<std::uint64_t>(&c) | static_cast<std::uint64_t>(side);
     if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 || ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0)
       return end(c, std::string("relay failed: ") + std::strerror(errno));
   }
@@ -500,7 +507,12 @@ void relay_loop::impl::end(conn& c, std::string reason) {
   pipes.put(c.up.pipe, c.up.in_pipe == 0);
   pipes.put(c.down.pipe, c.down.in_pipe == 0);
   c.up.pipe = c.down.pipe = {};
-  ::close(c.client_fd);  // closing also takes them out of the epoll set
+  // Out of the set before closing: close alone leaves a registration behind
+  // while another descriptor shares the socket, and its events would name
+  // this conn after it is freed.
+  ::epoll_ctl(ep, EPOLL_CTL_DEL, c.client_fd, nullptr);
+  ::epoll_ctl(ep, EPOLL_CTL_DEL, c.backend_fd, nullptr);
+  ::close(c.client_fd);
   ::close(c.backend_fd);
   auto it = conns.find(c.id);
   finished.push_back(std::move(it->second));
