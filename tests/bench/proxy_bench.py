@@ -38,7 +38,10 @@ What it measures (one table each; ratios are to "direct" over the same transport
      slope from N/2 to N (or 2N where the descriptor limit allows), plaintext and TLS
      client->relay; 100 sampled sessions, then every session, must still answer NOOP.
   Summary: one row per measure, one column per path, with suction's ratio to the best nginx.
-Paths are interleaved round by round so that machine noise hits all of them alike. A login through
+Paths are interleaved round by round so that machine noise hits all of them alike, each round in
+a seeded order of its own (no path always pays for the slot after another), and every relay runs
+in a session of its own, as systemd starts a service (with kernel.sched_autogroup_enabled each
+session is one scheduling group: no relay shares one with this client). A login through
 suction starts that user's migration run (the engine, on its own thread): before tables 1, 1b, 2
 and 4 time anything, those runs are waited out (status socket), so their CPU time and syscalls
 are not counted as the relay's.
