@@ -39,7 +39,9 @@ What it measures (one table each; ratios are to "direct" over the same transport
      client->relay; 100 sampled sessions, then every session, must still answer NOOP.
   Summary: one row per measure, one column per path, with suction's ratio to the best nginx.
 Paths are interleaved round by round so that machine noise hits all of them alike, each round in
-a seeded order of its own (no path always pays for the slot after another), and every relay runs
+a seeded order of its own (no path always pays for the slot after another); each path has
+several connections, logged in in a shuffled order, so no path keeps the Dovecot imap process of
+one login slot (they differ in speed); and every relay runs
 in a session of its own, as systemd starts a service (with kernel.sched_autogroup_enabled each
 session is one scheduling group: no relay shares one with this client). A login through
 suction starts that user's migration run (the engine, on its own thread): before tables 1, 1b, 2
@@ -582,13 +584,29 @@ class Raw:
 # 1. NOOP round trip
 
 
-def open_logged_in(paths: list[tuple[str, int, ssl.SSLContext | None]], password: str) -> dict[str, Raw]:
-    """One logged-in connection per path, in path order (closed again if one fails)."""
-    conns: dict[str, Raw] = {}
+# Logged-in connections per path. Dovecot gives each login an imap process of its own, and
+# those processes differ in speed by the order they were started in: in three runs of four
+# FETCH connections per relay, a relay's two connections differed by as much as the relays did
+# (the second login's process was the slowest each time). In path order, suction was always
+# the second login. So each path gets several, logged in in an order drawn anew every run
+# (LOGIN_SEED, printed in the header), and the rounds take turns over them.
+CONNS_PER_PATH = 3
+LOGIN_SEED = random.SystemRandom().randrange(1 << 32)
+
+
+def login_order(items: list, per_path: int = CONNS_PER_PATH) -> list:
+    """Each item per_path times, in this run's shuffled order."""
+    return random.Random(LOGIN_SEED).sample(items * per_path, len(items) * per_path)
+
+
+def open_logged_in(paths: list[tuple[str, int, ssl.SSLContext | None]], password: str) -> dict[str, list[Raw]]:
+    """CONNS_PER_PATH logged-in connections per path, in login_order (all closed again if one
+    fails)."""
+    conns: dict[str, list[Raw]] = {name: [] for name, _, _ in paths}
     try:
-        for name, port, tls in paths:
+        for name, port, tls in login_order(paths):
             c = Raw(port, tls)
-            conns[name] = c
+            conns[name].append(c)
             c.login(USER, password)
         return conns
     except BaseException:
@@ -596,9 +614,10 @@ def open_logged_in(paths: list[tuple[str, int, ssl.SSLContext | None]], password
         raise
 
 
-def close_all(conns: dict[str, Raw]) -> None:
-    for c in conns.values():
-        c.close()
+def close_all(conns: dict[str, list[Raw]]) -> None:
+    for cs in conns.values():
+        for c in cs:
+            c.close()
 
 
 def round_order(names, r: int) -> list:
@@ -608,19 +627,21 @@ def round_order(names, r: int) -> list:
     return random.Random(r).sample(list(names), len(names))
 
 
-def noop_rounds(conns: dict[str, Raw], count: int, cpu_roles: dict[str, dict[str, Callable]],
+def noop_rounds(conns: dict[str, list[Raw]], count: int, cpu_roles: dict[str, dict[str, Callable]],
                 rounds: int = 8, warmup: int = 50) -> tuple[dict[str, list[float]], dict[str, dict[str, int]]]:
     """Round trips in microseconds per path (in order: rounds of count/rounds), and CPU
-    nanoseconds per path and role, counted around each path's own batch only."""
-    for c in conns.values():
-        for _ in range(warmup):
-            c.noop_ns()
+    nanoseconds per path and role, counted around each path's own batch only. Round r uses
+    connection r of the path's (modulo their number)."""
+    for cs in conns.values():
+        for c in cs:
+            for _ in range(warmup):
+                c.noop_ns()
     out: dict[str, list[float]] = {name: [] for name in conns}
     cpu: dict[str, dict[str, int]] = {name: {} for name in conns}
     per_round = max(1, count // rounds)
     for r in range(rounds):
         for name in round_order(conns, r):
-            c = conns[name]
+            c = conns[name][r % len(conns[name])]
             roles = {role: f() for role, f in cpu_roles.get(name, {}).items()}
             cpu0 = {role: sum(cpu_ns(p) for p in pids) for role, pids in roles.items()}
             out[name] += [c.noop_ns() / 1000.0 for _ in range(per_round)]
@@ -673,12 +694,12 @@ def bench_fetch(paths: list[tuple[str, int, ssl.SSLContext | None, str, int]], r
     """paths: (name, port, tls, password, uid). cpu_roles[name][role]() -> the pids whose CPU time
     counts for that role (client, relay, server) while `name` fetches."""
     big = memoryview(bytearray(16 << 20))
-    conns: dict[str, tuple[Raw, int]] = {}
+    conns: dict[str, list[tuple[Raw, int]]] = {name: [] for name, *_ in paths}
     res: dict[str, dict] = {}
     try:
-        for name, port, tls, password, uid in paths:
+        for name, port, tls, password, uid in login_order(paths):
             c = Raw(port, tls, timeout=60.0)
-            conns[name] = (c, uid)
+            conns[name].append((c, uid))
             c.login(USER, password)
             _, tagged = c.command("EXAMINE INBOX")
             if b" OK" not in tagged[:12]:
@@ -690,7 +711,7 @@ def bench_fetch(paths: list[tuple[str, int, ssl.SSLContext | None, str, int]], r
         settle()
         for r in range(reps):
             for name in round_order(conns, r):
-                c, uid = conns[name]
+                c, uid = conns[name][r % len(conns[name])]
                 roles = {role: f() for role, f in cpu_roles.get(name, {}).items()}
                 cpu0 = {role: sum(cpu_ns(p) for p in pids) for role, pids in roles.items()}
                 size, total, ns = c.fetch(uid, big)
@@ -701,8 +722,9 @@ def bench_fetch(paths: list[tuple[str, int, ssl.SSLContext | None, str, int]], r
                 res[name]["wall"] += ns / 1e9
         return res
     finally:
-        for c, _ in conns.values():
-            c.close()
+        for cs in conns.values():
+            for c, _ in cs:
+                c.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1508,6 +1530,8 @@ def emit_header(e: SimpleNamespace, commit: str) -> None:
         e.emit(f"{BEFORE}: {e.args.baseline_binary} ({e.baseline_sha}{threads(e.args.baseline_threads)})")
     e.emit("All traffic on 127.0.0.1; paths interleaved round by round; ratios are to 'direct' of the same "
            "transport. Relays: " + ", ".join(r.name for r in e.relays) + ".")
+    e.emit(f"NOOP and FETCH: {CONNS_PER_PATH} logged-in connections per path (each its own Dovecot imap "
+           f"process), logged in in a shuffled order (seed {LOGIN_SEED}), taking turns by round.")
 
 
 def main(argv: list[str] | None = None) -> int:
