@@ -585,10 +585,10 @@ class Raw:
 
 
 # Logged-in connections per path. Dovecot gives each login an imap process of its own, and
-# those processes differ in speed by the order they were started in: in three runs of four
-# FETCH connections per relay, a relay's two connections differed by as much as the relays did
-# (the second login's process was the slowest each time). In path order, suction was always
-# the second login. So each path gets several, logged in in an order drawn anew every run
+# those processes differ in speed: in three runs with two FETCH connections for suction and
+# two for nginx 64k, a relay's two connections differed by as much as the relays did, and the
+# second login's was the slowest of six in two runs. In path order, suction was always the
+# second login. So each path gets several, logged in in an order drawn anew every run
 # (LOGIN_SEED, printed in the header), and the rounds take turns over them.
 CONNS_PER_PATH = 3
 LOGIN_SEED = random.SystemRandom().randrange(1 << 32)
