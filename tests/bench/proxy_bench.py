@@ -658,6 +658,8 @@ def pinned(pids: list[int], cpu: int = 0):
     try:
         for pid in pids:
             for tid in tasks(pid):
+                if tid in saved:  # a pid given twice (nginx's worker serves two relays): keep its first mask
+                    continue
                 with contextlib.suppress(OSError):  # a thread may end meanwhile
                     saved[tid] = os.sched_getaffinity(tid)
                     os.sched_setaffinity(tid, {cpu})
