@@ -4,9 +4,8 @@
 //   1  unshare(CLONE_FILES) first: a descriptor table of its own (the kernel's light fdget)
 //   2  raw syscall(): no glibc cancellation wrappers
 // usage: epoll_relay LISTEN_PORT BACKEND_PORT IDLE_THREADS MODE MAX_SECONDS
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include "probe_net.hpp"
+
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -19,38 +18,6 @@
 #include <cstdlib>
 #include <mutex>
 #include <thread>
-
-namespace {
-
-int listen_on(int port) {
-  int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int one = 1;
-  setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  if (bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(ls, 4) != 0) {
-    perror("epoll_relay: listen");
-    std::exit(1);
-  }
-  return ls;
-}
-
-int connect_to(int port) {
-  int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    perror("epoll_relay: connect");
-    std::exit(1);
-  }
-  return s;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 6) {
@@ -68,12 +35,8 @@ int main(int argc, char** argv) {
       std::unique_lock l(m);
       cv.wait(l, [] { return false; });
     }).detach();
-  const int ls = listen_on(listen_port);
-  const int c = accept4(ls, nullptr, nullptr, SOCK_CLOEXEC);
-  const int b = connect_to(backend_port);
-  int one = 1;
-  setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  const int c = probe::accept_one(listen_port);
+  const int b = probe::connect_to(backend_port);
   if (mode == 1 && unshare(CLONE_FILES) != 0) {
     perror("epoll_relay: unshare");
     return 1;

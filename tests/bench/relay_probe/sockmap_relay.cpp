@@ -4,10 +4,9 @@
 // a relay: it ignores FIN ordering and has no bound on what queues for a slow reader (see
 // tests/bench/RESULTS.md, session 20). Needs CAP_BPF and CAP_NET_ADMIN.
 // usage: sockmap_relay LISTEN_PORT BACKEND_PORT MAX_SECONDS
-#include <arpa/inet.h>
+#include "probe_net.hpp"
+
 #include <linux/bpf.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -90,21 +89,8 @@ int main(int argc, char** argv) {
   a.attach_type = BPF_SK_SKB_VERDICT;
   if (bpf(BPF_PROG_ATTACH, &a) < 0) return fail("sockmap_relay: attach");
 
-  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int one = 1;
-  setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  sa.sin_port = htons(static_cast<std::uint16_t>(listen_port));
-  if (bind(ls, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(ls, 4) != 0)
-    return fail("sockmap_relay: listen");
-  const int c = accept4(ls, nullptr, nullptr, SOCK_CLOEXEC);
-  const int b = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sa.sin_port = htons(static_cast<std::uint16_t>(backend_port));
-  if (connect(b, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) return fail("sockmap_relay: connect");
-  setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  const int c = probe::accept_one(listen_port);
+  const int b = probe::connect_to(backend_port);
   const int fds[2] = {c, b};
   for (std::uint32_t key = 0; key < 2; ++key) {
     std::uint32_t value = static_cast<std::uint32_t>(fds[key]);
